@@ -1,0 +1,146 @@
+"""`hyperbench bench`: bring an engine up, replay a workload at each sweep point, write a run folder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness import envinfo, telemetry
+from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.config import BenchConfig
+from harness.errors import EngineError, HyperbenchError
+from harness.launchers import make_launcher
+from harness.loadgen import run_point
+from harness.metrics import summarize
+from harness.results import SCHEMA_VERSION, RunFolder
+from harness.workload import build_requests, load_tokenizer
+
+
+def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
+    if cfg.target.tokenizer:
+        return cfg.target.tokenizer
+    if model_path and Path(model_path).is_dir():
+        return model_path
+    return None
+
+
+@contextmanager
+def engine_up(cfg: BenchConfig, run: RunFolder | None, log_path: Path | None = None):
+    """Yields (endpoint, launcher, model_path, engine config) for the config's engine."""
+    engine = cfg.engine_config()
+    model_path = None
+    if cfg.target.launcher == "external":
+        launcher = make_launcher("external", url=cfg.target.url, model=cfg.engine.get("served_model_name")
+                                 or (cfg.engine.get("model") if "model" in cfg.engine else None),
+                                 api_key=engine.api_key, startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
+    else:
+        from harness.models import resolve_model
+
+        resolved = resolve_model(engine.model)
+        model_path = str(resolved.path or resolved.gguf)
+        launcher = make_launcher(
+            cfg.target.launcher, engine=engine, model_path=model_path,
+            log_path=log_path or (run.file("engine.log") if run else None),
+            port=cfg.target.port, startup_timeout_s=cfg.target.startup_timeout_s,
+        )  # fmt: skip
+    with launcher as endpoint:
+        yield endpoint, launcher, model_path, engine
+
+
+def run(cfg: BenchConfig, progress=None) -> RunFolder:
+    engine = cfg.engine_config()  # validates engine options before anything is written
+    engine.check()
+    label = engine.kind if cfg.target.launcher != "external" else "external"
+    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
+    resolved = cfg.model_dump(mode="json")
+    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
+    run_dir.write_json("config.json", resolved)
+    run_dir.write_json("env.json", envinfo.capture())
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "bench",
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "engine": engine.kind if label != "external" else "external",
+        "model": engine.model,
+        "points": [],
+    }
+    run_dir.write_json("summary.json", summary)
+    baseline = telemetry.used_memory()  # idle GPU memory before the engine starts
+    try:
+        with engine_up(cfg, run_dir) as (endpoint, launcher, model_path, _):
+            summary["served_model"] = endpoint.model
+            summary["engine_info"] = _engine_info(endpoint)
+            if summary["engine_info"]:
+                run_dir.write_json("engine.json", summary["engine_info"])
+            tok_src = resolve_tokenizer_source(cfg, model_path)
+            tokenizer = load_tokenizer(tok_src) if (tok_src and cfg.workload.dataset is None) else None
+            requests = build_requests(cfg.workload, tokenizer)
+            asyncio.run(_sweep(cfg, endpoint, launcher, requests, run_dir, summary, baseline, progress))
+        summary["status"] = "complete"
+    except KeyboardInterrupt:
+        summary["status"] = "incomplete"
+        summary["reason"] = "interrupted"
+        raise
+    except HyperbenchError as e:
+        summary["status"] = "incomplete" if summary["points"] else "failed"
+        summary["reason"] = str(e)
+        raise
+    finally:
+        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run_dir.write_json("summary.json", summary)
+        _write_report(run_dir, cfg)
+    return run_dir
+
+
+def _engine_info(endpoint) -> dict | None:
+    async def get():
+        async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key) as c:
+            try:
+                return await c.get("/engine")
+            except Exception:  # optional route: an external engine may not have it
+                return None
+
+    return asyncio.run(get())
+
+
+async def _sweep(cfg, endpoint, launcher, requests, run_dir, summary, baseline, progress) -> None:
+    async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
+                            timeout=cfg.load.timeout_s) as client:
+        for i in range(cfg.workload.warmup):
+            warm = GenRequest(prompt=requests[i % len(requests)].prompt,
+                              messages=requests[i % len(requests)].messages, max_tokens=4)
+            rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
+            if rec.error:
+                raise EngineError(f"warm-up request failed: {rec.error}")
+        for kind, value in cfg.load.points():
+            task = progress.start(kind, value, len(requests)) if progress else None
+
+            def on_record(rec: RequestRecord) -> None:
+                run_dir.append_record(rec.to_json())
+                if progress:
+                    progress.advance(task)
+
+            with telemetry.GPUSampler(baseline) as gpu:
+                records = await run_point(client, requests, kind, value, cfg.workload.seed, on_record,
+                                          cfg.load.max_concurrency)
+            point = {kind: value, **summarize(records, cfg.slo)}
+            if (g := gpu.result()) is not None:
+                point["gpu"] = g
+            summary["points"].append(point)
+            run_dir.write_json("summary.json", summary)
+            if not launcher.alive():
+                raise EngineError(f"engine died during the run: {launcher.death_reason()}")
+            if point["completed"] == 0:
+                raise EngineError(f"every request failed at {kind}={value}: {point.get('first_error')}")
+
+
+def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:
+    from harness.report import write_report
+
+    try:
+        write_report(run_dir, plots=cfg.output.plots)
+    except Exception as e:  # a report problem must never lose the run's data
+        (run_dir.path / "report.md").write_text(f"report failed: {type(e).__name__}: {e}\n")

@@ -1,0 +1,186 @@
+"""The config tree: the single source of truth for `bench` (CLI flags are derived from it).
+
+Precedence: CLI flags > `--config` YAML file > defaults. The resolved tree is saved in the run
+folder as config.json.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import HyperbenchError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Workload(_Strict):
+    input_len: int = Field(128, ge=1, description="Prompt length in tokens (synthetic prompts).")
+    output_len: int = Field(64, ge=1, description="Tokens to generate per request.")
+    num_requests: int = Field(32, ge=1, description="Requests per sweep point.")
+    dataset: Path | None = Field(
+        None, description="JSONL prompt file ({'prompt': ...} or ShareGPT 'conversations')."
+    )
+    fixed_output: bool = Field(
+        True, description="Force exactly output_len tokens (min_tokens + ignore_eos)."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of bench requests.")
+    seed: int = Field(0, description="Seed of prompts, arrival times and sampling.")
+    chat: bool = Field(False, description="Send /v1/chat/completions instead of /v1/completions.")
+    warmup: int = Field(1, ge=0, description="Warm-up requests before each engine's sweep.")
+
+
+class Load(_Strict):
+    concurrency: list[int] | None = Field(
+        None, description="Closed-loop sweep: concurrent streams, e.g. 1,4,8."
+    )
+    rate: list[float] | None = Field(
+        None, description="Open-loop Poisson sweep: requests/s, e.g. 1,2,4,inf."
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Cap on in-flight requests during a rate sweep."
+    )
+    timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and any(c < 1 for c in v):
+            raise ValueError("concurrency values must be >= 1")
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v):
+        if v is not None and any(not (r > 0) for r in v):
+            raise ValueError("rate values must be > 0 (inf allowed)")
+        return v
+
+    @model_validator(mode="after")
+    def _default(self):
+        if self.concurrency and self.rate:
+            raise ValueError("give either concurrency or rate, not both")
+        if not self.concurrency and not self.rate:
+            self.concurrency = [1]
+        return self
+
+    def points(self) -> list[tuple[str, float]]:
+        if self.rate:
+            return [("rate", r) for r in self.rate]
+        return [("concurrency", c) for c in self.concurrency or [1]]
+
+
+class SLO(_Strict):
+    ttft_ms: float | None = Field(None, gt=0, description="Goodput SLO on TTFT (ms).")
+    tpot_ms: float | None = Field(None, gt=0, description="Goodput SLO on TPOT (ms).")
+    e2e_ms: float | None = Field(None, gt=0, description="Goodput SLO on E2E latency (ms).")
+
+
+class Output(_Strict):
+    results_dir: Path = Field(Path("results"), description="Root folder of run folders.")
+    run_name: str | None = Field(None, description="Run folder name (default: time-engine-model).")
+    plots: bool = Field(True, description="Write PNG plots with the report.")
+
+
+class Target(_Strict):
+    """Where the engine is: started by a launcher, or an external URL."""
+
+    launcher: Literal["process", "external", "docker", "apptainer"] = Field(
+        "process", description="How the engine is brought up."
+    )
+    url: str | None = Field(None, description="Base URL of an engine someone else runs (…/v1).")
+    port: int | None = Field(None, ge=1, le=65535, description="Port to serve on (default: free).")
+    startup_timeout_s: float = Field(600, gt=0, description="Wait this long for /health.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer folder for synthetic prompts against an external engine."
+    )
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.url and self.launcher == "process":
+            self.launcher = "external"
+        if self.launcher == "external" and not self.url:
+            raise ValueError("the external launcher needs --url")
+        return self
+
+
+class BenchConfig(_Strict):
+    engine: dict[str, Any] = Field(default_factory=lambda: {"kind": "hf"})
+    target: Target = Field(default_factory=Target)
+    workload: Workload = Field(default_factory=Workload)
+    load: Load = Field(default_factory=Load)
+    slo: SLO = Field(default_factory=SLO)
+    output: Output = Field(default_factory=Output)
+
+    def engine_config(self):
+        """The typed engine config (its class is chosen by `kind` from the registry)."""
+        from backends import engine_class
+
+        cls = engine_class(self.engine.get("kind", "hf"))
+        try:
+            return cls(**self.engine)
+        except ValidationError as e:
+            raise HyperbenchError(f"engine {cls.__name__}: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown option"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise HyperbenchError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise HyperbenchError(f"invalid YAML in {path}{where}") from None
+    if not isinstance(data, dict):
+        raise HyperbenchError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def build(model_cls: type[BaseModel], file_data: dict, cli_data: dict) -> BaseModel:
+    """Validate file data overlaid by CLI data; validation errors become one-line user errors."""
+    merged = deep_merge(file_data, cli_data)
+    try:
+        return model_cls(**merged)
+    except ValidationError as e:
+        raise HyperbenchError(f"invalid config: {_first_error(e)}") from None
+
+
+def jsonable(obj: Any) -> Any:
+    """pydantic dump that keeps inf as the string 'inf' so JSON stays standard."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf"
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [jsonable(v) for v in obj]
+    return obj

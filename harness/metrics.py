@@ -1,0 +1,97 @@
+"""Metrics, defined once (DESIGN.md): computed from per-request records, never from engine logs.
+
+TTFT = first streamed token - send; ITL = gaps between chunk arrivals; TPOT = (E2E - TTFT) /
+(output tokens - 1), output tokens from the server's usage; throughput over the sweep point's
+wall time (first send to last end); goodput = requests/s that meet every stated SLO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from harness.adapter import RequestRecord
+from harness.config import SLO
+
+PERCENTILES = (50, 90, 99)
+
+
+def distribution(values_s: Iterable[float]) -> dict | None:
+    """mean/std/min/max and percentiles, in milliseconds."""
+    arr = np.asarray(list(values_s), dtype=float) * 1000.0
+    if arr.size == 0:
+        return None
+    out = {
+        "mean": float(arr.mean()),
+        "std": float(arr.std()),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(arr, p))
+    return out
+
+
+def ttft(r: RequestRecord) -> float | None:
+    return None if r.first_token is None else r.first_token - r.send
+
+
+def e2e(r: RequestRecord) -> float | None:
+    return None if r.end is None else r.end - r.send
+
+
+def tpot(r: RequestRecord) -> float | None:
+    if r.first_token is None or r.end is None or not r.output_tokens or r.output_tokens < 2:
+        return None
+    return (r.end - r.first_token) / (r.output_tokens - 1)
+
+
+def itls(r: RequestRecord) -> list[float]:
+    t = r.token_times
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def meets_slo(r: RequestRecord, slo: SLO) -> bool:
+    checks = ((slo.ttft_ms, ttft(r)), (slo.tpot_ms, tpot(r)), (slo.e2e_ms, e2e(r)))
+    for limit, value in checks:
+        if limit is None:
+            continue
+        if value is None or value * 1000.0 > limit:
+            return False
+    return True
+
+
+def summarize(records: list[RequestRecord], slo: SLO | None = None) -> dict:
+    """Summary of one sweep point."""
+    ok = [r for r in records if r.ok]
+    errors = [r for r in records if not r.ok]
+    out: dict = {"requests": len(records), "completed": len(ok), "failed": len(errors)}
+    if errors:
+        out["first_error"] = errors[0].error
+    if not ok:
+        return out
+    start = min(r.send for r in records)
+    end = max(r.end for r in records if r.end is not None)
+    duration = max(end - start, 1e-9)
+    out_tokens = sum(r.output_tokens or 0 for r in ok)
+    in_tokens = sum(r.prompt_tokens or 0 for r in ok)
+    short = [r for r in ok if r.expected_output_tokens and r.output_tokens != r.expected_output_tokens]
+    out.update(
+        duration_s=duration,
+        prompt_tokens=in_tokens,
+        output_tokens=out_tokens,
+        request_throughput=len(ok) / duration,
+        output_throughput=out_tokens / duration,
+        total_token_throughput=(in_tokens + out_tokens) / duration,
+        ttft_ms=distribution(v for r in ok if (v := ttft(r)) is not None),
+        tpot_ms=distribution(v for r in ok if (v := tpot(r)) is not None),
+        itl_ms=distribution(g for r in ok for g in itls(r)),
+        e2e_ms=distribution(v for r in ok if (v := e2e(r)) is not None),
+        output_len_mismatch=len(short),
+    )
+    if slo is not None and any(v is not None for v in slo.model_dump().values()):
+        good = sum(1 for r in ok if meets_slo(r, slo))
+        out["goodput"] = good / duration
+        out["slo_attainment"] = good / len(records)
+    return out

@@ -1,0 +1,150 @@
+"""Markdown report and plots: views of summary.json (which stays canonical)."""
+
+from __future__ import annotations
+
+import math
+
+from harness.results import RunFolder
+
+COLUMNS = (
+    ("req/s", lambda p: p.get("request_throughput")),
+    ("out tok/s", lambda p: p.get("output_throughput")),
+    ("TTFT p50", lambda p: _d(p, "ttft_ms", "p50")),
+    ("TTFT p99", lambda p: _d(p, "ttft_ms", "p99")),
+    ("TPOT p50", lambda p: _d(p, "tpot_ms", "p50")),
+    ("TPOT p99", lambda p: _d(p, "tpot_ms", "p99")),
+    ("ITL p50", lambda p: _d(p, "itl_ms", "p50")),
+    ("E2E p50", lambda p: _d(p, "e2e_ms", "p50")),
+    ("E2E p99", lambda p: _d(p, "e2e_ms", "p99")),
+)
+
+
+def _d(point: dict, key: str, stat: str):
+    d = point.get(key)
+    return d.get(stat) if d else None
+
+
+def point_label(p: dict) -> str:
+    for k in ("concurrency", "rate"):
+        if k in p:
+            v = p[k]
+            if isinstance(v, float) and math.isinf(v) or v == "inf":
+                return f"{k}=inf"
+            return f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+    return "?"
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
+    return str(v)
+
+
+def points_table(points: list[dict], with_goodput: bool = False) -> str:
+    cols = list(COLUMNS)
+    if with_goodput:
+        cols.append(("goodput req/s", lambda p: p.get("goodput")))
+    head = "| point | ok/total | " + " | ".join(c for c, _ in cols) + " |"
+    sep = "|" + "---|" * (len(cols) + 2)
+    rows = [
+        f"| {point_label(p)} | {p.get('completed', 0)}/{p.get('requests', 0)} | "
+        + " | ".join(fmt(f(p)) for _, f in cols) + " |"
+        for p in points
+    ]
+    return "\n".join([head, sep, *rows])
+
+
+def write_report(run: RunFolder, plots: bool = True) -> str:
+    s = run.read_json("summary.json")
+    cfg = run.read_json("config.json")
+    env = run.read_json("env.json")
+    points = s.get("points", [])
+    lines = [f"# hyperbench bench: {s.get('engine')} / {s.get('model')}", ""]
+    if s.get("status") != "complete":
+        lines += [f"> **status: {s.get('status')}**: {s.get('reason', '')}", ""]
+    w = cfg.get("workload", {})
+    lines += [
+        f"- run folder: `{run.path}`  ",
+        f"- served model: `{s.get('served_model')}`; started {s.get('started')}  ",
+        f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
+        f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point, "
+        f"temperature {w.get('temperature')}, seed {w.get('seed')}"
+        + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else ""),
+        f"- machine: {env.get('cpu', {}).get('model')}, "
+        + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU")
+        + f"; hyperbench {env.get('hyperbench')} ({env.get('git_commit')})",
+        "",
+        "Latencies in ms. TTFT = first token - send; TPOT = (E2E - TTFT)/(output tokens - 1); "
+        "ITL = gaps between streamed chunks.",
+        "",
+        points_table(points, with_goodput=any("goodput" in p for p in points)),
+        "",
+    ]
+    failed = [p for p in points if p.get("failed")]
+    for p in failed:
+        lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
+    info = s.get("engine_info")
+    if info:
+        lines += ["", "## Engine", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in info.items() if not isinstance(v, (dict, list))]
+    gpu_rows = [(point_label(p), g) for p in points if p.get("gpu") for g in p["gpu"]["gpus"]]
+    if gpu_rows:
+        lines += ["", "## GPU (NVML)", "", "| point | GPU | peak above idle (MiB) | util % | energy J |",
+                  "|---|---|---|---|---|"]
+        for label, g in gpu_rows:
+            above = g.get("peak_above_baseline_bytes")
+            lines.append(f"| {label} | {g['index']} | {fmt(above / 2**20 if above is not None else None)} | "
+                         f"{fmt(g.get('mean_utilization_pct'))} | {fmt(g.get('energy_j'))} |")
+    if plots and points:
+        made = write_plots(run, points)
+        lines += ["", "## Plots", ""] + [f"![{m}](plots/{m})" for m in made]
+    text = "\n".join(lines) + "\n"
+    from harness.results import atomic_write_text
+
+    atomic_write_text(run.file("report.md"), text)
+    return text
+
+
+def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [p for p in points if p.get("completed")]
+    if not ok:
+        return []
+    kind = "concurrency" if "concurrency" in ok[0] else "rate"
+    xs = [float("inf") if p[kind] == "inf" else float(p[kind]) for p in ok]
+    finite = [x for x in xs if math.isfinite(x)]
+    top = (max(finite) * 2) if finite else 1.0
+    xs = [x if math.isfinite(x) else top for x in xs]  # plot inf at the right edge
+    out_dir = run.path / "plots"
+    out_dir.mkdir(exist_ok=True)
+    made = []
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("ttft_ms", "tpot_ms", "e2e_ms"), ("TTFT", "TPOT", "E2E")):
+        for stat in ("p50", "p90", "p99"):
+            ax.plot(xs, [_d(p, key, stat) for p in ok], marker="o", label=stat)
+        ax.set_title(f"{title} (ms)")
+        ax.set_xlabel(kind)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency.png", dpi=100)
+    plt.close(fig)
+    made.append("latency.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [p.get("output_throughput") for p in ok], marker="o", label="output tok/s")
+    ax.plot(xs, [p.get("total_token_throughput") for p in ok], marker="s", label="total tok/s")
+    ax.set_xlabel(kind)
+    ax.set_ylabel("tokens/s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "throughput.png", dpi=100)
+    plt.close(fig)
+    made.append("throughput.png")
+    return made

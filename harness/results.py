@@ -1,0 +1,104 @@
+"""Run folders: atomic JSON writes, per-request JSONL appended as requests finish, status marks.
+
+Layout (results/README.md): config.json, env.json, engine.json, engine.log, records.jsonl,
+summary.json (canonical, versioned), report.md, plots/*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.config import jsonable
+from harness.errors import HyperbenchError
+
+SCHEMA_VERSION = 1
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HyperbenchError(f"{path} not found") from None
+    except json.JSONDecodeError:
+        raise HyperbenchError(f"{path} is not valid JSON") from None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, root: Path, name: str | None, engine: str, model: str) -> RunFolder:
+        name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(engine)}-{slug(Path(model).name)}"
+        path = Path(root) / name
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise HyperbenchError(f"run folder {path} already exists: choose another --run-name") from None
+        except OSError as e:
+            raise HyperbenchError(f"cannot create run folder {path}: {e.strerror}") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunFolder:
+        path = Path(path)
+        if not (path / "summary.json").is_file():
+            raise HyperbenchError(f"{path} is not a run folder (no summary.json)")
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, data: Any) -> None:
+        try:
+            atomic_write_json(self.path / name, data)
+        except OSError as e:
+            raise HyperbenchError(f"cannot write {self.path / name}: {e.strerror}") from None
+
+    def read_json(self, name: str) -> Any:
+        return read_json(self.path / name)
+
+    def append_record(self, record: dict) -> None:
+        # one line per finished request, flushed at once: a killed run keeps every finished record
+        with open(self.path / "records.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        p = self.path / "records.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line of a killed run
+        return out
