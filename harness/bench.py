@@ -19,39 +19,52 @@ from harness.workload import build_requests, load_tokenizer
 
 
 def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
+    """Where synthetic prompts get their tokenizer: --tokenizer, the served folder, or (for an
+    external engine) a built-in or local model of the same name."""
     if cfg.target.tokenizer:
         return cfg.target.tokenizer
     if model_path and Path(model_path).is_dir():
         return model_path
+    name = cfg.engine.get("model")
+    if model_path is None and name:
+        from harness.models import BUILTIN_MODELS, resolve_model
+
+        if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
+            return str(resolve_model(name).path)
     return None
 
 
-@contextmanager
-def engine_up(cfg: BenchConfig, run: RunFolder | None, log_path: Path | None = None):
-    """Yields (endpoint, launcher, model_path, engine config) for the config's engine."""
-    engine = cfg.engine_config()
-    model_path = None
+def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
+    """Local path of the model to serve (staged if built-in); None for an external engine."""
     if cfg.target.launcher == "external":
-        launcher = make_launcher("external", url=cfg.target.url, model=cfg.engine.get("served_model_name")
-                                 or (cfg.engine.get("model") if "model" in cfg.engine else None),
-                                 api_key=engine.api_key, startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
-    else:
-        from harness.models import resolve_model
+        return None
+    from harness.models import resolve_model
 
-        resolved = resolve_model(engine.model)
-        model_path = str(resolved.path or resolved.gguf)
+    resolved = resolve_model(engine.model)
+    return str(resolved.path or resolved.gguf)
+
+
+@contextmanager
+def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path | None):
+    """Bring the engine up with the config's launcher; yields (endpoint, launcher)."""
+    if cfg.target.launcher == "external":
+        launcher = make_launcher("external", url=cfg.target.url,
+                                 model=cfg.engine.get("served_model_name") or cfg.engine.get("model"),
+                                 api_key=engine.api_key,
+                                 startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
+    else:
         launcher = make_launcher(
-            cfg.target.launcher, engine=engine, model_path=model_path,
-            log_path=log_path or (run.file("engine.log") if run else None),
+            cfg.target.launcher, engine=engine, model_path=model_path, log_path=log_path,
             port=cfg.target.port, startup_timeout_s=cfg.target.startup_timeout_s,
         )  # fmt: skip
     with launcher as endpoint:
-        yield endpoint, launcher, model_path, engine
+        yield endpoint, launcher
 
 
 def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
+    model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
     resolved = cfg.model_dump(mode="json")
@@ -70,8 +83,10 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     run_dir.write_json("summary.json", summary)
     baseline = telemetry.used_memory()  # idle GPU memory before the engine starts
     try:
-        with engine_up(cfg, run_dir) as (endpoint, launcher, model_path, _):
+        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
             summary["served_model"] = endpoint.model
+            if label == "external":
+                summary["model"] = endpoint.model
             summary["engine_info"] = _engine_info(endpoint)
             if summary["engine_info"]:
                 run_dir.write_json("engine.json", summary["engine_info"])

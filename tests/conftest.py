@@ -1,0 +1,73 @@
+"""Shared fixtures: the tiny model, and real engine servers started through the harness's own
+process launcher (free port, health wait, early-death detection, log kept, always torn down)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# no hub in tests: without this a stray hub id fails only after ~50 s of retries
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# per-engine settings that make the tiny model's numerics comparable to a fp32 forward pass
+ENGINE_TEST_OPTIONS: dict[str, dict] = {
+    "hf": {"dtype": "float32", "device": "cpu"},
+    "llamacpp": {"quant": "f32"},
+    "vllm": {"dtype": "float32"},
+}
+
+
+@dataclass
+class Server:
+    kind: str
+    base_url: str  # ends in /v1
+    model: str  # served model name
+    model_path: Path  # local HF folder of the same weights
+    log_path: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from harness.models import resolve_model
+
+    return Path(resolve_model("tiny-llama").path)
+
+
+def start_server(kind: str, model_path: Path, log_dir: Path, **overrides):
+    """Context manager yielding a Server for engine `kind` on `model_path`."""
+    from contextlib import contextmanager
+
+    from backends import engine_class
+    from harness.launchers.process import ProcessLauncher
+
+    cls = engine_class(kind)
+    ok, why = cls.installed()
+    if not ok:
+        pytest.skip(f"engine {kind} is not installed here ({why})")
+    opts = {**ENGINE_TEST_OPTIONS.get(kind, {}), **overrides}
+    cfg = cls(model=str(model_path), served_model_name="tiny", **opts)
+    log = log_dir / f"{kind}-engine.log"
+
+    @contextmanager
+    def cm():
+        with ProcessLauncher(cfg, str(model_path), log_path=log, startup_timeout_s=600) as ep:
+            yield Server(kind, ep.base_url, ep.model, model_path, log)
+
+    return cm()
+
+
+ENGINE_PARAMS = [
+    pytest.param("hf", id="hf"),
+    pytest.param("llamacpp", id="llamacpp", marks=pytest.mark.llamacpp),
+    pytest.param("vllm", id="vllm", marks=[pytest.mark.vllm, pytest.mark.slow]),
+]
+
+
+@pytest.fixture(scope="module", params=ENGINE_PARAMS)
+def engine_server(request, tiny_model, tmp_path_factory):
+    with start_server(request.param, tiny_model, tmp_path_factory.mktemp("engine")) as server:
+        yield server

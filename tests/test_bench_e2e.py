@@ -1,0 +1,66 @@
+"""`hyperbench bench` end to end on the tiny model: a complete run folder, then `report` on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+
+def hb(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bench_concurrency_sweep_writes_complete_run(tmp_path, tiny_model):
+    res = hb("bench", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32",
+             "--concurrency", "1,4", "--input-len", "16", "--output-len", "8", "--num-requests", "8",
+             "--slo", "ttft=60000,tpot=60000", "--results-dir", str(tmp_path), "--run-name", "r1")
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "r1"
+    for name in ("config.json", "env.json", "engine.json", "engine.log", "records.jsonl", "summary.json",
+                 "report.md", "plots/latency.png", "plots/throughput.png"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and summary["status"] == "complete"
+    assert [p["concurrency"] for p in summary["points"]] == [1, 4]
+    for p in summary["points"]:
+        assert p["completed"] == 8 and p["failed"] == 0
+        assert p["output_tokens"] == 8 * 8  # fixed output length honoured (min_tokens + ignore_eos)
+        assert p["prompt_tokens"] == 8 * 16  # exact synthetic prompt lengths
+        assert 0 < p["ttft_ms"]["p50"] <= p["e2e_ms"]["p50"]
+        assert p["tpot_ms"]["p50"] > 0 and p["output_throughput"] > 0
+        assert p["goodput"] == p["request_throughput"]  # SLOs generous enough for every request
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and all(r["error"] is None for r in records)
+    assert all(len(r["token_times"]) >= 1 and r["output_tokens"] == 8 for r in records)
+    config = json.loads((run / "config.json").read_text())
+    assert config["load"]["concurrency"] == [1, 4] and config["engine"]["dtype"] == "float32"
+    assert json.loads((run / "engine.json").read_text())["engine"] == "hf"
+    assert "| concurrency=4 |" in (run / "report.md").read_text()
+
+    (run / "report.md").unlink()
+    res = hb("report", str(run))
+    assert res.returncode == 0, res.stderr
+    assert "concurrency=1" in (run / "report.md").read_text()
+
+
+def test_bench_poisson_rate_from_yaml(tmp_path, tiny_model):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({
+        "engine": {"kind": "hf", "model": str(tiny_model), "dtype": "float32"},
+        "workload": {"input_len": 8, "output_len": 4, "num_requests": 6, "seed": 3},
+        "load": {"rate": [5.0, "inf"]},
+        "output": {"results_dir": str(tmp_path), "run_name": "from-file", "plots": False},
+    }))
+    # CLI overrides the file: fewer requests than the file asks for
+    res = hb("bench", "--config", str(exp), "--num-requests", "5")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "from-file" / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert [p["rate"] for p in summary["points"]] == [5.0, "inf"]
+    assert all(p["completed"] == 5 for p in summary["points"])
+    config = json.loads((tmp_path / "from-file" / "config.json").read_text())
+    assert config["workload"]["num_requests"] == 5 and config["workload"]["seed"] == 3
