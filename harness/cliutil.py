@@ -98,6 +98,12 @@ def engine_options():
     opts = []
     for name, flist in fields.items():
         opt = option_for(name, flist[0], f"engine__{name}")
+        if len(flist) > 1 and len({f.description for f in flist}) > 1:
+            # one flag, several engines: say what it means for each
+            kinds = [k for k, c in available_engines().items() if name in c.model_fields]
+            opt.help = "; ".join(
+                f"{k}: {c.model_fields[name].description or ''} [default: {c.model_fields[name].default}]"
+                for k, c in available_engines().items() if k in kinds)
         if isinstance(opt.type, click.Choice) and len(flist) > 1:
             choices = []
             for f in flist:

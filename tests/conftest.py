@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # per-engine settings that make the tiny model's numerics comparable to a fp32 forward pass
 ENGINE_TEST_OPTIONS: dict[str, dict] = {
     "hf": {"dtype": "float32", "device": "cpu"},
-    "llamacpp": {"quant": "f32"},
+    "llamacpp": {"quant": "f32", "kv_cache_type": "f32"},
     "vllm": {"dtype": "float32"},
 }
 

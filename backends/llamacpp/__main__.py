@@ -1,0 +1,138 @@
+"""`python -m backends.llamacpp --model PATH ...`: what LlamaCppConfig.server_command runs.
+
+Fails in one line on stderr with exit code 2 for a busy port, a missing or bad model, or a
+model llama.cpp cannot load; the port is taken before the (possibly slow) conversion, so a busy
+one fails at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from harness.errors import HyperbenchError
+
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
+            "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m backends.llamacpp", description=__doc__)
+    p.add_argument("--model", required=True, help="HF folder or .gguf file")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--quant", default="native")
+    p.add_argument("--n-gpu-layers", type=int, default=-1)
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--n-batch", type=int, default=512)
+    p.add_argument("--n-threads", type=int, default=None)
+    p.add_argument("--flash-attn", action="store_true")
+    p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
+    p.add_argument("--api-key", default=None)
+    return p.parse_args(argv)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise HyperbenchError(f"port {port} is in use on {host} ({e.strerror})") from None
+    sock.listen(2048)
+    return sock
+
+
+def load(args):
+    from backends.llamacpp.engine import Engine, load_error
+    from backends.llamacpp.gguf import ensure_gguf, gguf_info, log
+
+    gguf = ensure_gguf(args.model, args.quant)
+    meta = gguf_info(gguf)
+    n_ctx = args.n_ctx
+    trained = meta["context_length"]
+    if trained and n_ctx > trained:
+        log(f"n_ctx {n_ctx} is beyond the model's trained context {trained}: using {trained}")
+        n_ctx = int(trained)
+    log(f"loading {gguf} ({meta['file_type']}, n_ctx {n_ctx}, n_gpu_layers {args.n_gpu_layers})")
+    try:
+        engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
+                        n_threads=args.n_threads, flash_attn=args.flash_attn,
+                        kv_cache_type=args.kv_cache_type)  # fmt: skip
+    except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
+        why = load_error()
+        raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
+    return engine, gguf, meta
+
+
+def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
+    import llama_cpp
+
+    lib, model = llama_cpp, engine.llm._model.model
+    n_layer, n_head = lib.llama_model_n_layer(model), lib.llama_model_n_head(model)
+    n_head_kv, n_embd = lib.llama_model_n_head_kv(model), lib.llama_model_n_embd(model)
+    md = engine.llm.metadata
+    arch = meta["architecture"]
+    k_dim = int(md.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+    v_dim = int(md.get(f"{arch}.attention.value_length", n_embd // max(n_head, 1)))
+    kv_bytes = n_layer * engine.n_ctx * n_head_kv * (k_dim + v_dim) * KV_BYTES[args.kv_cache_type]
+    on_gpu = bool(lib.llama_supports_gpu_offload()) and args.n_gpu_layers != 0
+    return {
+        "engine": "llamacpp",
+        "version": llama_cpp.__version__,
+        "model": args.served_model_name or Path(args.model).name,
+        "model_path": str(gguf),
+        "source_path": str(Path(args.model).resolve()),
+        "architecture": arch,
+        "dtype": meta["file_type"],
+        "quantization": meta["file_type"],
+        "quant_requested": args.quant,
+        "n_params": int(lib.llama_model_n_params(model)),
+        "weight_bytes": int(lib.llama_model_size(model)),  # GGUF tensor data
+        "kv_cache_bytes": int(kv_bytes),  # allocated up front for n_ctx
+        "kv_cache_type": args.kv_cache_type,
+        "n_ctx": engine.n_ctx,
+        "n_ctx_train": meta["context_length"],
+        "n_batch": args.n_batch,
+        "n_threads": engine.llm.n_threads,  # decode; llama-cpp-python's default: half the CPUs
+        "n_threads_batch": engine.llm.n_threads_batch,  # prompts; default: all CPUs
+        "n_gpu_layers": args.n_gpu_layers if on_gpu else 0,
+        "flash_attn": args.flash_attn,
+        "parallel": 1,
+        "prefix_cache": True,  # the KV of the previous request's common prefix is reused
+        "device": "cuda" if on_gpu else "cpu",
+        "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
+        "speculative": None,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        sock = bind(args.host, args.port)
+        engine, gguf, meta = load(args)
+    except HyperbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    import uvicorn
+
+    from backends.llamacpp.server import create_app
+
+    name = args.served_model_name or Path(args.model).name
+    app = create_app(engine, engine_info(args, engine, gguf, meta), name, args.api_key,
+                     aliases=(args.model, str(gguf)))  # fmt: skip
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # one line per request is noise
+    config = uvicorn.Config(app, log_level="info", timeout_keep_alive=30)
+    print(f"[llamacpp] serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Generation over `llama_cpp.Llama`, one sequence at a time, with what the wire contract needs
+and `Llama.create_completion` lacks or gets wrong:
+
+- prompt logprobs (`echo` + `logprobs`) without `logits_all=True`: only an echo request asks
+  for logits at every prompt position, so ordinary requests keep llama.cpp's fast path (and no
+  n_ctx x vocab float array). The first prompt token (BOS where the tokenizer adds one) is kept
+  with a null logprob, as vLLM returns it; `Llama` drops BOS and then nulls the first real token.
+- `min_tokens` / `ignore_eos`: end-of-generation logits are set to -inf in llama.cpp's own
+  logits buffer before its sampler runs (logprobs are taken before that, from the raw logits).
+- vLLM/OpenAI sampling semantics where llama.cpp's defaults differ: every filter off unless
+  asked, repetition_penalty over prompt + output, presence/frequency over the output only.
+- token-id prompts, text stops that never leak into the stream, and an EOS that counts as a
+  generated token (vLLM's usage counts it too).
+
+Private `Llama` attributes (`_ctx`, `_batch`, `_model`) are used on purpose: they are the
+documented-by-source handles of llama-cpp-python 0.3.36, pinned in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # <= 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None  # top-k count per token; None: no logprobs at all
+    prompt_logprobs: bool = False  # logprobs for every prompt token too (echo)
+
+
+@dataclass
+class Token:
+    id: int
+    piece: bytes  # its bytes in the text (b"" for a BOS the tokenizer added)
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None  # (id, logprob), best first
+
+
+@dataclass
+class Step:
+    """One generated token and the text it releases (held back while it may start a stop)."""
+
+    text: str
+    token: Token
+
+
+@dataclass
+class Result:
+    prompt: list[Token]
+    finish_reason: str = "length"
+    completion_tokens: int = 0
+    text: str = ""
+
+
+# llama.cpp's warnings and errors, kept because llama-cpp-python (verbose=False) sends them to
+# /dev/null while loading and then raises only "Failed to create llama_context"
+LLAMA_LOG: deque[str] = deque(maxlen=50)
+_log_callback = None  # referenced here so ctypes never frees it
+
+
+def capture_llama_log(lib) -> None:
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @lib.llama_log_callback
+    def callback(level: int, text: bytes, user_data) -> None:
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR (ggml.h; _logger.py has an older enum)
+            line = text.decode("utf-8", errors="replace").rstrip()
+            LLAMA_LOG.append(line)
+            print(line, file=sys.stderr, flush=True)  # the engine log
+
+    _log_callback = callback
+    lib.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def load_error() -> str:
+    """llama.cpp's last error, e.g. 'quantized V cache requires flash_attn to be enabled'."""
+    return LLAMA_LOG[-1].split(": ", 1)[-1] if LLAMA_LOG else ""
+
+
+class Engine:
+    def __init__(self, model_path: str, *, n_ctx: int, n_batch: int, n_gpu_layers: int,
+                 n_threads: int | None, flash_attn: bool, kv_cache_type: str):
+        import llama_cpp
+
+        self.lib = llama_cpp
+        capture_llama_log(llama_cpp)
+        kv_type = getattr(llama_cpp, f"GGML_TYPE_{kv_cache_type.upper()}")
+        self.llm = llama_cpp.Llama(
+            model_path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+            # one thread count for prompt and decode, as llama.cpp's -t (left alone, llama-cpp-python
+            # takes half the CPUs for decode and all of them for prompts)
+            n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
+            flash_attn=flash_attn,
+            type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
+        )  # fmt: skip
+        self.n_vocab = self.llm.n_vocab()
+        self.n_ctx = self.llm.n_ctx()
+        vocab = self.llm._model.vocab
+        self.eog_ids = np.array(
+            [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)], dtype=np.intp
+        )
+        self.bos_id = self.llm.token_bos()
+        meta = self.llm.metadata
+        # SentencePiece tokenizers put a space before the first word; it is not in the text
+        self.space_prefix = meta.get("tokenizer.ggml.add_space_prefix", "true") == "true" and (
+            meta.get("tokenizer.ggml.model") == "llama"
+        )
+        self.lock = FifoLock()  # one llama context: one sequence at a time, first come first served
+
+    # ------------------------------------------------------------------------ tokens <-> text
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lib.llama_token_to_piece(self.llm._model.vocab, token, buf, 256, 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def prompt_pieces(self, ids: list[int]) -> list[bytes]:
+        """Each prompt token's bytes in the prompt text: a leading BOS has none (it is added by
+        the tokenizer, or stands for it), and SentencePiece's space before the first word goes,
+        as transformers' decode drops it."""
+        pieces = [self.piece(t) for t in ids]
+        first = 1 if ids and ids[0] == self.bos_id else 0
+        if first:
+            pieces[0] = b""
+        if self.space_prefix and first < len(pieces) and pieces[first][:1] == b" ":
+            pieces[first] = pieces[first][1:]
+        return pieces
+
+    # ------------------------------------------------------------------------ generation
+
+    def generate(self, ids: list[int], s: Sampling, result: Result,
+                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[Step]:
+        """Yield one Step per generated token; fills `result` (prompt logprobs, finish)."""
+        with self.lock:
+            yield from self._generate(ids, s, result, cancelled)
+
+    def _generate(self, ids, s: Sampling, result: Result, cancelled) -> Iterator[Step]:
+        llm = self.llm
+        if s.prompt_logprobs:
+            self._eval_with_logprobs(ids, s.logprobs or 0, result.prompt)
+        else:
+            self._eval_reusing_prefix(ids)
+        if s.max_tokens == 0:
+            result.finish_reason = "length"
+            return
+        chain = _SamplerChain(self.lib, s, self.n_ctx, self.n_vocab, ids)
+        out = bytearray()  # all generated bytes so far
+        released = 0  # characters of text already handed out
+        stops = [x for x in s.stop if x]
+        try:
+            for n in range(s.max_tokens):
+                if cancelled():
+                    result.finish_reason = "abort"
+                    return
+                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+                token_lp = top = None
+                if s.logprobs is not None:
+                    lps = _log_softmax(row)
+                token_mask = s.ignore_eos or n < s.min_tokens
+                if token_mask and len(self.eog_ids):
+                    row[self.eog_ids] = -np.inf
+                tok = chain.sample(llm._ctx.ctx)
+                if s.logprobs is not None:
+                    token_lp, top = float(lps[tok]), _top(lps, s.logprobs)
+                result.completion_tokens += 1
+                eog = self.lib.llama_vocab_is_eog(llm._model.vocab, tok)
+                if eog:
+                    tk = Token(tok, b"", token_lp, top)
+                    tail = _decode(bytes(out))[released:]
+                    result.finish_reason = "stop"
+                    result.text += tail
+                    yield Step(tail, tk)
+                    return
+                piece = self.piece(tok, special=False)
+                out += piece
+                last = n + 1 == s.max_tokens or llm.n_tokens >= self.n_ctx
+                # an incomplete UTF-8 tail waits for its next bytes, unless nothing follows
+                text = _decode(bytes(out if last else out[: _complete_len(out)]))
+                # a stop not seen yet cannot start before `released` (see _held_back)
+                hit = min((i for i in (text.find(x, released) for x in stops) if i >= 0), default=-1)
+                if hit >= 0:
+                    result.finish_reason = "stop"
+                    result.text += text[released:hit]
+                    yield Step(text[released:hit], Token(tok, piece, token_lp, top))
+                    return
+                keep = len(text) if last else len(text) - _held_back(text, stops)
+                new = text[released:keep] if keep > released else ""
+                released = max(released, keep)
+                result.text += new
+                yield Step(new, Token(tok, piece, token_lp, top))
+                if last:
+                    result.finish_reason = "length"
+                    return
+                llm.eval([tok])
+        finally:
+            chain.free()
+
+    def _eval_reusing_prefix(self, ids: list[int]) -> None:
+        """Evaluate the prompt, keeping the KV cache of a common prefix with the last request."""
+        llm = self.llm
+        have = llm.input_ids[: llm.n_tokens]
+        same = 0
+        for a, b in zip(have, ids):
+            if a != b:
+                break
+            same += 1
+        llm.n_tokens = min(same, len(ids) - 1)  # re-evaluate >= 1 token: it makes the logits
+        llm.eval(ids[llm.n_tokens :])
+
+    def _eval_with_logprobs(self, ids: list[int], k: int, into: list[Token]) -> None:
+        """Evaluate the whole prompt with logits at every position; fill `into` per token."""
+        llm = self.llm
+        llm.n_tokens = 0
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        prev: np.ndarray | None = None  # log-softmax of the row that predicts the next token
+        for start in range(0, len(ids), llm.n_batch):
+            chunk = ids[start : start + llm.n_batch]
+            llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.n_vocab))
+            for j, tok in enumerate(chunk):
+                if prev is None:
+                    into.append(Token(tok, b""))
+                else:
+                    into.append(Token(tok, b"", float(prev[tok]), _top(prev, k)))
+                prev = _log_softmax(rows[j])
+            llm.input_ids[llm.n_tokens : llm.n_tokens + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+
+
+class FifoLock:
+    """A lock granted in arrival order: threading.Lock lets a late request overtake waiting
+    ones, which would skew the latency percentiles a benchmark reports."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self):
+        with self._cv:
+            ticket = self._next
+            self._next += 1
+            self._cv.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()
+
+
+class _SamplerChain:
+    """llama.cpp's sampler chain in its own order (penalties, top-k, top-p, min-p, temperature,
+    draw), every stage off unless asked, as vLLM and transformers default."""
+
+    def __init__(self, lib, s: Sampling, n_ctx: int, n_vocab: int, prompt: list[int]):
+        self.lib = lib
+        self.chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if s.repetition_penalty != 1.0:  # vLLM applies it to prompt and output tokens
+            rep = lib.llama_sampler_init_penalties(n_vocab, n_ctx, s.repetition_penalty, 0.0, 0.0)
+            for t in prompt:
+                lib.llama_sampler_accept(rep, t)
+            lib.llama_sampler_chain_add(self.chain, rep)
+        if s.presence_penalty or s.frequency_penalty:  # OpenAI: output tokens only
+            lib.llama_sampler_chain_add(
+                self.chain,
+                lib.llama_sampler_init_penalties(
+                    n_vocab, n_ctx, 1.0, s.frequency_penalty, s.presence_penalty
+                ),
+            )
+        if s.temperature == 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_greedy())
+            return
+        if s.top_k > 0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_min_p(s.min_p, 1))
+        lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
+        lib.llama_sampler_chain_add(self.chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx) -> int:
+        return self.lib.llama_sampler_sample(self.chain, ctx, -1)  # also accepts the token
+
+    def free(self) -> None:
+        if self.chain is not None:
+            self.lib.llama_sampler_free(self.chain)  # frees the samplers it owns
+            self.chain = None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _log_softmax(row: np.ndarray) -> np.ndarray:
+    x = row.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def _top(lps: np.ndarray, k: int) -> list[tuple[int, float]]:
+    if k <= 0:
+        return []
+    idx = np.argpartition(-lps, k - 1)[:k] if k < len(lps) else np.arange(len(lps))
+    idx = idx[np.argsort(-lps[idx], kind="stable")]
+    return [(int(i), float(lps[i])) for i in idx]
+
+
+def _decode(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")
+
+
+def _complete_len(b: bytearray) -> int:
+    """Length of `b` without a trailing, still incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(b)) + 1):
+        c = b[-back]
+        if c & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
+            return len(b) - back if need > back else len(b)
+    return len(b)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters could still be the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
