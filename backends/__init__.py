@@ -10,6 +10,8 @@ ENGINES: dict[str, str] = {
     "hf": "backends.hf.spec:HFConfig",
     "llamacpp": "backends.llamacpp.spec:LlamaCppConfig",
     "vllm": "backends.vllm.spec:VLLMConfig",
+    # a test engine with known timings (it says so in /v1/engine): client-overhead benchmarks
+    "synthetic": "harness.synthetic:SyntheticConfig",
 }
 
 

@@ -64,6 +64,16 @@ class EngineConfig(BaseModel):
     def check(self) -> None:
         """Raise HyperbenchError for settings this engine cannot honour on this machine."""
 
+    def server_env(self) -> dict[str, str]:
+        """Environment variables the server needs on top of the harness's own."""
+        return {}
+
+    def spec_counters(self, base_url: str) -> dict | None:
+        """Cumulative speculative-decoding counters of the running server ({drafts, draft_tokens,
+        accepted_tokens, ...}); None when this config does not speculate. bench differences two
+        snapshots around each sweep point with `speculative_delta`."""
+        return None
+
     @classmethod
     def installed(cls) -> tuple[bool, str]:
         if importlib.util.find_spec(cls.probe_module) is None:
@@ -76,3 +86,27 @@ class EngineConfig(BaseModel):
 
 def python_module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+SPEC_COUNTERS = ("drafts", "draft_tokens", "accepted_tokens")
+
+
+def speculative_delta(before: dict, after: dict) -> dict:
+    """What happened between two `spec_counters` snapshots, for any engine: counts, acceptance
+    rate (accepted / draft tokens), mean accepted length (1 + accepted / drafts: tokens emitted
+    per target forward pass, the target's own next token included, as vLLM defines it) and the
+    acceptance rate at each draft position where the engine reports it. Rates are None when
+    nothing was drafted."""
+    d = {key: after[key] - before[key] for key in SPEC_COUNTERS}
+    drafts, drafted, accepted = d["drafts"], d["draft_tokens"], d["accepted_tokens"]
+    pos_before = before.get("accepted_per_position") or []
+    pos_after = after.get("accepted_per_position") or []
+    per_pos = [a - (pos_before[i] if i < len(pos_before) else 0.0) for i, a in enumerate(pos_after)]
+    return {
+        "drafts": int(drafts),
+        "draft_tokens": int(drafted),
+        "accepted_tokens": int(accepted),
+        "acceptance_rate": accepted / drafted if drafted > 0 else None,
+        "mean_accepted_length": 1 + accepted / drafts if drafts > 0 else None,
+        "acceptance_by_position": [n / drafts for n in per_pos] if drafts > 0 and per_pos else None,
+    }

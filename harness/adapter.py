@@ -58,15 +58,34 @@ class EngineClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # no connection cap: the load generator, not the HTTP pool, decides concurrency
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        ssl_context = httpx.create_ssl_context()  # ~35 ms each: made once, shared
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=30), headers=headers, limits=limits
+            timeout=httpx.Timeout(timeout, connect=30), headers=headers, limits=limits,
+            verify=ssl_context,
         )
+        # Streams go through one single-connection client each, reused (keep-alive) from this
+        # free list: httpcore's pool scans every connection for every queued request
+        # (O(connections x requests) per assignment, encode/httpcore#1035), which at 64
+        # concurrent streams cost seconds of client CPU and showed up as TTFT.
+        self._stream_kwargs = dict(timeout=httpx.Timeout(timeout, connect=30), headers=headers,
+                                   limits=httpx.Limits(max_connections=1), verify=ssl_context)
+        self._idle_streams: list[httpx.AsyncClient] = []
+        self._all_streams: list[httpx.AsyncClient] = []
 
     async def __aenter__(self) -> EngineClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        for http in self._all_streams:
+            await http.aclose()
         await self._http.aclose()
+
+    def _stream_client(self) -> httpx.AsyncClient:
+        if self._idle_streams:
+            return self._idle_streams.pop()
+        http = httpx.AsyncClient(**self._stream_kwargs)
+        self._all_streams.append(http)
+        return http
 
     def payload(self, req: GenRequest, stream: bool = True) -> tuple[str, dict]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, **req.sampling}
@@ -87,9 +106,20 @@ class EngineClient:
         path, body = self.payload(req)
         rec.expected_output_tokens = req.max_tokens if req.fixed_output else None
         chunks: list[str] = []
-        rec.send = time.perf_counter()
+        http = self._stream_client()
+
+        async def trace(event: str, info: dict) -> None:
+            # `send` is when the request goes on the wire, not when this task asked for it: with
+            # many streams the event loop runs other tasks between the two (tens of ms at 64
+            # streams), and that is the client's queueing, not the engine's. httpcore writes the
+            # body right after this event with no await in between (and yields after it).
+            if event == "http11.send_request_body.started":
+                rec.send = time.perf_counter()
+
+        rec.send = time.perf_counter()  # kept if the request never leaves (connect error)
         try:
-            async with self._http.stream("POST", self.base_url + path, json=body) as resp:
+            async with http.stream("POST", self.base_url + path, json=body,
+                                   extensions={"trace": trace}) as resp:
                 if resp.status_code != 200:
                     detail = (await resp.aread()).decode(errors="replace")
                     rec.error = f"HTTP {resp.status_code}: {_error_message(detail)}"
@@ -99,7 +129,11 @@ class EngineClient:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        break
+                        rec.end = time.perf_counter()
+                        # read on to the end of the body: breaking here would leave the HTTP
+                        # response unfinished, and httpx would then close the connection instead
+                        # of reusing it, so every request would pay a TCP connect in its TTFT
+                        continue
                     now = time.perf_counter()
                     msg = json.loads(data)
                     if "error" in msg:
@@ -124,8 +158,10 @@ class EngineClient:
         except (json.JSONDecodeError, ValueError) as e:
             rec.error = f"bad stream from engine: {e}"
         finally:
-            rec.end = time.perf_counter()
+            if rec.end is None:  # no [DONE]: the end of the stream (or the error) ends it
+                rec.end = time.perf_counter()
             rec.text = "".join(chunks)
+            self._idle_streams.append(http)
         if rec.error is None and rec.output_tokens is None:
             rec.error = "engine sent no usage (stream_options.include_usage unsupported?)"
         return rec

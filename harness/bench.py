@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from backends.base import speculative_delta
 from harness import envinfo, telemetry
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.config import BenchConfig
@@ -93,7 +94,8 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
             tok_src = resolve_tokenizer_source(cfg, model_path)
             tokenizer = load_tokenizer(tok_src) if (tok_src and cfg.workload.dataset is None) else None
             requests = build_requests(cfg.workload, tokenizer)
-            asyncio.run(_sweep(cfg, endpoint, launcher, requests, run_dir, summary, baseline, progress))
+            asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
+                               progress))
         summary["status"] = "complete"
     except KeyboardInterrupt:
         summary["status"] = "incomplete"
@@ -121,7 +123,7 @@ def _engine_info(endpoint) -> dict | None:
     return asyncio.run(get())
 
 
-async def _sweep(cfg, endpoint, launcher, requests, run_dir, summary, baseline, progress) -> None:
+async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline, progress) -> None:
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
                             timeout=cfg.load.timeout_s) as client:
         for i in range(cfg.workload.warmup):
@@ -138,18 +140,37 @@ async def _sweep(cfg, endpoint, launcher, requests, run_dir, summary, baseline, 
                 if progress:
                     progress.advance(task)
 
+            spec_before = _spec_counters(engine, endpoint)  # cumulative: difference around the point
             with telemetry.GPUSampler(baseline) as gpu:
                 records = await run_point(client, requests, kind, value, cfg.workload.seed, on_record,
                                           cfg.load.max_concurrency)
             point = {kind: value, **summarize(records, cfg.slo)}
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
+            if spec_before is not None:
+                point["speculative"] = _spec_result(spec_before, _spec_counters(engine, endpoint))
             summary["points"].append(point)
             run_dir.write_json("summary.json", summary)
             if not launcher.alive():
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
             if point["completed"] == 0:
                 raise EngineError(f"every request failed at {kind}={value}: {point.get('first_error')}")
+
+
+def _spec_counters(engine, endpoint) -> dict | None:
+    """The engine's speculative-decoding counters; None when it does not speculate. A failed
+    read is recorded, not raised: the run goes on without acceptance numbers."""
+    try:
+        return engine.spec_counters(endpoint.base_url)
+    except HyperbenchError as e:
+        return {"error": str(e)}
+
+
+def _spec_result(before: dict, after: dict | None) -> dict:
+    for snap in (before, after):
+        if snap is None or "error" in snap:
+            return {"error": snap["error"] if snap else "speculative counters disappeared"}
+    return speculative_delta(before, after)
 
 
 def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:

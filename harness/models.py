@@ -144,7 +144,8 @@ def _finish_hf_folder(folder: Path, rope_theta: float, **tokenizer_updates: obje
 
 
 def ensure_tiny_llama(cache: Path | None = None, seed: int = 0) -> ResolvedModel:
-    target = (cache or cache_dir()) / "models" / f"tiny-llama-seed{seed}"
+    # v2: head_dim 32 (2 heads, 1 KV head), the smallest head size vLLM's CPU attention supports
+    target = (cache or cache_dir()) / "models" / f"tiny-llama-v2-seed{seed}"
     _cached_build(target, lambda tmp: build_tiny_llama(tmp, seed))
     return ResolvedModel(name="tiny-llama", path=target, gguf=None, builtin=True)
 
@@ -268,7 +269,7 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
     rope_theta = 10000.0
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
     )  # fmt: skip

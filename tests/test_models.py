@@ -105,7 +105,7 @@ def test_tiny_loads_generates_and_chats(tiny):
 def test_resolve_tiny_llama_builds_once_into_the_cache(offline_cache):
     first = resolve_model("tiny-llama")
     assert first == ResolvedModel(
-        name="tiny-llama", path=offline_cache / "models" / "tiny-llama-seed0", gguf=None,
+        name="tiny-llama", path=offline_cache / "models" / "tiny-llama-v2-seed0", gguf=None,
         builtin=True,
     )  # fmt: skip
     assert (first.path / "model.safetensors").is_file()
@@ -114,7 +114,7 @@ def test_resolve_tiny_llama_builds_once_into_the_cache(offline_cache):
     assert time.perf_counter() - start < 0.05
     # nothing half-built left beside it
     assert sorted(p.name for p in first.path.parent.iterdir()) == [
-        ".tiny-llama-seed0.lock", "tiny-llama-seed0"
+        ".tiny-llama-v2-seed0.lock", "tiny-llama-v2-seed0"
     ]  # fmt: skip
 
 

@@ -54,9 +54,11 @@ class ProcessLauncher(Launcher):
         else:
             check_port_free(self.host, self.port)
         cmd = self.engine.server_command(self.host, self.port, self.model_path)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
+        engine_env = self.engine.server_env()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **engine_env, **(self.env or {})}
         with open(self.log_path, "ab") as log:
-            log.write(("$ " + " ".join(cmd) + "\n").encode())
+            shown_env = "".join(f"{k}={v} " for k, v in engine_env.items())
+            log.write(("$ " + shown_env + " ".join(cmd) + "\n").encode())
             log.flush()
             # own session: teardown signals the whole group (engines may fork workers)
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

