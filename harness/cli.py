@@ -101,7 +101,8 @@ def serve(engine_kind, host, port, **params):
     cmd = cfg.server_command(host, port, str(resolved.path or resolved.gguf))
     click.echo(f"serving {cfg.display_name()} with {engine_kind} on http://{host}:{port}/v1", err=True)
     sys.stdout.flush()
-    os.execvp(cmd[0], cmd)
+    # the engine's own environment (vLLM: its route middleware's PYTHONPATH, the CPU target)
+    os.execvpe(cmd[0], cmd, {**os.environ, **cfg.server_env()})
 
 
 @cli.command(context_settings={"show_default": True})
@@ -148,6 +149,88 @@ def report(run_dir, no_plots):
     click.echo(run.file("report.md"))
 
 
+def _slurm_opts():
+    from harness.cliutil import section_options
+    from harness.slurm import SlurmJob
+
+    return section_options({"slurm": SlurmJob})
+
+
+@cli.command(context_settings={"show_default": True})
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
+@click.option("--engines", help="Engines to bench in turn, a quant after a colon: hf,llamacpp:q8_0,vllm.")
+@click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
+@_with(_bench_opts() + _engine_opts())
+def compare(runs, config_file, engines, slo, **params):
+    """Bench engines in turn on one workload (--engines), or put finished RUNS side by side.
+
+    Engine options apply to every listed engine that has them. With --launcher docker each
+    engine runs in its own image (hyperbench/<engine>), started and removed in turn.
+    """
+    from harness.cliutil import collect, parse_slo
+    from harness.compare import build_config, run
+
+    file_data = load_yaml(config_file) if config_file else {}
+    cli_data = collect(params)
+    if engines:
+        cli_data["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
+    if runs:
+        cli_data["runs"] = list(runs)
+    if slo:
+        cli_data["slo"] = parse_slo(slo)
+    cfg = build_config(file_data, cli_data)
+    with _Progress() as progress:
+        folder = run(cfg, progress)
+    _print_compare(folder)
+
+
+@cli.command(context_settings={"show_default": True})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
+@click.option("--engine", "engine_kind", help="Engine to bench: hf, llamacpp, vllm.")
+@click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
+@_with(_bench_opts() + _engine_opts() + _slurm_opts())
+def slurm(config_file, engine_kind, slo, **params):
+    """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch)."""
+    from harness.cliutil import check_engine_flags, collect, parse_slo
+    from harness.slurm import SlurmJob, render
+
+    data = collect(params)
+    job = build(SlurmJob, {}, data.pop("slurm", {}))
+    file_data = load_yaml(config_file) if config_file else {}
+    file_engine = file_data.get("engine", {}) if isinstance(file_data.get("engine"), dict) else {}
+    engine = {**file_engine, **data.get("engine", {})}
+    if engine_kind:
+        engine["kind"] = engine_kind
+    check_engine_flags(engine.setdefault("kind", "hf"), engine)
+    data["engine"] = engine
+    if slo:
+        data["slo"] = parse_slo(slo)
+    cfg = build(BenchConfig, file_data, data)
+    argv = sys.argv[sys.argv.index("slurm") + 1:] if "slurm" in sys.argv else None
+    click.echo(render(cfg, job, argv), nl=False)
+
+
+def _print_compare(folder) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.report import fmt, point_label
+
+    data = folder.read_json("compare.json")
+    t = Table(title="hyperbench compare")
+    for col in ("run", "status", "point", "ok", "out tok/s", "TTFT p50", "TPOT p50", "E2E p50"):
+        t.add_column(col, justify="left" if col in ("run", "status", "point") else "right")
+    for r in data["runs"]:
+        for p in r.get("points") or [{}]:
+            t.add_row(r["label"], r["status"], point_label(p) if p else "-",
+                      f"{p.get('completed', 0)}/{p.get('requests', 0)}" if p else "-",
+                      fmt(p.get("output_throughput")), *[fmt((p.get(k) or {}).get("p50"))
+                                                         for k in ("ttft_ms", "tpot_ms", "e2e_ms")])
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+    click.echo(f"comparison: {folder.path / 'report.md'}")
+
+
 class _Progress:
     """rich progress bar for sweeps (quiet when stdout is not a terminal)."""
 
@@ -186,11 +269,31 @@ def _print_summary(run_dir) -> None:
     for p in s["points"]:
         t.add_row(point_label(p), f"{p.get('completed', 0)}/{p.get('requests', 0)}",
                   *[fmt(f(p)) for _, f in COLUMNS])
-    Console().print(t)
+    # a pipe or CI log has no width: do not squeeze the table into 80 columns
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
     click.echo(f"run folder: {run_dir.path}")
 
 
+def _add_score_commands() -> None:
+    from harness.score.cli import data, score
+
+    cli.add_command(score)
+    cli.add_command(data)
+
+
+_add_score_commands()
+
+
+def _sigterm(signum, frame):
+    # a batch scheduler or `docker stop` sends SIGTERM: unwind like Ctrl-C so the engine is torn
+    # down and the run folder is marked incomplete
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         cli.main(args=argv, prog_name="hyperbench", standalone_mode=False)
     except HyperbenchError as e:

@@ -64,3 +64,35 @@ def test_bench_poisson_rate_from_yaml(tmp_path, tiny_model):
     assert all(p["completed"] == 5 for p in summary["points"])
     config = json.loads((tmp_path / "from-file" / "config.json").read_text())
     assert config["workload"]["num_requests"] == 5 and config["workload"]["seed"] == 3
+
+
+def test_interrupted_bench_keeps_records_and_tears_down(tmp_path, tiny_model):
+    """SIGTERM (or Ctrl-C) mid-sweep: finished records kept, run marked incomplete, engine gone."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "bench", "--engine", "hf", "--model", str(tiny_model),
+         "--dtype", "float32", "--concurrency", "1", "--input-len", "8", "--output-len", "200",
+         "--num-requests", "400", "--results-dir", str(tmp_path), "--run-name", "cut"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "cut" / "records.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (records.exists() and records.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    engines = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "incomplete" and summary["reason"] == "interrupted"
+    kept = [json.loads(x) for x in records.read_text().splitlines()]
+    assert len(kept) >= 3 and all(r["error"] is None for r in kept[:3])
+    time.sleep(1)
+    assert engines and not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in engines)
+    assert os.path.exists(tmp_path / "cut" / "report.md")
