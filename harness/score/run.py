@@ -1,0 +1,198 @@
+"""`hyperbench score`: bring an engine up, evaluate lm-eval tasks through `EngineLM`, write a run folder.
+
+Run folder (beside bench's layout): config.json, env.json, engine.log, tasks/ (the generated task
+YAMLs), requests.jsonl (every engine answer, appended as it comes: the resume cache),
+samples/<task>.jsonl (lm-eval's per-item records), lm_eval_results.json, summary.json
+(kind "score", canonical), report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from harness import envinfo
+from harness.errors import HyperbenchError
+from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text
+from harness.score.config import ScoreConfig
+
+log = logging.getLogger("hyperbench.score")
+
+
+def run(cfg: ScoreConfig) -> RunFolder:
+    if cfg.output.resume is not None:
+        run_dir = RunFolder.open(cfg.output.resume)
+        summary = run_dir.read_json("summary.json")
+        if summary.get("kind") != "score":
+            raise HyperbenchError(f"{run_dir.path} is not a score run (kind {summary.get('kind')!r})")
+        if summary.get("status") == "complete":
+            raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+        saved = run_dir.read_json("config.json")
+        saved.get("output", {}).pop("resume", None)
+        cfg = ScoreConfig(**saved)
+        summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        return _score(cfg, run_dir, summary)
+    engine = cfg.engine_config()  # validates engine options before anything is written
+    engine.check()
+    if not cfg.score.tasks and cfg.score.perplexity is None:
+        raise HyperbenchError("no tasks to run: give --tasks (e.g. mmlu,gsm8k) or --perplexity FILE")
+    external = cfg.target.launcher == "external"
+    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
+                               "score-" + ("external" if external else engine.kind), engine.model)
+    summary = {"schema_version": SCHEMA_VERSION, "kind": "score", "status": "running",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "engine": "external" if external else engine.kind, "model": engine.model}
+    return _score(cfg, run_dir, summary, fresh=True)
+
+
+def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
+    from harness.bench import engine_up, resolve_model_path
+    from harness.score.tasks import LOGLIKELIHOOD_TYPES, prepare
+
+    spec = cfg.score
+    engine = cfg.engine_config()
+    summary["status"] = "running"
+    try:
+        prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+    except HyperbenchError:
+        if fresh:  # a user error before anything ran: leave no empty run folder behind
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
+    model_path = resolve_model_path(cfg, engine)
+    resolved = cfg.model_dump(mode="json")
+    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
+    run_dir.write_json("config.json", resolved)
+    run_dir.write_json("env.json", envinfo.capture())
+    summary.update(tasks_requested=spec.tasks, data_dir=str(spec.data_dir) if spec.data_dir else None,
+                   notes=prepared.notes)
+    run_dir.write_json("summary.json", summary)
+    try:
+        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, _launcher):
+            summary["served_model"] = endpoint.model
+            if summary["engine"] == "external":
+                summary["model"] = endpoint.model
+            lm = _make_lm(cfg, endpoint, model_path, run_dir)
+            summary["lm"] = {"tokenizer": lm.tokenizer_source, "max_length": lm.max_length,
+                             "concurrency": lm.concurrency}
+            if any(t in LOGLIKELIHOOD_TYPES for t in prepared.output_types.values()):
+                lm.check_prompt_logprobs()
+            t0 = time.perf_counter()
+            results = _evaluate(cfg, lm, prepared, run_dir)
+            elapsed = time.perf_counter() - t0
+        from harness.score.results import write_results
+
+        write_results(run_dir, summary, results, prepared, lm, cfg, elapsed)
+        summary["status"] = "complete"
+    except KeyboardInterrupt:
+        summary.update(status="incomplete", reason="interrupted")
+        raise
+    except HyperbenchError as e:
+        summary.update(status="incomplete" if run_dir.file("requests.jsonl").exists() else "failed",
+                       reason=str(e))
+        raise
+    finally:
+        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run_dir.write_json("summary.json", summary)
+        _write_report(run_dir)
+    return run_dir
+
+
+def _make_lm(cfg: ScoreConfig, endpoint, model_path: str | None, run_dir: RunFolder):
+    from harness.score.cache import RequestCache
+    from harness.score.lm import EngineLM
+
+    source, tokenizer = _tokenizer(cfg, model_path)
+    lm = EngineLM(endpoint.base_url, endpoint.model, endpoint.api_key,
+                  concurrency=cfg.score.concurrency, tokenizer=tokenizer,
+                  max_length=cfg.score.max_length or _max_length(endpoint, tokenizer),
+                  cache=RequestCache(run_dir.file("requests.jsonl")), timeout=cfg.score.timeout_s)
+    lm.tokenizer_source = source
+    return lm
+
+
+def _tokenizer(cfg: ScoreConfig, model_path: str | None):
+    """(source, tokenizer) of the served model, or (None, None) where there is none to read:
+    an external engine without --tokenizer, or no transformers here."""
+    from harness.bench import resolve_tokenizer_source
+
+    src = resolve_tokenizer_source(cfg, model_path)
+    gguf = None
+    if src is None and model_path and model_path.endswith(".gguf"):
+        src, gguf = str(Path(model_path).parent), Path(model_path).name
+    if src is None:
+        return None, None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        log.warning("transformers is not installed: scoring without a tokenizer (no perplexity)")
+        return None, None
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+    except Exception as e:  # transformers raises many types for a bad folder
+        raise HyperbenchError(f"cannot load a tokenizer from {src}: {type(e).__name__}") from None
+    return src + (f" ({gguf})" if gguf else ""), tok
+
+
+def _max_length(endpoint, tokenizer) -> int:
+    """The engine's context length (`max_model_len` in /v1/models, as vLLM reports it), else the
+    tokenizer's, else 2048."""
+    import asyncio
+
+    from harness.adapter import EngineClient
+
+    async def models():
+        async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key, timeout=30) as c:
+            return await c.get("/models")
+
+    try:
+        for m in asyncio.run(models()).get("data", []):
+            if m.get("id") == endpoint.model and m.get("max_model_len"):
+                return int(m["max_model_len"])
+    except Exception:  # optional information: any failure falls back
+        pass
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if n and n < 1_000_000 else 2048
+
+
+def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
+    import lm_eval
+
+    spec = cfg.score
+    gen_kwargs = dict(spec.gen_kwargs)
+    if float(gen_kwargs.get("temperature") or 0) > 0:
+        gen_kwargs.setdefault("do_sample", True)  # else lm-eval would quietly stay greedy
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=prepared.names, task_manager=prepared.tm,
+            num_fewshot=spec.num_fewshot, limit=spec.limit, gen_kwargs=gen_kwargs or None,
+            bootstrap_iters=spec.bootstrap_iters, log_samples=True,
+            apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
+            fewshot_random_seed=spec.fewshot_seed,
+        )  # fmt: skip
+    except (HyperbenchError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # lm-eval / datasets failures: one line, the traceback kept
+        atomic_write_text(run_dir.file("error.log"), traceback.format_exc())
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        hint = ""
+        if spec.data_dir is None and ("offline" in first.lower() or "connect" in first.lower()):
+            hint = " (no --data-dir: stage data with `hyperbench data stage|pull` first)"
+        raise HyperbenchError(f"lm-eval failed: {type(e).__name__}: {first}{hint} "
+                              f"(traceback in {run_dir.file('error.log')})") from None
+
+
+def _write_report(run_dir: RunFolder) -> None:
+    from harness.score.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as e:  # a report problem must never lose the run's data
+        atomic_write_text(run_dir.file("report.md"), f"report failed: {type(e).__name__}: {e}\n")
+
+
+def load_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -1,0 +1,136 @@
+"""`hyperbench score` as a user runs it: a launched engine end to end, an engine that cannot do
+loglikelihood, and a run killed with SIGKILL then resumed without recomputing finished requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.score import staging
+
+REPO = Path(__file__).resolve().parents[1]
+TRUTHFULQA_CSV = REPO.parent / "shared" / "data" / "truthfulqa" / "TruthfulQA.csv"
+
+
+@pytest.fixture(scope="session")
+def staged() -> Path:
+    csv = os.environ.get(staging.TRUTHFULQA_CSV_ENV) or TRUTHFULQA_CSV
+    if not Path(csv).is_file():
+        pytest.skip(f"TruthfulQA CSV not found at {csv}")
+    return staging.ensure_staged(truthfulqa_csv=csv)
+
+
+def hb_cmd(*args):
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def hb(*args, timeout=900):
+    return subprocess.run(hb_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_score_launches_an_engine_and_writes_a_run_folder(tiny_model, staged, tmp_path):
+    res = hb("score", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
+             "--tasks", "mmlu_anatomy,gsm8k,truthfulqa_mc1,truthfulqa_gen", "--limit", "3",
+             "--data-dir", str(staged), "--gen-kwargs", "max_gen_toks=8",
+             "--results-dir", str(tmp_path), "--run-name", "e2e")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "e2e"
+    for name in ("config.json", "env.json", "engine.log", "summary.json", "report.md", "requests.jsonl",
+                 "lm_eval_results.json", "tasks/gsm8k.yaml", "samples/mmlu_anatomy.jsonl",
+                 "samples/gsm8k.jsonl", "samples/truthfulqa_gen.jsonl"):
+        assert (run / name).is_file(), name
+    s = json.loads((run / "summary.json").read_text())
+    assert s["schema_version"] == 1 and s["kind"] == "score" and s["status"] == "complete"
+    assert s["engine"] == "hf" and s["tasks"]["mmlu_anatomy"]["n"] == 3
+    for task, metric in (("mmlu_anatomy", "acc"), ("truthfulqa_mc1", "acc"), ("gsm8k", "exact_match,strict-match"),
+                         ("truthfulqa_gen", "bleu_acc"), ("truthfulqa_gen", "rouge1_max")):
+        m = s["tasks"][task]["metrics"][metric]
+        assert m["value"] is not None and m["stderr"] is not None, (task, metric)
+    assert any("APPROXIMATION" in n for n in s["notes"])  # mc1 on the CSV-built approximation
+    report = (run / "report.md").read_text()
+    assert "LOCAL APPROXIMATION" in report and "| gsm8k | max_tokens=8, temperature=0.0" in report
+    assert "truthfulqa_mc1" in res.stdout and f"run folder: {run}" in res.stdout
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["score"]["tasks"] == ["mmlu_anatomy", "gsm8k", "truthfulqa_mc1", "truthfulqa_gen"]
+    assert cfg["engine"]["dtype"] == "float32"
+
+
+def test_engine_without_prompt_logprobs_asked_for_mmlu(staged, tmp_path):
+    from harness.synthetic import start_in_thread
+
+    with start_in_thread(ttft_ms=0, itl_ms=0) as srv:  # a real server of ours with no prompt logprobs
+        res = hb("score", "--url", srv.base_url, "--model", "synthetic", "--tasks", "mmlu_anatomy",
+                 "--limit", "2", "--data-dir", str(staged), "--results-dir", str(tmp_path), "--run-name", "r")
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = [ln for ln in res.stderr.splitlines() if ln.strip() and "it/s" not in ln]
+    assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "returns no prompt logprobs" in err[0] and "loglikelihood tasks" in err[0]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.fixture(scope="module")
+def hf_server(tiny_model, tmp_path_factory):
+    from conftest import start_server
+
+    with start_server("hf", tiny_model, tmp_path_factory.mktemp("engine")) as server:
+        yield server
+
+
+def test_killed_run_resumes_without_recomputing(hf_server, staged, tmp_path):
+    args = ["score", "--url", hf_server.base_url, "--model", hf_server.model,
+            "--tokenizer", str(hf_server.model_path), "--tasks", "mmlu_anatomy", "--limit", "100",
+            "--num-fewshot", "5", "--concurrency", "2", "--data-dir", str(staged),
+            "--results-dir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(hb_cmd(*args, "--run-name", "killed"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cache = tmp_path / "killed" / "requests.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if cache.exists() and len(cache.read_text().splitlines()) >= 40:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = set()
+    for line in cache.read_text().splitlines():
+        try:
+            done.add(json.loads(line)["key"])
+        except json.JSONDecodeError:
+            pass  # torn by the kill
+    assert 40 <= len(done) < 400
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["status"] == "running"  # killed: nothing got to mark it
+
+    res = hb("score", "--resume", str(tmp_path / "killed"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert s["status"] == "complete" and len(s["resumed"]) == 1
+    assert s["requests"]["loglikelihood"] == {"cached": len(done), "sent": 400 - len(done)}
+    keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]  # the torn line was cut
+    assert len(keys) == len(set(keys)) == 400  # each request answered once, across the two runs
+
+    clean = hb(*args, "--run-name", "clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    c = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert c["requests"]["loglikelihood"] == {"cached": 0, "sent": 400}
+    assert s["tasks"]["mmlu_anatomy"]["metrics"] == c["tasks"]["mmlu_anatomy"]["metrics"]
+    resumed = [json.loads(x)["resps"] for x in (tmp_path / "killed/samples/mmlu_anatomy.jsonl").open()]
+    fresh = [json.loads(x)["resps"] for x in (tmp_path / "clean/samples/mmlu_anatomy.jsonl").open()]
+    assert resumed == fresh
+
+
+def test_resume_of_a_complete_run_is_refused(tmp_path):
+    run = tmp_path / "done"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"kind": "score", "status": "complete"}))
+    res = hb("score", "--resume", str(run))
+    assert res.returncode == 2 and "nothing to resume" in res.stderr
