@@ -44,7 +44,7 @@ class SyntheticConfig(EngineConfig):
     itl_ms: float = Field(10.0, ge=0, description="Delay between tokens (ms).")
     jitter_ms: float = Field(0.0, ge=0, description="Add uniform [0, jitter] ms to each deadline.")
     fail_rate: float = Field(0.0, ge=0, le=1, description="Fraction of requests answered HTTP 500.")
-    seed: int = Field(0, description="Seed of jitter and failures.")
+    jitter_seed: int = Field(0, description="Seed of the synthetic jitter and failures.")
 
     probe_module = "harness"
 
@@ -61,7 +61,7 @@ class SyntheticConfig(EngineConfig):
         return python_module_cmd("harness.synthetic", *args)
 
 
-_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "seed")
+_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             411: "Length Required", 431: "Request Header Fields Too Large",
             500: "Internal Server Error"}
@@ -71,7 +71,7 @@ _BURST = 256  # most tokens written per callback, so one fast stream cannot star
 class SyntheticEngine:
     def __init__(self, cfg: SyntheticConfig):
         self.cfg = cfg
-        self.rng = random.Random(cfg.seed)
+        self.rng = random.Random(cfg.jitter_seed)
         # lateness = when a token left - its deadline, in seconds (the server's own error)
         self.counters = {"connections": 0, "requests": 0, "failed": 0, "output_tokens": 0,
                          "first_token_late_s_sum": 0.0, "first_token_late_s_max": 0.0,

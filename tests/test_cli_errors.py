@@ -108,3 +108,21 @@ def test_engine_dies_at_startup(tmp_path, tiny_model):
     assert json.loads((run / "config.json").read_text())["engine"]["kind"] == "hf"
     assert json.loads((run / "env.json").read_text())["python"]
     assert (run / "engine.log").stat().st_size > 0
+
+
+def test_every_command_declares_each_option_once():
+    """Options are derived from several config sections and every engine's spec: two fields of
+    the same name would make click warn on every call (and break the one-line error contract)."""
+    import warnings
+
+    import click
+
+    from harness.cli import cli
+
+    ctx = click.Context(cli)
+    for name, cmd in cli.commands.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flags = [f for p in cmd.params for f in p.opts]
+            assert len(flags) == len(set(flags)), (name, sorted({f for f in flags if flags.count(f) > 1}))
+            cmd.get_help(click.Context(cmd, parent=ctx, info_name=name))

@@ -70,7 +70,8 @@ def docker_setup() -> tuple[str, dict] | str:
         env["HYPERBENCH_EXTRA_CA"] = "/etc/ssl/certs/ca-certificates.crt"  # a proxy's CA, if any
     env.update(HYPERBENCH_NETWORK=PROJECT, HYPERBENCH_UID="1000", HYPERBENCH_GID="1000",
                DOCKER_GID=str(Path("/var/run/docker.sock").stat().st_gid)
-               if Path("/var/run/docker.sock").exists() else "0", HF_HUB_OFFLINE="0")
+               if Path("/var/run/docker.sock").exists() else "0")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # staging built-ins takes the registry, never the hub
     env.pop("HYPERBENCH_API_KEY", None)
     return docker, env
 

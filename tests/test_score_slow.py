@@ -60,3 +60,36 @@ def test_smollm2_on_20_items_of_each_task(engine, staged, tmp_path):
         print(f"  {task:28s} {METRICS[task]:30s} {m['value']:.3f} ± {m['stderr'] or 0:.3f}")
     assert any("APPROXIMATION" in n for n in s["notes"])
     assert s["tasks"]["gsm8k"]["generation"]["greedy"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_gives_lm_eval_hf_loglikelihoods_on_smollm2(staged, tmp_path):
+    """vLLM (CPU) through the same scoring path: per-item loglikelihoods within 1e-3 of lm-eval's
+    `hf` model on the same weights (the tiny model's head size is one vLLM's CPU kernel lacks)."""
+    import lm_eval
+    from transformers import AutoTokenizer
+
+    from backends import engine_class
+    from harness.launchers.process import ProcessLauncher
+    from harness.models import resolve_model
+    from harness.score.lm import EngineLM
+    from harness.score.tasks import prepare
+
+    ok, why = engine_class("vllm").installed()
+    if not ok:
+        pytest.skip(f"vllm is not installed here ({why})")
+    model = resolve_model("smollm2-135m")
+    p = prepare(["mmlu_high_school_geography", "truthfulqa_mc2"], staged, tmp_path / "tasks")
+    kw = dict(tasks=p.names, task_manager=p.tm, limit=5, log_samples=True, bootstrap_iters=0)
+    ref = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model.path},dtype=float32",
+                                  device="cpu", batch_size=4, **kw)
+    cfg = engine_class("vllm")(model=str(model.path), served_model_name="m", dtype="float32")
+    with ProcessLauncher(cfg, str(model.path), log_path=tmp_path / "vllm.log", startup_timeout_s=900) as ep:
+        lm = EngineLM(ep.base_url, ep.model, tokenizer=AutoTokenizer.from_pretrained(model.path))
+        ours = lm_eval.simple_evaluate(model=lm, **kw)
+    for task in p.names:
+        for a, b in zip(ref["samples"][task], ours["samples"][task]):
+            for x, y in zip(a["resps"], b["resps"]):
+                assert y[0][0] == pytest.approx(x[0][0], abs=1e-3), (task, a["doc_id"])
+        assert ours["results"][task]["acc,none"] == pytest.approx(ref["results"][task]["acc,none"], abs=1e-6)
