@@ -9,6 +9,7 @@ from pathlib import Path
 
 from backends.base import speculative_delta
 from harness import envinfo, telemetry
+from harness.roofline import point_roofline
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError
@@ -147,6 +148,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             point = {kind: value, **summarize(records, cfg.slo)}
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
+                if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):
+                    point["roofline"] = roof
             if spec_before is not None:
                 point["speculative"] = _spec_result(spec_before, _spec_counters(engine, endpoint))
             summary["points"].append(point)

@@ -97,6 +97,21 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
             above = g.get("peak_above_baseline_bytes")
             lines.append(f"| {label} | {g['index']} | {fmt(above / 2**20 if above is not None else None)} | "
                          f"{fmt(g.get('mean_utilization_pct'))} | {fmt(g.get('energy_j'))} |")
+    roof_rows = [(point_label(p), p["roofline"]) for p in points if p.get("roofline")]
+    if roof_rows:
+        lines += ["", "## Roofline and energy", "",
+                  "Per-stream decode speed (1000 / TPOT p50) against bandwidth / weight bytes "
+                  "(no engine decodes one stream faster at small batch).", "",
+                  "| point | decode tok/s | roofline tok/s | % of roofline | J / output token |",
+                  "|---|---|---|---|---|"]
+        for label, r in roof_rows:
+            frac = r.get("fraction_of_roofline")
+            lines.append(f"| {label} | {fmt(r.get('decode_tok_s'))} | {fmt(r.get('roofline_tok_s'))} | "
+                         f"{fmt(frac * 100 if frac is not None else None)} | "
+                         f"{fmt(r.get('joules_per_output_token'))} |")
+        src = roof_rows[0][1].get("bandwidth_source")
+        if src:
+            lines += ["", f"Bandwidth: {fmt(roof_rows[0][1].get('bandwidth_gbs'))} GB/s ({src})."]
     if plots and points:
         made = write_plots(run, points)
         lines += ["", "## Plots", ""] + [f"![{m}](plots/{m})" for m in made]

@@ -56,6 +56,13 @@ class GPUSampler:
                 out.append(None)
         return out
 
+    def _name(self, i: int) -> str | None:
+        try:
+            name = self.pynvml.nvmlDeviceGetName(self.pynvml.nvmlDeviceGetHandleByIndex(i))
+            return name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:
+            return None
+
     def _run(self):
         while not self._stop.is_set():
             for i, h in enumerate(self._handles()):
@@ -93,6 +100,7 @@ class GPUSampler:
             util = self._util[i]
             gpus.append({
                 "index": i,
+                "name": self._name(i),
                 "peak_used_bytes": peak,
                 "idle_baseline_bytes": base,
                 "peak_above_baseline_bytes": None if base is None else peak - base,
