@@ -284,6 +284,16 @@ def _add_score_commands() -> None:
 _add_score_commands()
 
 
+def _add_agree_commands() -> None:
+    from harness.agree_cli import agree, quantize
+
+    cli.add_command(quantize)
+    cli.add_command(agree)
+
+
+_add_agree_commands()
+
+
 def _sigterm(signum, frame):
     # a batch scheduler or `docker stop` sends SIGTERM: unwind like Ctrl-C so the engine is torn
     # down and the run folder is marked incomplete

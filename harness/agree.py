@@ -1,0 +1,476 @@
+"""`hyperbench agree`: the same weights served by several engines (and quantizations), each
+measured against a reference before any benchmark, so a user sees what a quantization costs.
+
+    hyperbench agree --engines hf,llamacpp:f16,llamacpp:q8_0,llamacpp:q4_k_m,vllm --model smollm2-135m
+
+Each engine is brought up in turn with the bench launchers (process, docker, apptainer), gets the
+same prompts as token ids (the model's own tokenizer, so no engine re-tokenizes), and answers two
+requests per prompt on /v1/completions: greedy generation (temperature 0, `ignore_eos`, fixed
+length) and prompt scoring (`echo`, `logprobs=K`, one token). harness/agreement.py turns the
+answers into: greedy token agreement (first divergence), max |Δ| of prompt logprobs, and the KL
+of next-token distributions at every prompt position, against the reference (the first engine,
+or --reference).
+
+An engine spec is `kind[:quant][:option=value...]`: `llamacpp:q4_k_m`, `hf:int8`,
+`hf:dtype=bfloat16`, `llamacpp:q8_0:kv_cache_type=f16`. Engine flags (`--n-ctx 1024`) apply to
+every listed engine that has them. Unless a spec says otherwise every engine runs at full
+precision around its weights (`dtype=float32`, llama.cpp `kv_cache_type=f32`): what is measured
+is the weights' quantization, not a bf16 compute path or a half-precision KV cache.
+
+Run folder: config.json, env.json, summary.json (canonical, versioned: every engine's status and
+engine info, every variant's agreement numbers), outputs/<engine>.json (every token and top-K
+distribution each engine returned: the numbers can be recomputed), logs/<engine>.log, report.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from harness import envinfo
+from harness.agreement import EngineOutput, Tokens, compare, parse_generation, parse_scoring
+from harness.config import BenchConfig, Output, Target
+from harness.errors import EngineError, HyperbenchError
+from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text, slug
+
+# What "full precision" means for engine fields that exist in several engines; set on every
+# engine that has the field, unless its spec or an engine flag sets it.
+FULL_PRECISION = {"dtype": "float32", "kv_cache_type": "f32"}
+
+# Built-in prompts: plain English, code, numbers, lists, dialogue; the first N are used.
+PROMPTS = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a small village by the sea, there lived",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+    "Q: What is 12 times 7?\nA:",
+    "The largest planet in our solar system is",
+    "import numpy as np\n\narr = np.array([1, 2, 3])\nprint(",
+    "Photosynthesis is the process by which plants",
+    "Dear hiring manager, I am writing to apply for",
+    "The French Revolution began in the year",
+    "List of fruits: apple, banana,",
+    "In machine learning, overfitting means that",
+    "SELECT name, age FROM users WHERE",
+    "The quick brown fox jumps over the lazy dog. The lazy dog",
+    "User: Can you recommend a good book?\nAssistant:",
+    "The human heart has four chambers:",
+    "Monday, Tuesday, Wednesday,",
+    "A haiku about autumn leaves:\n",
+    "The speed of light in a vacuum is approximately",
+    "for (int i = 0; i < n; i++) {",
+    "Shakespeare wrote many plays, including",
+    "The main ingredients of bread are",
+    "Translate to French: 'Good morning, how are you?'\n",
+    "The Great Wall of China was built to",
+    "1, 1, 2, 3, 5, 8, 13,",
+    "Here is a short summary of the theory of evolution:",
+    "The mitochondria is known as the",
+    "How to change a flat tire: Step 1.",
+    "Mount Everest is located in",
+    "<html>\n  <head>\n    <title>",
+    "The difference between weather and climate is",
+    "A good night's sleep helps the body",
+    "The Pythagorean theorem states that",
+    "Breaking news: scientists have discovered",
+    "My favourite thing about summer is",
+    "The periodic table organizes elements by",
+    "git commit -m \"",
+    "Recipe for pancakes. Ingredients:",
+    "The moon orbits the Earth every",
+    "Artificial intelligence can help doctors by",
+    "In 1969, astronauts landed on",
+    "The opposite of hot is cold, and the opposite of up is",
+    "Once the meeting was over, she walked to the window and",
+    "Rain forms when water vapour in the air",
+    "Python lists are different from tuples because",
+    "The best way to learn a new language is",
+)
+
+
+class AgreeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: int = Field(32, ge=1, description="Prompts every engine answers (the built-in set has 48).")
+    max_tokens: int = Field(32, ge=1, description="Greedy tokens generated per prompt.")
+    top_logprobs: int = Field(20, ge=1, le=20, description="K of the top-K next-token distributions "
+                              "(vLLM caps it at 20).")
+    dataset: Path | None = Field(None, description="JSONL prompt file instead of the built-in prompts.")
+    seed: int = Field(0, description="Seed of the prompt sample drawn from --dataset.")
+    reference: str | None = Field(None, description="The engine spec the others are measured against "
+                                  "(default: the first of --engines).")
+
+
+class AgreeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engines: list[str] = Field(description="Engine specs: kind[:quant][:option=value...].")
+    engine: dict = Field(default_factory=dict, description="Engine options shared by every engine that has them.")
+    agree: AgreeSettings = Field(default_factory=AgreeSettings)
+    target: Target = Field(default_factory=Target)
+    output: Output = Field(default_factory=Output)
+
+    @field_validator("engines")
+    @classmethod
+    def _engines(cls, v):
+        if len(v) < 2:
+            raise ValueError("agree needs at least two engines (a reference and a variant)")
+        if len(set(v)) != len(v):
+            raise ValueError("an engine is listed twice")
+        return v
+
+    def reference(self) -> str:
+        return self.agree.reference or self.engines[0]
+
+
+def build_config(file_data: dict, cli_data: dict) -> AgreeConfig:
+    from harness.config import build
+
+    cfg = build(AgreeConfig, file_data, cli_data)
+    if cfg.reference() not in cfg.engines:
+        raise HyperbenchError(f"--reference {cfg.reference()} is not one of --engines ({', '.join(cfg.engines)})")
+    if cfg.target.launcher == "external":
+        raise HyperbenchError("agree starts each engine itself: use --launcher process, docker or apptainer")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+def parse_spec(spec: str) -> dict:
+    """'llamacpp:q8_0:kv_cache_type=f16' -> {'kind': 'llamacpp', 'quant': 'q8_0', 'kv_cache_type': 'f16'}."""
+    kind, *parts = [p.strip() for p in spec.strip().split(":")]
+    out: dict = {"kind": kind}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if eq:
+            out[key.strip().replace("-", "_")] = value.strip()
+        elif "quant" in out:
+            raise HyperbenchError(f"engine spec {spec!r}: two quantizations ({out['quant']}, {part})")
+        elif part:
+            out["quant"] = part
+    return out
+
+
+def engine_dicts(cfg: AgreeConfig) -> list[tuple[str, dict]]:
+    """(label, engine config dict) per spec: its own settings > shared flags > full precision."""
+    from backends import engine_class
+
+    out, used = [], set()
+    for spec in cfg.engines:
+        own = parse_spec(spec)
+        fields = engine_class(own["kind"]).model_fields
+        for key in own:
+            if key not in fields:
+                raise HyperbenchError(f"engine spec {spec!r}: {own['kind']} has no option {key!r}")
+        shared = {k: v for k, v in cfg.engine.items() if k in fields and k not in own}
+        used |= shared.keys()
+        defaults = {k: v for k, v in FULL_PRECISION.items() if k in fields and _allowed(fields[k], v)}
+        out.append((spec, {**defaults, **shared, **own}))
+    unused = set(cfg.engine) - used - {"kind"}
+    if unused:
+        raise HyperbenchError(f"--{sorted(unused)[0].replace('_', '-')} is an option of none of "
+                              f"the engines compared ({', '.join(cfg.engines)})")
+    return out
+
+
+def _allowed(field, value) -> bool:
+    import typing
+
+    args = typing.get_args(field.annotation)
+    return not args or value in args
+
+
+def check_engines(cfg: AgreeConfig, engines: list[tuple[str, dict]]) -> list:
+    """Every engine config valid (and installed, for the process launcher) before anything runs."""
+    from backends import engine_class
+
+    typed = []
+    for label, e in engines:
+        try:
+            engine = BenchConfig(engine=e, target=cfg.target).engine_config()
+        except HyperbenchError as err:
+            raise HyperbenchError(f"{label}: {err}") from None
+        engine.check()
+        if cfg.target.launcher == "process":
+            ok, why = engine_class(e["kind"]).installed()
+            if not ok:
+                raise HyperbenchError(f"engine {e['kind']} ({label}) is not installed here: {why}")
+        typed.append(engine)
+    return typed
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+def prompt_texts(s: AgreeSettings) -> list[str]:
+    if s.dataset is not None:
+        from harness.workload import file_prompts
+
+        return file_prompts(s.dataset, s.prompts, s.seed)
+    if s.prompts > len(PROMPTS):
+        raise HyperbenchError(f"--prompts {s.prompts}: the built-in set has {len(PROMPTS)}; "
+                              "give --dataset FILE for more")
+    return list(PROMPTS[: s.prompts])
+
+
+def tokenizer_source(cfg: AgreeConfig) -> str:
+    from harness.models import resolve_model
+
+    if cfg.target.tokenizer:
+        return cfg.target.tokenizer
+    resolved = resolve_model(cfg.engine.get("model", "smollm2-135m"))
+    if resolved.path is None:
+        raise HyperbenchError(f"{resolved.gguf} has no tokenizer folder beside it: pass --tokenizer DIR "
+                              "(the HF folder of the same model)")
+    return str(resolved.path)
+
+
+# ---------------------------------------------------------------------------- asking one engine
+
+
+async def _ask(client, body: dict, as_ids: bool | None) -> tuple[dict, bool]:
+    """POST /completions, naming tokens by id where the engine can (found out on the first call:
+    an engine that refuses `return_tokens_as_token_ids` names them by text)."""
+    from harness.adapter import EngineHTTPError
+
+    if as_ids is not False:
+        try:
+            return await client.complete({**body, "return_tokens_as_token_ids": True}), True
+        except EngineHTTPError as e:
+            if as_ids or e.status != 400 or "return_tokens_as_token_ids" not in str(e):
+                raise
+    return await client.complete(body), False
+
+
+async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeSettings,
+                       tokens: Tokens) -> EngineOutput:
+    from harness.adapter import EngineClient, EngineHTTPError
+
+    out = EngineOutput(label=label, token_ids=False)
+    as_ids = None
+    async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key) as client:
+        for i, ids in enumerate(prompts):
+            try:
+                gen, as_ids = await _ask(client, {"prompt": ids, "max_tokens": s.max_tokens, "temperature": 0,
+                                                  "ignore_eos": True, "logprobs": 1}, as_ids)
+                score, as_ids = await _ask(client, {"prompt": ids, "max_tokens": 1, "temperature": 0,
+                                                    "echo": True, "logprobs": s.top_logprobs}, as_ids)
+            except EngineHTTPError as e:
+                raise EngineError(f"{label} refused prompt {i}: {e}") from None
+            except Exception as e:  # network trouble, a dead engine
+                raise EngineError(f"{label}: request failed on prompt {i}: {type(e).__name__}: {e}") from None
+            choice = score["choices"][0]
+            echoed = choice["logprobs"]["tokens"][: len(ids)]
+            if as_ids and [tokens.token(t)[0] for t in echoed] != ids:
+                raise EngineError(f"{label} echoed other tokens than the prompt ids it was sent (prompt {i})")
+            try:
+                out.scoring.append(parse_scoring(choice, len(ids), tokens))
+            except ValueError as e:
+                raise EngineError(f"{label}: {e} (prompt {i})") from None
+            out.greedy.append(parse_generation(gen["choices"][0], tokens))
+            out.texts.append(gen["choices"][0]["text"])
+    out.token_ids = bool(as_ids)
+    return out
+
+
+def _engine_info(endpoint) -> dict | None:
+    from harness.bench import _engine_info as info
+
+    return info(endpoint)
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run(cfg: AgreeConfig, progress=None) -> RunFolder:
+    from harness.bench import engine_up, resolve_model_path
+    from harness.workload import load_tokenizer
+
+    engines = engine_dicts(cfg)
+    typed = check_engines(cfg, engines)
+    s = cfg.agree
+    texts = prompt_texts(s)
+    tokenizer = load_tokenizer(tokenizer_source(cfg))
+    prompts = [tokenizer(t).input_ids for t in texts]
+    short = [i for i, p in enumerate(prompts) if len(p) < 2]
+    if short:
+        raise HyperbenchError(f"prompt {short[0]} is one token long: scoring needs two or more")
+    tokens = Tokens.from_tokenizer(tokenizer)
+    model = str(cfg.engine.get("model", typed[0].model))
+    folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "agree", model)
+    (folder.path / "outputs").mkdir()
+    (folder.path / "logs").mkdir()
+    folder.write_json("config.json", {**cfg.model_dump(mode="json", exclude={"engine": {"api_key"}}),
+                                      "resolved_engines": {label: e for label, e in engines}})
+    folder.write_json("env.json", envinfo.capture())
+    ref = cfg.reference()
+    summary = {
+        "schema_version": SCHEMA_VERSION, "kind": "agree", "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "reference": ref,
+        "prompts": len(prompts), "prompt_tokens": sum(len(p) for p in prompts),
+        "max_tokens": s.max_tokens, "top_logprobs": s.top_logprobs,
+        "kl": "lower bound: KL(ref || engine) over the tokens both list in their top-K plus one "
+              "bucket for the rest of the vocabulary",
+        "engines": [], "agreement": {},
+    }  # fmt: skip
+    folder.write_json("summary.json", summary)
+    outputs: dict[str, EngineOutput] = {}
+    order = sorted(range(len(engines)), key=lambda i: engines[i][0] != ref)  # reference first
+    try:
+        for i in order:
+            label, _ = engines[i]
+            engine = typed[i]
+            entry = {"label": label, "kind": engine.kind, "config": engines[i][1], "status": "running"}
+            summary["engines"].append(entry)
+            if progress:
+                progress(label)
+            t0 = time.monotonic()
+            bench_cfg = BenchConfig(engine=engines[i][1], target=cfg.target)
+            try:
+                model_path = resolve_model_path(bench_cfg, engine)
+                with engine_up(bench_cfg, engine, model_path, folder.path / "logs" / f"{slug(label)}.log") \
+                        as (endpoint, _):
+                    entry["engine_info"] = _engine_info(endpoint)
+                    result = asyncio.run(query_engine(endpoint, label, prompts, s, tokens))
+            except HyperbenchError as e:
+                entry.update(status="failed", reason=str(e).splitlines()[0], seconds=time.monotonic() - t0)
+                folder.write_json("summary.json", summary)
+                print(f"agree: {label} failed: {entry['reason']}", file=sys.stderr)
+                if label == ref:
+                    raise HyperbenchError(f"the reference {ref} failed: {entry['reason']}") from None
+                continue
+            entry.update(status="ok", token_ids=result.token_ids, seconds=time.monotonic() - t0)
+            outputs[label] = result
+            folder.write_json(f"outputs/{slug(label)}.json", {
+                "label": label, "token_ids": result.token_ids, "prompts": prompts, "greedy": result.greedy,
+                "texts": result.texts, "scoring": result.scoring})  # fmt: skip
+            if label != ref:
+                summary["agreement"][label] = compare(outputs[ref], result, tokens)
+            folder.write_json("summary.json", summary)
+        failed = [e["label"] for e in summary["engines"] if e["status"] != "ok"]
+        summary["status"] = "incomplete" if failed else "complete"
+        if failed:
+            summary["reason"] = f"failed: {', '.join(failed)}"
+    except KeyboardInterrupt:
+        summary["status"], summary["reason"] = "incomplete", "interrupted"
+        raise
+    except HyperbenchError as e:
+        summary["status"] = "failed" if not summary["agreement"] else "incomplete"
+        summary["reason"] = str(e)
+        raise
+    finally:
+        for e in summary["engines"]:
+            if e["status"] == "running":
+                e["status"] = "interrupted"
+        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        folder.write_json("summary.json", summary)
+        try:
+            atomic_write_text(folder.file("report.md"), render(summary, folder))
+        except Exception as e:  # a report problem must never lose the run's data
+            atomic_write_text(folder.file("report.md"), f"report failed: {type(e).__name__}: {e}\n")
+    return folder
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def weights_of(entry: dict) -> str:
+    info = entry.get("engine_info") or {}
+    parts = [str(info.get("quantization") or "?")]
+    if info.get("dtype") and info.get("dtype") != info.get("quantization"):
+        parts.append(str(info["dtype"]))
+    if info.get("weight_bytes"):
+        parts.append(f"{info['weight_bytes'] / 1e6:,.1f} MB")
+    return ", ".join(parts)
+
+
+COLUMNS = (
+    ("greedy identical", lambda a: f"{a['greedy']['identical']}/{a['greedy']['prompts']}"),
+    ("first divergence (min)", lambda a: a["greedy"]["min_first_divergence"]),
+    ("matched tokens (mean)", lambda a: a["greedy"]["mean_matched_tokens"]),
+    ("max abs Δ logprob", lambda a: a["prompt_logprobs"]["max_abs_diff"]),
+    ("mean abs Δ logprob", lambda a: a["prompt_logprobs"]["mean_abs_diff"]),
+    ("KL mean", lambda a: a["next_token"]["kl_mean"]),
+    ("KL p99", lambda a: a["next_token"]["kl_p99"]),
+    ("KL max", lambda a: a["next_token"]["kl_max"]),
+    ("top-1 agree", lambda a: a["next_token"]["top1_agreement"]),
+)
+
+
+def num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
+    return str(v)
+
+
+def rows(summary: dict) -> list[list[str]]:
+    """One row per engine: label, weights, compared by, then COLUMNS (the reference: '-')."""
+    out = []
+    for e in summary["engines"]:
+        a = summary["agreement"].get(e["label"])
+        head = [e["label"] + (" (reference)" if e["label"] == summary["reference"] else ""), weights_of(e)]
+        if a is not None:
+            out.append(head + [a["compared_by"]] + [num(f(a)) for _, f in COLUMNS])
+        else:
+            status = "reference" if e["status"] == "ok" else e["status"]
+            out.append(head + [status] + ["-"] * len(COLUMNS))
+    return out
+
+
+def render(summary: dict, folder: RunFolder) -> str:
+    env = folder.read_json("env.json")
+    lines = [f"# hyperbench agree: {summary['model']}", ""]
+    if summary.get("status") != "complete":
+        lines += [f"> **status: {summary.get('status')}**: {summary.get('reason', '')}", ""]
+    lines += [
+        f"- run folder: `{folder.path}`; started {summary['started']}  ",
+        f"- reference: **{summary['reference']}**; {summary['prompts']} prompts "
+        f"({summary['prompt_tokens']} prompt tokens), {summary['max_tokens']} greedy tokens each, "
+        f"top-{summary['top_logprobs']} logprobs  ",
+        f"- machine: {env.get('cpu', {}).get('model')}, "
+        + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU")
+        + f"; hyperbench {env.get('hyperbench')} ({env.get('git_commit')})",
+        "",
+        "| engine | weights | compared by | " + " | ".join(c for c, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 3),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(summary)]
+    failed = [e for e in summary["engines"] if e["status"] not in ("ok",)]
+    if failed:
+        lines += ["", "Engines that did not finish:", ""]
+        lines += [f"- {e['label']}: {e['status']}: {e.get('reason', '')} (log: `logs/{slug(e['label'])}.log`)"
+                  for e in failed]
+    lines += [
+        "",
+        "How to read it:",
+        "",
+        "- **greedy**: every prompt generates the same number of tokens at temperature 0 "
+        "(`ignore_eos`); *identical* counts prompts whose tokens all match the reference's, "
+        "*first divergence* is the index of the first generated token that differs (0 = the first), "
+        "*matched tokens* the mean length of the matching prefix.",
+        "- **Δ logprob**: |logprob(reference) - logprob(engine)| of each prompt token given its "
+        "prefix (every prompt position but the first), from `echo` + `logprobs`.",
+        "- **KL**: KL(reference || engine) of the next-token distribution at every prompt position "
+        "and after the prompt, in nats. Engines return only the top-K logprobs, so it is computed over "
+        "the tokens both list plus one bucket for all other tokens (1 - the listed mass on each side): "
+        "a **lower bound** of the full-vocabulary KL (coarsening never increases KL), exact when the "
+        "shared top-K hold all the mass. Mean reference mass in the shared tokens: "
+        + ", ".join(f"{label} {num(a['next_token']['ref_mass_shared'])}" for label, a in summary["agreement"].items())
+        + ".",
+        "- **compared by**: `ids` when both engines named tokens by id; `text` when one could only "
+        "name them by text (its text mapped back to an id where exactly one id reads that way; tokens "
+        "several ids share go to the rest bucket of the KL, and greedy matches on them are counted "
+        "in summary.json as `ambiguous_matches`).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""`hyperbench quantize` and `hyperbench agree`: thin commands (registered in harness/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from harness.errors import HyperbenchError
+
+
+def _with(options):
+    def deco(f):
+        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
+        return f
+
+    return deco
+
+
+def _agree_opts():
+    from harness.agree import AgreeSettings
+    from harness.cliutil import engine_options, section_options
+    from harness.config import Output, Target
+
+    return section_options({"agree": AgreeSettings, "target": Target, "output": Output},
+                           skip={"url", "plots"}) + engine_options()
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--model", default="smollm2-135m", help="Built-in model name, HF folder, or an f32/f16/bf16 .gguf.")
+@click.option("--to", "types", required=True, help="GGUF types to make, e.g. q4_k_m,q8_0 "
+              "(f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m).")
+def quantize(model, types):
+    """GGUF variants of one model's weights (cached where the llama.cpp engine serves them from)."""
+    from harness.quantize import parse_types, run
+
+    wanted = parse_types(types)
+
+    def say(quant, source):
+        click.echo(f"{quant}: from {source} ...", err=True)
+
+    made = run(model, wanted, progress=say)
+    click.echo(f"{'type':8s} {'file type':10s} {'size MB':>9s} {'bits/weight':>11s} {'params':>12s}  path")
+    for v in made:
+        click.echo(f"{v.quant:8s} {v.file_type:10s} {v.file_bytes / 1e6:9.1f} {v.bits_per_weight:11.2f} "
+                   f"{v.n_params:12,d}  {v.path}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
+@click.option("--engines", help="Engines and variants, the reference first: "
+              "hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm (kind[:quant][:option=value...]).")
+@_with(_agree_opts())
+def agree(config_file, engines, **params):
+    """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
+    KL of each engine/quantization against a reference (the first engine, or --reference)."""
+    from harness.agree import build_config, run
+    from harness.cliutil import collect
+    from harness.config import load_yaml
+
+    file_data = load_yaml(config_file) if config_file else {}
+    cli_data = collect(params)
+    if engines:
+        cli_data["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
+    if "engines" not in cli_data and "engines" not in file_data:
+        raise HyperbenchError("agree needs --engines, e.g. --engines hf,llamacpp:q8_0,llamacpp:q4_k_m")
+    cfg = build_config(file_data, cli_data)
+
+    def say(label):
+        click.echo(f"agree: {label} ...", err=True)
+
+    folder = run(cfg, progress=say)
+    _print(folder)
+    summary = folder.read_json("summary.json")
+    if summary["status"] != "complete":
+        raise HyperbenchError(f"agree {summary['status']}: {summary.get('reason', '')} (see {folder.path})")
+
+
+def _print(folder) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.agree import COLUMNS, rows
+
+    s = folder.read_json("summary.json")
+    t = Table(title=f"hyperbench agree: {s['model']} against {s['reference']} "
+                    f"({s['prompts']} prompts, {s['max_tokens']} greedy tokens, top-{s['top_logprobs']})")
+    for col in ("engine", "weights", "compared by", *(c for c, _ in COLUMNS)):
+        t.add_column(col, justify="left" if col in ("engine", "weights", "compared by") else "right")
+    for r in rows(s):
+        t.add_row(*r)
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
+    click.echo("KL: a lower bound over the shared top-K tokens plus one bucket for the rest (see report.md)")
+    click.echo(f"run folder: {folder.path}")
