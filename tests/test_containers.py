@@ -155,7 +155,8 @@ def seed_tiny_model(docker: Docker) -> str:
     inside = f"/cache/models/{model.name}"
     script = (f"rm -rf {inside} && mkdir -p /cache/models /cache/gguf/{gguf.parent.name} && "
               f"cp -r /src/model {inside} && cp /src/gguf /cache/gguf/{gguf.parent.name}/f32.gguf && "
-              f"chown -R 1000:1000 {inside} /cache/gguf/{gguf.parent.name} && chmod -R a+rX {inside} /cache/gguf")
+              f"chown 1000:1000 /cache/models /cache/gguf && chown -R 1000:1000 {inside} /cache/gguf/{gguf.parent.name} && "
+              f"chmod -R a+rX {inside} /cache/gguf")
     docker.run("run", "--rm", "--user", "0:0", "--entrypoint", "sh", "-v", "hyperbench-cache:/cache",
                "-v", f"{model}:/src/model:ro", "-v", f"{gguf}:/src/gguf:ro", "hyperbench/harness:latest",
                "-c", script)
