@@ -106,7 +106,7 @@ def kl_lower_bound(ref: list[list], var: list[list], by_ids: bool, tokens: Token
     """KL(ref || var) over {tokens both list} + {the rest}; returns (kl, ref mass in the shared buckets)."""
     p = {k: math.exp(e[2]) for e in ref if (k := _key(e, by_ids, tokens)) is not None}
     q = {k: math.exp(e[2]) for e in var if (k := _key(e, by_ids, tokens)) is not None}
-    shared = p.keys() & q.keys()
+    shared = [k for k in p if k in q]  # in list order: the same sums in every process
     kl = sum(p[k] * math.log(p[k] / q[k]) for k in shared if p[k] > 0)
     p_rest = max(1.0 - sum(p[k] for k in shared), REST_FLOOR)
     q_rest = max(1.0 - sum(q[k] for k in shared), REST_FLOOR)
