@@ -20,6 +20,10 @@
 # Users with Docker and Compose v2 already need none of this beyond step 4 for CPU images
 # (`mkdir -p containers/context` is enough for CUDA images, which take torch from the registry).
 #
+# Exit status: 0 ready; 3 this machine cannot be set up by this script (not root where a step
+# needs root, no apt): scripts/test.sh then lets the container tests skip with the reason; any
+# other status is a real failure.
+#
 # Env: HYPERBENCH_DOCKER_CONFIG (default ${HYPERBENCH_CACHE:-$HOME/.cache/hyperbench}/docker),
 #      HYPERBENCH_BASE_IMAGE (hyperbench/base:bookworm), DEBIAN_MIRROR (http://deb.debian.org/debian),
 #      TORCH_VERSION (2.13.0), SKIP_LLAMACPP=1 (no llama wheel: the llamacpp image then compiles).
@@ -31,20 +35,26 @@ export DOCKER_CONFIG="${HYPERBENCH_DOCKER_CONFIG:-$CACHE/docker}"
 BASE_IMAGE="${HYPERBENCH_BASE_IMAGE:-hyperbench/base:bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 TORCH="${TORCH_VERSION:-2.13.0}"
-DOCKER=/usr/bin/docker  # Debian's client: the one the cli-plugins below are tested with
 CONTEXT=containers/context
 
 log() { echo "containers_setup: $*" >&2; }
-need_root() { [[ "$(id -u)" == 0 ]] || { log "$1 needs root (or do it yourself, then re-run)"; exit 1; }; }
+need_root() { [[ "$(id -u)" == 0 ]] || { log "$1 needs root (or do it yourself, then re-run)"; exit 3; }; }
+need_apt() { command -v apt-get >/dev/null || { log "$1 needs apt (a Debian/Ubuntu machine)"; exit 3; }; }
 t0=$(date +%s)
 
 # 1. docker.io + debootstrap ------------------------------------------------------------------
-if [[ ! -x "$DOCKER" ]] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-    need_root "installing docker.io and debootstrap"
-    log "apt-get install docker.io debootstrap"
+# Debian's client (/usr/bin/docker) first: the cli-plugins below are tested with it (another
+# `docker` earlier on PATH may lack buildx); a workstation's own docker otherwise.
+DOCKER=/usr/bin/docker
+[[ -x "$DOCKER" ]] || DOCKER="$(command -v docker || echo /usr/bin/docker)"
+if ! "$DOCKER" info >/dev/null 2>&1 && { [[ ! -x "$DOCKER" ]] || ! command -v dockerd >/dev/null; }; then
+    need_root "installing docker.io"
+    need_apt "installing docker.io"
+    log "apt-get install docker.io"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq docker.io debootstrap >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq docker.io debootstrap >/dev/null; }
+    apt-get install -y -qq docker.io >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq docker.io >/dev/null; }
+    DOCKER=/usr/bin/docker
 fi
 if ! "$DOCKER" info >/dev/null 2>&1; then
     need_root "starting dockerd"
@@ -58,7 +68,9 @@ fi
 
 # 2. compose v2 + buildx as CLI plugins in a private DOCKER_CONFIG ----------------------------
 plugins="$DOCKER_CONFIG/cli-plugins"
-if [[ ! -x "$plugins/docker-compose" || ! -x "$plugins/docker-buildx" ]]; then
+has_v2() { "$DOCKER" compose version 2>/dev/null | grep -qE 'version v?2' && "$DOCKER" buildx version >/dev/null 2>&1; }
+if [[ ( ! -x "$plugins/docker-compose" || ! -x "$plugins/docker-buildx" ) ]] && ! has_v2; then
+    need_apt "fetching docker-compose and docker-buildx"
     log "fetching docker-compose and docker-buildx from Debian trixie into $plugins"
     apt_dir="$(mktemp -d)"
     trap 'rm -rf "$apt_dir"' EXIT
@@ -74,11 +86,16 @@ if [[ ! -x "$plugins/docker-compose" || ! -x "$plugins/docker-buildx" ]]; then
     install -m 0755 "$apt_dir/root/usr/libexec/docker/cli-plugins/docker-compose" \
         "$apt_dir/root/usr/libexec/docker/cli-plugins/docker-buildx" "$plugins/"
 fi
-"$DOCKER" compose version >/dev/null || { log "docker compose does not run"; exit 1; }
+has_v2 || { log "docker compose (v2) or buildx does not run with $DOCKER"; exit 1; }
 
 # 3. the local base image -------------------------------------------------------------------
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     need_root "debootstrap"
+    if ! command -v debootstrap >/dev/null; then
+        need_apt "installing debootstrap"
+        apt-get install -y -qq debootstrap >/dev/null 2>&1 \
+            || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+    fi
     log "building $BASE_IMAGE with debootstrap (about half a minute)"
     rootfs="$(mktemp -d)"
     debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >/dev/null

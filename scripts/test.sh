@@ -6,4 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 bash scripts/install.sh
+# the container tier (tests/test_containers.py): Docker, Compose v2, a local base image and the
+# build context's wheels (scripts/containers_setup.sh; ~2 min cold, 1 s after). Exit 3 = this
+# machine cannot (no root/apt): those tests then skip with the reason. Any other failure stops.
+markers="${HYPERBENCH_TEST_MARKERS:-not gpu}"
+if [[ "${HYPERBENCH_SKIP_CONTAINERS:-0}" != 1 && "$markers" != *"not container"* ]] \
+   && [[ "$markers" == *container* || "$markers" == "not "* ]]; then
+  bash scripts/containers_setup.sh >/dev/null || { rc=$?; [[ $rc == 3 ]] || exit $rc; }
+fi
 python3 -m pytest -m "${HYPERBENCH_TEST_MARKERS:-not gpu}" "$@"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_containers import docker as built_images  # noqa: F401 - fixture: the images, built once (cached)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFS = REPO / "containers" / "apptainer"
@@ -188,25 +189,28 @@ def test_slurm_script(tmp_path):
 # ---------------------------------------------------------------------------- images as Apptainer runs them
 
 
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @pytest.mark.container
-def test_engine_image_runs_like_a_sif(tmp_path):
+def test_engine_image_runs_like_a_sif(tmp_path, built_images):
     """An engine image under Apptainer's conditions, emulated with Docker: read-only root
     filesystem, an unknown uid with no home, the model and the cache bound at host paths, the
     environment the apptainer launcher gives, serve.sh as the launcher execs it."""
-    from test_containers import docker_setup
-
-    setup = docker_setup()
-    if isinstance(setup, str):
-        pytest.skip(setup)
-    docker, env = setup
-    if subprocess.run([docker, "image", "inspect", "hyperbench/llamacpp:latest"], env=env,
-                      capture_output=True).returncode != 0:
-        pytest.skip("image hyperbench/llamacpp:latest not built (tests/test_containers.py builds it)")
+    docker, env = built_images.binary, built_images.env
     from harness.launchers.apptainer import engine_env
     from harness.launchers.containers import serve_args
     from harness.models import resolve_model
 
-    model = resolve_model("smollm2-135m").path  # a GGUF beside it: served as is, no conversion
+    # the model at a path the unknown uid can traverse (as the submitting user's own folders are
+    # on a cluster; the host's cache may sit under /root, 0700 in the image): hard links, no copy
+    # of the bytes. A GGUF beside the weights: served as is, no conversion.
+    model = tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(resolve_model("smollm2-135m").path, model, copy_function=_link_or_copy)
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o777)
     cache.chmod(0o777)
