@@ -35,12 +35,7 @@ def quantize(model, types):
     """GGUF variants of one model's weights (cached where the llama.cpp engine serves them from)."""
     from harness.quantize import parse_types, run
 
-    wanted = parse_types(types)
-
-    def say(quant, source):
-        click.echo(f"{quant}: from {source} ...", err=True)
-
-    made = run(model, wanted, progress=say)
+    made = run(model, parse_types(types))  # gguf.py says on stderr what it converts or quantizes
     click.echo(f"{'type':8s} {'file type':10s} {'size MB':>9s} {'bits/weight':>11s} {'params':>12s}  path")
     for v in made:
         click.echo(f"{v.quant:8s} {v.file_type:10s} {v.file_bytes / 1e6:9.1f} {v.bits_per_weight:11.2f} "

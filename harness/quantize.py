@@ -75,14 +75,9 @@ def describe(path: Path, quant: str) -> GGUFVariant:
                        file_bytes=path.stat().st_size, tensor_bytes=tensor_bytes, n_params=n_params)
 
 
-def run(model: str, types: list[str], progress=None) -> list[GGUFVariant]:
+def run(model: str, types: list[str]) -> list[GGUFVariant]:
     """Make (or find in the cache) each GGUF type of `model`; returns what each file holds."""
     from backends.llamacpp.gguf import ensure_gguf
 
     source = model_source(model)
-    out = []
-    for quant in types:
-        if progress:
-            progress(quant, source)
-        out.append(describe(ensure_gguf(source, quant), quant))
-    return out
+    return [describe(ensure_gguf(source, quant), quant) for quant in types]

@@ -126,3 +126,61 @@ def test_every_command_declares_each_option_once():
             flags = [f for p in cmd.params for f in p.opts]
             assert len(flags) == len(set(flags)), (name, sorted({f for f in flags if flags.count(f) > 1}))
             cmd.get_help(click.Context(cmd, parent=ctx, info_name=name))
+
+
+# --- issue 3: what an engine does not support is a one-line error, never silently ignored -------
+
+
+def test_quant_type_the_engine_lacks(tmp_path):
+    # a type another engine has: the chosen engine's own config refuses it
+    res = hb("bench", "--engine", "hf", "--quant", "q4_k_m", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "quant", "'none', 'int8' or 'nf4'")
+    res = hb("bench", "--engine", "llamacpp", "--quant", "awq", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "quant", "'q4_k_m'")
+    # a type no engine has: refused by the flag itself
+    res = hb("bench", "--engine", "llamacpp", "--quant", "q3_k_s", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "'q3_k_s' is not one of")
+    res = hb("agree", "--engines", "hf,hf:q8_0", "--model", "tiny-llama", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "hf:q8_0", "quant")
+    assert not any(tmp_path.iterdir())  # all refused before a run folder was made
+
+
+def test_speculative_setting_on_an_engine_without_it(tmp_path):
+    from backends import available_engines
+
+    without = [k for k, c in available_engines().items() if "speculative" not in c.model_fields
+               and not c().capabilities().speculative and k != "synthetic"]
+    assert without, "every engine speculates now: pick another case"
+    kind = without[0]
+    res = hb("bench", "--engine", kind, "--speculative", "ngram", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, f"--speculative is not an option of engine {kind}")
+    res = hb("agree", "--engines", f"hf,{kind}:speculative=ngram", "--model", "tiny-llama",
+             "--results-dir", str(tmp_path))
+    assert_one_line_error(res, f"{kind} has no option 'speculative'")
+    assert not any(tmp_path.iterdir())
+
+
+def test_sampling_parameter_the_engine_does_not_honour(tmp_path):
+    # vLLM 0.32 rejects min_p while speculating, and its spec says so: refused before any start
+    res = hb("tune", "--engine", "vllm", "--speculative", "ngram", "--params", "min_p", "--model", "tiny-llama",
+             "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "min_p is not a sampling parameter engine vllm honours")
+    # a parameter no engine has
+    res = hb("score", "--engine", "hf", "--model", "tiny-llama", "--tasks", "gsm8k", "--gen-kwargs",
+             "nucleus=0.9", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "unknown generation parameter 'nucleus'")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.llamacpp
+def test_a_gguf_that_is_not_a_gguf(tmp_path):
+    pytest.importorskip("llama_cpp")
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 a zip, not a GGUF")
+    res = hb("bench", "--engine", "llamacpp", "--model", str(bad), "--results-dir", str(tmp_path / "r"),
+             "--run-name", "bad")
+    assert_one_line_error(res, f"{bad} is not a GGUF file (bad magic)")
+    summary = json.loads((tmp_path / "r" / "bad" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "not a GGUF" in summary["reason"]
+    res = hb("quantize", "--model", str(bad), "--to", "q8_0")
+    assert_one_line_error(res, f"{bad} is not a GGUF file (bad magic)")
