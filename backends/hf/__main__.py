@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import get_args
 
-from backends.hf.spec import HFConfig
+from backends.hf.spec import HFConfig, parse_speculative
 from harness.errors import HyperbenchError
 
 log = logging.getLogger("hf")
@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = fields["max_batch_size"]
     p.add_argument("--max-batch-size", type=int, default=f.default, help=f.description)
     p.add_argument("--api-key", help=fields["api_key"].description)
+    p.add_argument("--speculative", default="none",
+                   help="none, or draft:<folder or .gguf> (a draft model with the same tokenizer).")
+    f = fields["num_speculative_tokens"]
+    p.add_argument("--num-speculative-tokens", type=int, default=f.default, help=f.description)
+    f = fields["assistant_confidence_threshold"]
+    p.add_argument("--assistant-confidence-threshold", type=float, default=f.default, help=f.description)
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                    help="dummy: random weights of the model's config (speed runs without weights).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -59,19 +65,26 @@ def bind(host: str, port: int) -> socket.socket:
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from backends.hf.loading import LoadSettings, load, preflight
+    from backends.hf.loading import LoadSettings, draft_settings, load, preflight
     from backends.hf.server import Runtime, ServeSettings, create_app
 
     if args.max_batch_size < 1:
         raise HyperbenchError("--max-batch-size must be at least 1")
+    if not 1 <= args.num_speculative_tokens <= 64:
+        raise HyperbenchError("--num-speculative-tokens must be in [1, 64]")
+    if not 0 <= args.assistant_confidence_threshold <= 1:
+        raise HyperbenchError("--assistant-confidence-threshold must be in [0, 1]")
+    draft = parse_speculative(args.speculative)
     load_settings = LoadSettings(
-        args.model, args.quant, args.attn, args.dtype, args.device, args.load_format
+        args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft
     )
     preflight(load_settings)
     sock = bind(args.host, args.port)
     loaded = load(load_settings)
-    serve = ServeSettings(args.served_model_name or args.model, args.max_batch_size, args.api_key)
-    runtime = Runtime(loaded, load_settings, serve)
+    draft_model = load(draft_settings(load_settings)) if draft else None
+    serve = ServeSettings(args.served_model_name or args.model, args.max_batch_size, args.api_key,
+                          args.num_speculative_tokens, args.assistant_confidence_threshold)  # fmt: skip
+    runtime = Runtime(loaded, load_settings, serve, draft_model)
     runtime.scheduler.start()
     config = uvicorn.Config(
         create_app(runtime),

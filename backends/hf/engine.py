@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from backends.hf.batch import Batch
+from backends.hf.speculative import Speculator, accept
 from backends.hf.sampling import (
     SamplingParams,
     ban_stop_tokens,
@@ -42,6 +43,8 @@ log = logging.getLogger("hf.engine")
 # Bounds on one prefill group, so a burst of long prompts cannot exhaust memory at once.
 MAX_PREFILL_TOKENS = 16384  # padded tokens (rows x longest prompt)
 MAX_PROMPT_LOGIT_ELEMS = 2**28  # full-prompt logits kept for echo scoring (rows x tokens x vocab)
+# Speculating: squeeze rejected-draft holes out of the KV cache once they are half of it
+COMPACT_MIN_HOLES = 16
 
 _ids = itertools.count()
 
@@ -89,8 +92,10 @@ class Counters:
 
 
 class Scheduler:
-    def __init__(self, model, *, eos_ids, pad_id, vocab_size, max_batch_size, max_len, device):
+    def __init__(self, model, *, eos_ids, pad_id, vocab_size, max_batch_size, max_len, device,
+                 speculator: Speculator | None = None):  # fmt: skip
         self.model = model
+        self.spec = speculator
         self.eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
         self.vocab = vocab_size
@@ -178,7 +183,10 @@ class Scheduler:
             self._flush()  # first tokens out before the next decode step (time to first token)
         self._inflight = []
         if self.batch:
-            self._decode()
+            if self.spec is not None:
+                self._spec_decode()
+            else:
+                self._decode()
 
     def _groups(self, seqs: list[Sequence]):
         group, longest = [], 0
@@ -247,6 +255,14 @@ class Scheduler:
         self._sample_and_emit(new, logits)
         if not new:
             return
+        if self.spec is not None:
+            self._flush()  # first tokens out before the draft reads the prompts
+            survivors = [i for i, s in enumerate(group) if s in new.rows]
+            index = torch.tensor(survivors, device=self.device)
+            width = new.kv_len  # keep() may have trimmed columns that became all padding
+            new.draft_cache, new.pending = self.spec.prefill(
+                ids.index_select(0, index)[:, -width:], new.mask
+            )
         if self.batch:
             self.batch.merge(new)
         else:
@@ -285,39 +301,107 @@ class Scheduler:
         b.last = tokens
         b.seen[torch.arange(len(b), device=tokens.device), tokens] = True
         lps = token_logprobs(logits, tokens, f.logprob_rows, f.max_logprobs) if f.logprob_rows else {}
-        keep = []
-        for i, (seq, tok) in enumerate(zip(b.rows, tokens.tolist())):
-            p = seq.params
-            if seq.aborted:
-                self._done(seq, ("finish", "abort"))
-                continue
-            if len(seq.out_ids) >= p.max_tokens:  # max_tokens 0: the prefill was only for scoring
-                self._done(seq, ("finish", "length"))
-                continue
-            seq.out_ids.append(tok)
-            self.counters.generated_tokens += 1
-            n = len(seq.out_ids)
-            finish = None
-            if n >= p.min_tokens and (
-                (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids
-            ):
-                finish = "stop"
-            elif n >= p.max_tokens or len(seq.prompt_ids) + n >= self.max_len:
-                finish = "length"
-            lp = lps.get(i)
-            if lp is not None and p.logprobs < f.max_logprobs:
-                lp = (lp[0], lp[1][: p.logprobs])
-            event = ("token", tok, lp, finish)
-            if finish:
-                self._done(seq, event)
-            else:
-                self._emit(seq, event)
-                keep.append(i)
+        keep = [i for i, (seq, tok) in enumerate(zip(b.rows, tokens.tolist()))
+                if self._append(seq, tok, lps.get(i), f.max_logprobs)]  # fmt: skip
+        self._keep(b, keep)
+
+    def _append(self, seq: Sequence, tok: int, lp, max_logprobs: int) -> bool:
+        """Hand one new token to its sequence; False when the sequence is done (it then leaves)."""
+        p = seq.params
+        if seq.aborted:
+            self._done(seq, ("finish", "abort"))
+            return False
+        if len(seq.out_ids) >= p.max_tokens:  # max_tokens 0: the prefill was only for scoring
+            self._done(seq, ("finish", "length"))
+            return False
+        seq.out_ids.append(tok)
+        self.counters.generated_tokens += 1
+        n = len(seq.out_ids)
+        finish = None
+        if n >= p.min_tokens and (
+            (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids
+        ):
+            finish = "stop"
+        elif n >= p.max_tokens or len(seq.prompt_ids) + n >= self.max_len:
+            finish = "length"
+        if lp is not None and p.logprobs < max_logprobs:
+            lp = (lp[0], lp[1][: p.logprobs])
+        event = ("token", tok, lp, finish)
+        if finish:
+            self._done(seq, event)
+            return False
+        self._emit(seq, event)
+        return True
+
+    @staticmethod
+    def _keep(b: Batch, keep: list[int]) -> None:
         if len(keep) < len(b):
             if keep:
                 b.keep(keep)
             else:
                 b.rows = []
+
+    # --- speculative decoding (speculative.py explains the step and the KV layout) ---------------
+    def _spec_decode(self) -> None:
+        b, spec = self.batch, self.spec
+        # a row can emit `room` more tokens: it drafts at most room - 1 (the target adds one)
+        budgets = []
+        for s in b.rows:
+            n = len(s.out_ids)
+            room = min(s.params.max_tokens - n, self.max_len - len(s.prompt_ids) - n)
+            budgets.append(max(0, min(spec.k, room - 1)))
+        if max(budgets) == 0:  # every row is at its last token: a plain step
+            spec.catch_up(b)
+            self._decode()
+            return
+        drafts = spec.propose(b, budgets)
+        k = drafts.tokens.shape[1]
+        width = k + 1
+        b.mask = torch.cat([b.mask, b.mask.new_ones((len(b), width))], dim=1)
+        steps = torch.arange(width, device=self.device)
+        out = self.model(
+            input_ids=torch.cat([b.last[:, None], drafts.tokens], dim=1),
+            attention_mask=b.mask,
+            position_ids=(b.positions[:, None] + steps).clamp(max=self.max_len - 1),
+            past_key_values=b.cache,
+            use_cache=True,
+        )
+        logits = out.logits.float()
+        del out
+        params = [s.params for s in b.rows]
+        n_out = [len(s.out_ids) for s in b.rows]
+        accepted, tokens = accept(logits, drafts, b.t, b.seen, b.flags, params, n_out, self.eos_ids)
+        kept = steps[None, :] <= accepted[:, None]  # [B, width]: last + accepted drafts
+        b.mask[:, -width:] = kept.to(b.mask.dtype)  # rejected drafts become holes
+        b.pending = drafts.tokens[:, -1].clone()
+        b.positions += accepted + 1
+        b.last = tokens.gather(1, accepted[:, None])[:, 0]
+        rows = torch.arange(len(b), device=self.device)[:, None].expand(-1, width)
+        b.seen[rows[kept], tokens[kept]] = True
+        self.counters.decode_steps += 1
+        self.counters.decode_rows += len(b)
+        spec.counters.verify_forward_passes += 1
+        n_acc, emitted = accepted.tolist(), tokens.tolist()
+        spec.counters.add(drafts.counts, n_acc)
+        f = b.flags
+        lps = {}
+        if f.logprob_rows:
+            flat = [i * width + j for i in f.logprob_rows for j in range(n_acc[i] + 1)]
+            lps = token_logprobs(logits.view(-1, logits.shape[-1]), tokens.view(-1), flat, f.max_logprobs)
+        del logits
+        keep = []
+        for i, seq in enumerate(b.rows):
+            for j in range(n_acc[i] + 1):
+                if not self._append(seq, emitted[i][j], lps.get(i * width + j), f.max_logprobs):
+                    break
+            else:
+                keep.append(i)
+        self._keep(b, keep)
+        if not b:
+            self.batch = None
+        elif b.holes() >= max(COMPACT_MIN_HOLES, b.kv_len // 2):
+            b.compact()
+            spec.counters.compactions += 1
 
     def _done(self, seq: Sequence, event: tuple) -> None:
         self.counters.requests_finished += 1

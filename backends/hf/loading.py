@@ -27,6 +27,13 @@ class LoadSettings:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape, as vLLM's)
+    draft: str | None = None  # speculative decoding: the draft model's folder (or .gguf)
+
+
+def draft_settings(s: LoadSettings) -> LoadSettings:
+    """How the draft model loads: like the target (device, dtype, attention, dummy weights), but
+    never quantized; a bitsandbytes target computes in the same dtype as an unquantized draft."""
+    return LoadSettings(s.draft, "none", s.attn, s.dtype, s.device, s.load_format)
 
 
 @dataclass
@@ -82,6 +89,35 @@ def preflight(s: LoadSettings) -> None:
         raise HyperbenchError(f"--quant {s.quant} needs bitsandbytes: pip install 'hyperbench[bnb]'")
     if s.dtype == "float16" and resolve_device(s.device) == "cpu":
         log.warning("float16 on CPU is slow and can overflow; float32 or bfloat16 are the usual choices")
+    if s.draft is not None:
+        check_draft(s.model, s.draft)
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    folder, gguf_file = model_location(path)
+    try:
+        return AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HyperbenchError(f"cannot load the tokenizer of {path}: {first}") from None
+
+
+def check_draft(model: str, draft: str) -> None:
+    """A draft model must tokenize exactly as the target: its tokens are the target's input."""
+    try:
+        model_location(draft)
+    except HyperbenchError as exc:
+        raise HyperbenchError(f"draft model: {exc}") from None
+    target_vocab, draft_vocab = _tokenizer(model).get_vocab(), _tokenizer(draft).get_vocab()
+    if target_vocab != draft_vocab:
+        differ = sum(1 for tok, i in draft_vocab.items() if target_vocab.get(tok) != i)
+        raise HyperbenchError(
+            f"draft model {draft} has another tokenizer than {model} ({len(draft_vocab)} vs "
+            f"{len(target_vocab)} tokens, {differ} with other ids): speculative decoding needs "
+            "the same vocabulary"
+        )
 
 
 def _torch_dtype(s: LoadSettings, device: str):
@@ -121,7 +157,11 @@ def _dummy_model(folder: str, dtype, attn: str, device: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    with torch.device(device):
+    # seeded: the same config gives the same weights in every run (and a draft model of the
+    # target's own config is the target, the upper bound of speculative decoding)
+    devices = [torch.device(device).index or 0] if device != "cpu" else []
+    with torch.random.fork_rng(devices=devices), torch.device(device):
+        torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     log.warning("--load-format dummy: random weights, the text is meaningless")
     return model

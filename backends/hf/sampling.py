@@ -102,25 +102,41 @@ def ban_stop_tokens(logits, rows, params, n_out, eos_ids) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, t: dict[str, torch.Tensor], seen: torch.Tensor, f: BatchFlags):
     """Next token per row. `logits` is float32 [B, V] and is not modified."""
-    if f.any_rep:
-        rep = t["rep"][:, None]
-        penalized = torch.where(logits > 0, logits / rep, logits * rep)
-        logits = torch.where(seen, penalized, logits)
+    logits = penalize(logits, t, seen, f)
     greedy = logits.argmax(-1)
     if f.all_greedy:
         return greedy
-    temperature = t["temperature"]
-    x = logits / temperature.clamp(min=GREEDY_EPS)[:, None]
+    sampled = race(warped_probs(logits, t, f), f.seeded)
+    return torch.where(t["temperature"] < GREEDY_EPS, greedy, sampled)
+
+
+def penalize(logits: torch.Tensor, t: dict[str, torch.Tensor], seen: torch.Tensor, f: BatchFlags):
+    """The repetition penalty on tokens already seen (a new tensor; `logits` is kept)."""
+    if not f.any_rep:
+        return logits
+    rep = t["rep"][:, None]
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    return torch.where(seen, penalized, logits)
+
+
+def warped_probs(logits: torch.Tensor, t: dict[str, torch.Tensor], f: BatchFlags) -> torch.Tensor:
+    """The distribution a sampled row draws from: temperature, then min-p / top-k / top-p.
+    (Rows that are greedy get a meaningless distribution here: their caller takes the argmax.)"""
+    x = logits / t["temperature"].clamp(min=GREEDY_EPS)[:, None]
     if f.any_min_p or f.any_top_k or f.any_top_p:
         x = _filter(x, t, f)
-    probs = x.softmax(-1)
-    # Exponential-race sampling (argmax p/q, q ~ Exp(1)) is a draw from `probs`, and lets each
-    # seeded row take its noise from its own generator.
+    return x.softmax(-1)
+
+
+def race(probs: torch.Tensor, seeded=()) -> torch.Tensor:
+    """One draw per row from `probs` [B, V] (rows need not be normalized).
+
+    Exponential-race sampling (argmax p/q, q ~ Exp(1)) is a draw from `probs`, and lets each
+    seeded row take its noise from its own generator: `seeded` is ((row, generator), ...)."""
     q = torch.empty_like(probs).exponential_()
-    for i, gen in f.seeded:
+    for i, gen in seeded:
         q[i].exponential_(generator=gen)
-    sampled = (probs / q).argmax(-1)
-    return torch.where(temperature < GREEDY_EPS, greedy, sampled)
+    return (probs / q).argmax(-1)
 
 
 def _filter(x: torch.Tensor, t: dict[str, torch.Tensor], f: BatchFlags) -> torch.Tensor:

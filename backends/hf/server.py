@@ -21,6 +21,7 @@ from backends.hf.engine import Scheduler
 from backends.hf.generation import ChatFormatter, CompletionFormatter, Generation
 from backends.hf.loading import LoadedModel, LoadSettings, versions
 from backends.hf.output import TokenText
+from backends.hf.speculative import Speculator
 from backends.hf.protocol import ApiError, ChatRequest, CompletionRequest, validation_message
 from harness import __version__
 
@@ -34,13 +35,28 @@ class ServeSettings:
     served_model_name: str
     max_batch_size: int = 32
     api_key: str | None = None
+    num_speculative_tokens: int = 4  # with a draft model (LoadSettings.draft)
+    assistant_confidence_threshold: float = 0.4
 
 
 class Runtime:
     """The loaded model, its scheduler, and what the routes need to know about them."""
 
-    def __init__(self, loaded: LoadedModel, load: LoadSettings, serve: ServeSettings):
+    def __init__(self, loaded: LoadedModel, load: LoadSettings, serve: ServeSettings,
+                 draft: LoadedModel | None = None):  # fmt: skip
         self.loaded, self.load_settings, self.settings = loaded, load, serve
+        self.draft = draft
+        speculator = None
+        if draft is not None:
+            speculator = Speculator(
+                draft.model,
+                k=serve.num_speculative_tokens,
+                confidence_threshold=serve.assistant_confidence_threshold,
+                vocab_size=loaded.vocab_size,
+                draft_vocab_size=draft.vocab_size,
+                eos_ids=loaded.eos_ids,
+                max_len=loaded.max_len,
+            )
         self.tokenizer = loaded.tokenizer
         self.token_text = TokenText(loaded.tokenizer)
         self.device = loaded.device
@@ -54,6 +70,7 @@ class Runtime:
             max_batch_size=serve.max_batch_size,
             max_len=loaded.max_len,
             device=loaded.device,
+            speculator=speculator,
         )
 
     def info(self) -> dict:
@@ -74,10 +91,25 @@ class Runtime:
             "max_batch_size": self.settings.max_batch_size,
             "max_model_len": self.max_len,
             "batching": "continuous",
-            "speculative": None,
+            "speculative": self.speculative_info(),
             "model_info": self.loaded.info,
             "counters": {**self.scheduler.counters.as_dict(), "running": load["running"],
                          "waiting": load["waiting"]},  # fmt: skip
+        }
+
+    def speculative_info(self) -> dict | None:
+        spec = self.scheduler.spec
+        if spec is None:
+            return None
+        return {
+            "method": "draft",
+            "draft_model": self.load_settings.draft,
+            "num_speculative_tokens": spec.k,
+            "assistant_confidence_threshold": spec.threshold,
+            "draft_dtype": self.draft.dtype,
+            "draft_weight_bytes": self.draft.weight_bytes,
+            "draft_model_info": self.draft.info,
+            "counters": spec.counters.as_dict(),
         }
 
     # --- prompts ---------------------------------------------------------------------------------

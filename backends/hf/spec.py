@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, python_module_cmd
-from harness.errors import HyperbenchError
+from harness.errors import EngineError, HyperbenchError
+
+SPECULATIVE_FORMS = ["draft:<model>"]
+# fields that only mean something while speculating (set without it: an error, not ignored)
+SPECULATIVE_SETTINGS = ("num_speculative_tokens", "assistant_confidence_threshold")
 
 
 class HFConfig(EngineConfig):
@@ -21,6 +26,21 @@ class HFConfig(EngineConfig):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together.")
+    speculative: str = Field(
+        "none",
+        description="Speculative decoding: none, or draft:<model> (a smaller model with the "
+        "same tokenizer: built-in name, local folder or hub id), run inside the batching loop.",
+    )
+    num_speculative_tokens: int = Field(
+        4, ge=1, le=64,
+        description="Most tokens the draft proposes per step (transformers' num_assistant_tokens, "
+        "constant schedule).",
+    )  # fmt: skip
+    assistant_confidence_threshold: float = Field(
+        0.4, ge=0, le=1,
+        description="The draft stops proposing after a token it gives less probability than "
+        "this (transformers' default 0.4; 0: always propose num_speculative_tokens).",
+    )  # fmt: skip
 
     extra = "hf"
     probe_module = "transformers"
@@ -29,7 +49,7 @@ class HFConfig(EngineConfig):
         return Capabilities(
             sampling_params=list(ALL_SAMPLING_PARAMS),
             quantizations=["none", "int8", "nf4"],
-            speculative=[],
+            speculative=list(SPECULATIVE_FORMS),
         )
 
     def check(self) -> None:
@@ -40,6 +60,16 @@ class HFConfig(EngineConfig):
                 raise HyperbenchError(
                     f"--quant {self.quant} needs bitsandbytes: pip install 'hyperbench[bnb]'"
                 )
+        draft = parse_speculative(self.speculative)
+        if draft is None:
+            # (a default passed along, as the container launchers pass every field, is no request)
+            fields = type(self).model_fields
+            given = [n for n in SPECULATIVE_SETTINGS if getattr(self, n) != fields[n].default]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise HyperbenchError(f"{flag} needs speculative decoding (--speculative draft:<model>)")
+        elif _looks_like_path(draft) and not Path(draft).expanduser().exists():
+            raise HyperbenchError(f"draft model path {draft} does not exist")
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
         args = [
@@ -53,6 +83,57 @@ class HFConfig(EngineConfig):
             "--device", self.device,
             "--max-batch-size", str(self.max_batch_size),
         ]  # fmt: skip
+        if (draft := parse_speculative(self.speculative)) is not None:
+            args += [
+                "--speculative", f"draft:{resolve_draft(draft)}",
+                "--num-speculative-tokens", str(self.num_speculative_tokens),
+                "--assistant-confidence-threshold", str(self.assistant_confidence_threshold),
+            ]  # fmt: skip
         if self.api_key:
             args += ["--api-key", self.api_key]
         return python_module_cmd("backends.hf", *args)
+
+    def spec_counters(self, base_url: str) -> dict | None:
+        """Speculative-decoding counters now, from the server's GET /v1/engine (None when
+        speculation is off)."""
+        if parse_speculative(self.speculative) is None:
+            return None
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = base_url.rstrip("/") + "/engine"
+        try:
+            r = httpx.get(url, timeout=10, headers=headers)
+            r.raise_for_status()
+            info = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise EngineError(f"cannot read speculative-decoding counters from {url}: {e}") from None
+        spec = info.get("speculative") if isinstance(info, dict) else None
+        if not spec or "counters" not in spec:
+            raise EngineError(f"{url} reports no speculative decoding")
+        return spec["counters"]
+
+
+def parse_speculative(text: str) -> str | None:
+    """'none' -> None; 'draft:<model>' -> the model. Anything else: a one-line error."""
+    text = text.strip()
+    if text == "none":
+        return None
+    mode, sep, model = text.partition(":")
+    if sep and mode == "draft" and model.strip():
+        return model.strip()
+    hint = " (n-gram and EAGLE speculation: --engine vllm)" if mode in ("ngram", "eagle", "eagle3") else ""
+    raise HyperbenchError(f"speculative={text!r}: the hf engine supports none or draft:<model>{hint}")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name[:1] in "./~" or name.endswith(".gguf")
+
+
+def resolve_draft(name: str) -> str:
+    """A draft model (built-in name, local folder or .gguf, hub id where the hub is reachable)
+    -> a local path, staged like the target model."""
+    from harness.models import resolve_model
+
+    resolved = resolve_model(name)
+    return str(resolved.path or resolved.gguf)
