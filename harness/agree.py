@@ -25,7 +25,6 @@ distribution each engine returned: the numbers can be recomputed), logs/<engine>
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -263,17 +262,17 @@ async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeS
                 score, as_ids = await _ask(client, {"prompt": ids, "max_tokens": 1, "temperature": 0,
                                                     "echo": True, "logprobs": s.top_logprobs}, as_ids)
             except EngineHTTPError as e:
-                raise EngineError(f"{label} refused prompt {i}: {e}") from None
+                raise EngineError(f"refused prompt {i}: {e}") from None
             except Exception as e:  # network trouble, a dead engine
-                raise EngineError(f"{label}: request failed on prompt {i}: {type(e).__name__}: {e}") from None
+                raise EngineError(f"request failed on prompt {i}: {type(e).__name__}: {e}") from None
             choice = score["choices"][0]
             echoed = choice["logprobs"]["tokens"][: len(ids)]
             if as_ids and [tokens.token(t)[0] for t in echoed] != ids:
-                raise EngineError(f"{label} echoed other tokens than the prompt ids it was sent (prompt {i})")
+                raise EngineError(f"echoed other tokens than the prompt ids it was sent (prompt {i})")
             try:
                 out.scoring.append(parse_scoring(choice, len(ids), tokens))
             except ValueError as e:
-                raise EngineError(f"{label}: {e} (prompt {i})") from None
+                raise EngineError(f"{e} (prompt {i})") from None
             out.greedy.append(parse_generation(gen["choices"][0], tokens))
             out.texts.append(gen["choices"][0]["text"])
     out.token_ids = bool(as_ids)
@@ -342,7 +341,8 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
             except HyperbenchError as e:
                 entry.update(status="failed", reason=str(e).splitlines()[0], seconds=time.monotonic() - t0)
                 folder.write_json("summary.json", summary)
-                print(f"agree: {label} failed: {entry['reason']}", file=sys.stderr)
+                if progress:
+                    progress(label, failed=entry["reason"])
                 if label == ref:
                     raise HyperbenchError(f"the reference {ref} failed: {entry['reason']}") from None
                 continue
@@ -357,7 +357,9 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
         failed = [e["label"] for e in summary["engines"] if e["status"] != "ok"]
         summary["status"] = "incomplete" if failed else "complete"
         if failed:
-            summary["reason"] = f"failed: {', '.join(failed)}"
+            first = next(e for e in summary["engines"] if e["status"] != "ok")
+            summary["reason"] = (f"{len(failed)} of {len(engines)} engines failed ({', '.join(failed)}); "
+                                 f"{first['label']}: {first['reason']}")
     except KeyboardInterrupt:
         summary["status"], summary["reason"] = "incomplete", "interrupted"
         raise

@@ -62,14 +62,15 @@ def agree(config_file, engines, **params):
         raise HyperbenchError("agree needs --engines, e.g. --engines hf,llamacpp:q8_0,llamacpp:q4_k_m")
     cfg = build_config(file_data, cli_data)
 
-    def say(label):
-        click.echo(f"agree: {label} ...", err=True)
+    def say(label, failed=None):
+        if sys.stderr.isatty():  # in a log, the one error line at the end says what failed
+            click.echo(f"agree: {label} failed: {failed}" if failed else f"agree: {label} ...", err=True)
 
     folder = run(cfg, progress=say)
     _print(folder)
     summary = folder.read_json("summary.json")
     if summary["status"] != "complete":
-        raise HyperbenchError(f"agree {summary['status']}: {summary.get('reason', '')} (see {folder.path})")
+        raise HyperbenchError(f"agree {summary['status']}: {summary.get('reason', '')} (run folder: {folder.path})")
 
 
 def _print(folder) -> None:
