@@ -7,6 +7,14 @@ one fails at once.
 
 from __future__ import annotations
 
+# llama.cpp's libraries first, before anything imports numpy: with a CUDA build (OpenMP), loading
+# them after numpy's OpenBLAS made llama_model_load_from_file segfault on the H100 node
+# (measured: the same call succeeds when llama_cpp is imported first).
+try:
+    import llama_cpp  # noqa: F401
+except ImportError:  # reported, in one line, where the engine is loaded
+    pass
+
 import argparse
 import logging
 import socket

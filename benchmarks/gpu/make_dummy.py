@@ -1,0 +1,84 @@
+"""Write an HF model folder of a real shape with random weights (std 0.02, as HF initialises),
+for speed runs where the real weights cannot be had (a GPU node with no hub access).
+
+    python benchmarks/gpu/make_dummy.py --shape llama2-7b --out DIR [--device cuda]
+
+The folder is an ordinary checkpoint (config.json, bf16 safetensors, tokenizer): every engine
+loads it the normal way (HF from_pretrained, llama.cpp through the GGUF converter and quantizer),
+so load paths and weight bytes are the real ones. The tokenizer is the built-in tiny-llama's
+(1,000 pieces; ids up to the shape's vocabulary are valid, the rest decode to padding pieces).
+The text generated is meaningless; speed does not depend on it (bench forces the output length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, when run as a script
+
+SHAPES = {
+    # meta-llama/Llama-2-7b-hf config.json
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                      max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # TinyLlama-1.1B's shape, Llama-2's vocabulary: a draft model for speculative decoding
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                     num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                     max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # same structure, small: checks this script and the GGUF path on a CPU in seconds
+    "test": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, vocab_size=32000,
+                 max_position_embeddings=4096, rms_norm_eps=1e-5),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama2-7b")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.models import _finish_hf_folder, _train_tiny_tokenizer
+
+    if (args.out / "config.json").is_file() and any(args.out.glob("*.safetensors")):
+        print(f"{args.out}: already there")
+        return
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok = _train_tiny_tokenizer(args.out)
+    rope_theta = 10000.0
+    config = LlamaConfig(**SHAPES[args.shape], rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         tie_word_embeddings=False, initializer_range=0.02)  # fmt: skip
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # Random logits would pick ids past the tokenizer's 1,000 pieces (or its byte pieces), which
+    # decode to no text: a streaming client then sees no token arrivals. Zeroing those rows of the
+    # output projection keeps the shape, bytes and compute, and makes every generated token a
+    # printable piece.
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    keep = torch.zeros(config.vocab_size, dtype=torch.bool)
+    keep[[i for i, p in enumerate(pieces) if i not in tok.all_special_ids and not p.startswith("<0x")]] = True
+    with torch.no_grad():
+        model.lm_head.weight[~keep.to(model.lm_head.weight.device)] = 0
+    model.generation_config.pad_token_id = tok.eos_token_id
+    model.save_pretrained(args.out, max_shard_size="5GB")
+    _finish_hf_folder(args.out, rope_theta, add_bos_token=True, add_eos_token=False)
+    n = sum(p.numel() for p in model.parameters())
+    (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "parameters": n,
+                                                             "seed": args.seed}))  # fmt: skip
+    print(f"{args.out}: {args.shape}, {n / 1e9:.2f} B parameters, bf16, {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

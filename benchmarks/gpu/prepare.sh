@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run where pip reaches a registry: gather what a GPU node with only torch + transformers lacks
+# (the lent H100 has Python 3.12, torch, transformers, no internet) into one folder to carry:
+#   - wheels of the harness's light dependencies and bitsandbytes (py3.12, manylinux x86_64)
+#   - llama-cpp-python's source tarball, slimmed of llama.cpp's models/docs/media/benches
+#     (76 MB -> ~12 MB); it is built there with CUDA (benchmarks/gpu/run.sh setup) and its
+#     convert_hf_to_gguf.py makes the GGUFs.
+# Usage: benchmarks/gpu/prepare.sh DIR [--no-bnb]
+set -euo pipefail
+DIR=${1:?usage: prepare.sh DIR [--no-bnb]}
+mkdir -p "$DIR"
+cd "$(dirname "$0")/../.."
+PLAT=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+      --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
+# versions = what the harness is tested with here (pydantic-core pinned by pydantic)
+PKGS=(pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-extensions typing-inspection
+      fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 opentelemetry-api diskcache gguf)
+[[ "${2:-}" == --no-bnb ]] || PKGS+=(bitsandbytes==0.50.2)
+python3 -m pip download -q --no-deps --only-binary=:all: "${PLAT[@]}" -d "$DIR" "${PKGS[@]}"
+
+SDIST=llama_cpp_python-0.3.36.tar.gz
+if [[ ! -f "$DIR/$SDIST" ]]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" llama-cpp-python==0.3.36
+  tar -C "$tmp" -xzf "$tmp/$SDIST"
+  v="$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp"
+  rm -rf "$v/models" "$v/docs" "$v/media" "$v/benches" "$v/.git" "$tmp/llama_cpp_python-0.3.36/.git"
+  mkdir -p "$v/models"  # CMake globs nothing there when tests/examples are off
+  tar -C "$tmp" -czf "$DIR/$SDIST" llama_cpp_python-0.3.36
+  rm -rf "$tmp"
+fi
+du -sh "$DIR"/* | sort -h

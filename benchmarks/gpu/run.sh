@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The GPU matrix, in stages that each fit one short session on a GPU node (state lives in
+# $GPU_DIR between stages). Every number comes from `hyperbench bench` (the same client,
+# metrics, NVML telemetry and roofline as any run); this script only prepares and sequences.
+#
+#   benchmarks/gpu/prepare.sh CARRY          # where pip reaches a registry (wheels + slim sdist)
+#   benchmarks/gpu/run.sh setup   CARRY      # install them; build llama-cpp-python with CUDA
+#   benchmarks/gpu/run.sh models             # Llama-2-7B-shaped dummy checkpoint + GGUFs
+#   benchmarks/gpu/run.sh llamacpp           # llama.cpp F16 / Q8_0 / Q4_K_M, batch 1 and 4
+#   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
+#   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
+#   benchmarks/gpu/run.sh table              # markdown table of every run so far
+#
+# Env: GPU_DIR (default .gpu), OUT (where logs and a results tarball are copied, if set),
+#      PY (python with torch+CUDA, default python3), JOBS (build jobs, default nproc).
+# Workload of every run: synthetic token-id prompts of 128 tokens, exactly 128 output tokens
+# (min_tokens + ignore_eos), greedy, one warm-up request.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+GPU_DIR=$(realpath -m "${GPU_DIR:-.gpu}")
+PY=${PY:-python3}
+SITE="$GPU_DIR/site"
+mkdir -p "$GPU_DIR"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HYPERBENCH_CACHE="$GPU_DIR/cache" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+SHAPE=${SHAPE:-llama2-7b}  # "test": the same pipeline on a small shape, on a CPU
+MODEL="$GPU_DIR/models/$SHAPE"
+RESULTS="$GPU_DIR/results"
+WORK=(--input-len 128 --output-len 128 --temperature 0 --warmup 1 --results-dir "$RESULTS" --no-plots)
+
+log() { echo "[gpu $(date +%T)] $*"; }
+
+bandwidth() {  # device-to-device copy rate (read + write bytes / s), capped at the spec value
+  "$PY" - <<'EOF'
+import torch
+x = torch.empty(2**31, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+print(f"{2 * x.numel() * 20 / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
+EOF
+}
+
+bench() {  # bench NAME ARGS... : one run folder named NAME (skipped when already complete)
+  local name=$1; shift
+  if [[ -f "$RESULTS/$name/summary.json" ]] && grep -q '"status": "complete"' "$RESULTS/$name/summary.json"; then
+    log "$name: done already"; return 0
+  fi
+  rm -rf "${RESULTS:?}/$name"
+  log "bench $name"
+  "$PY" -m harness.cli bench --run-name "$name" "${WORK[@]}" "$@" || log "$name FAILED (rc $?)"
+}
+
+collect() {
+  [[ -n "${OUT:-}" ]] || return 0
+  tar -C "$GPU_DIR" -czf "$OUT/gpu_results.tgz" --exclude='records.jsonl' results 2>/dev/null || true
+  "$PY" benchmarks/gpu/table.py "$RESULTS" > "$OUT/gpu_table.md" 2>&1 || true
+}
+trap collect EXIT
+
+case "${1:?stage: setup|models|llamacpp|hf|bnb|table}" in
+setup)
+  CARRY=${2:?setup needs the folder prepare.sh filled}
+  mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
+  cp "$CARRY"/llama_cpp_python-*.tar.gz "$HYPERBENCH_CACHE/wheels/"  # llama.cpp's GGUF converter
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/*.whl
+  if ! ls "$GPU_DIR"/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    log "building llama-cpp-python with CUDA (sm_90)"
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}" CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} \
+      "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$GPU_DIR/wheels" "$CARRY"/llama_cpp_python-*.tar.gz
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$GPU_DIR"/wheels/llama_cpp_python-*.whl
+  bandwidth > "$GPU_DIR/bandwidth_gbs" && log "copy bandwidth $(cat "$GPU_DIR/bandwidth_gbs") GB/s"
+  "$PY" -c "import llama_cpp, fastapi, pydantic; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())"
+  ;;
+models)
+  "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL" --device "${MAKE_DEVICE:-cuda}"
+  "$PY" - "$MODEL" "$GPU_DIR/gguf" "${MAKE_QUANTS-q8_0 q4_k_m}" <<'EOF'
+import sys, time
+from pathlib import Path
+from backends.llamacpp.gguf import convert_hf, quantize
+model, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+t = time.perf_counter()
+if not (out / "f16.gguf").is_file():
+    convert_hf(model, out / "f16.tmp", "f16"); (out / "f16.tmp").rename(out / "f16.gguf")
+print(f"f16 in {time.perf_counter() - t:.0f} s", flush=True)
+for q in sys.argv[3].split():
+    if not (out / f"{q}.gguf").is_file():
+        t = time.perf_counter()
+        quantize(out / "f16.gguf", out / f"{q}.tmp", q); (out / f"{q}.tmp").rename(out / f"{q}.gguf")
+        print(f"{q} in {time.perf_counter() - t:.0f} s", flush=True)
+EOF
+  ls -la "$GPU_DIR/gguf"
+  ;;
+llamacpp)
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  for q in ${QUANTS:-q4_k_m q8_0 f16}; do
+    bench "llamacpp-$q-c1" --engine llamacpp --model "$GPU_DIR/gguf/$q.gguf" --tokenizer "$MODEL" --n-gpu-layers -1 --flash-attn \
+      --concurrency 1 --num-requests 8
+  done
+  ;;
+hf)
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  bench hf-bf16-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --concurrency 1 --num-requests 8
+  bench hf-bf16-c8-32 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --max-batch-size 32 \
+    --concurrency 8,32 --num-requests 64
+  ;;
+bnb)
+  CARRY=${2:?bnb needs the folder holding the bitsandbytes wheel}
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/bitsandbytes-*.whl
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  bench hf-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 4
+  bench hf-int8-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant int8 --concurrency 1 \
+    --num-requests 2 --output-len 64
+  ;;
+table) ;;
+*) echo "unknown stage $1" >&2; exit 2 ;;
+esac
