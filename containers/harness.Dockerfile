@@ -5,7 +5,7 @@
 #
 # Build from the repository root (compose/docker-compose.yml does):
 #   docker build -f containers/harness.Dockerfile -t hyperbench/harness .
-# Build arguments as hf.Dockerfile, plus HARNESS_EXTRAS (default tune,eval).
+# Build arguments as hf.Dockerfile, plus HARNESS_EXTRAS (default tune,eval,docker).
 # Everything down to the source layer is written exactly as in hf.Dockerfile (shared layers).
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -40,11 +40,11 @@ RUN --mount=type=secret,id=extra_ca \
     && rm /tmp/req.txt
 
 # the harness's own: tuning (Ax), scoring (lm-eval), the Docker SDK of the docker launcher
-ARG HARNESS_EXTRAS=tune,eval
+ARG HARNESS_EXTRAS=tune,eval,docker
 RUN --mount=type=secret,id=extra_ca \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     python /opt/hyperbench/requirements.py /opt/hyperbench/pyproject.toml "$HARNESS_EXTRAS" --skip torch > /tmp/req.txt \
-    && sh /opt/hyperbench/pip.sh install -r /tmp/req.txt docker \
+    && sh /opt/hyperbench/pip.sh install -r /tmp/req.txt \
     && rm /tmp/req.txt
 
 COPY containers/healthcheck.py containers/serve.sh containers/entry.sh /opt/hyperbench/

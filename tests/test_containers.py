@@ -293,6 +293,43 @@ def launcher_containers(docker: Docker) -> list[str]:
     return docker.run("ps", "-aq", "--filter", "label=hyperbench.launcher=docker").stdout.split()
 
 
+def test_bench_docker_launcher_from_the_host(docker, stack, tmp_path):
+    """`hyperbench bench --launcher docker` run on the host (not in the harness container): the
+    engine container publishes its port on 127.0.0.1 only, gets the host's model folder
+    bind-mounted read-only, and is removed at the end."""
+    before = launcher_containers(docker)
+    env = {**docker.env, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--launcher", "docker", "--engine", "hf",
+                             "--model", "tiny-llama", "--dtype", "float32", "--device", "cpu", "--concurrency", "1",
+                             *SMALL, "--results-dir", str(tmp_path), "--run-name", "host"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bound = None
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and bound is None and time.monotonic() < deadline:
+            for cid in set(launcher_containers(docker)) - set(before):
+                c = json.loads(docker.run("inspect", cid, check=False).stdout or "[{}]")[0]
+                bound = (c.get("HostConfig") or {}).get("PortBindings") or None
+                mounts = c.get("Mounts") or []
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert bound is not None, "the engine container was never seen running"
+    assert [b["HostIp"] for b in bound["8000/tcp"]] == ["127.0.0.1"]  # loopback only
+    model = [m for m in mounts if m["Type"] == "bind"]
+    assert len(model) == 1 and model[0]["Destination"].startswith("/mnt/hyperbench/model/") and not model[0]["RW"]
+    s = json.loads((tmp_path / "host" / "summary.json").read_text())
+    assert s["status"] == "complete" and s["points"][0]["completed"] == 4
+    assert s["engine_info"]["engine"] == "hf"
+    log = (tmp_path / "host" / "engine.log").read_text()
+    # stopped by SIGTERM through tini (0 or 143), not killed after the grace period (137)
+    assert "stopped, exit code" in log and "exit code 137" not in log
+    assert launcher_containers(docker) == before
+
+
 def test_compare_through_docker_launcher(docker):
     before = launcher_containers(docker)
     start = time.monotonic()

@@ -44,7 +44,7 @@ def docker_client():
     try:
         import docker
     except ImportError:
-        raise HyperbenchError("the docker launcher needs the Docker SDK: pip install 'docker>=7.1'") from None
+        raise HyperbenchError("the docker launcher needs the Docker SDK: pip install 'hyperbench[docker]'") from None
     try:
         client = docker.from_env(timeout=120)
         client.ping()
