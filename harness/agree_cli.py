@@ -77,7 +77,7 @@ def _print(folder) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.agree import COLUMNS, rows
+    from harness.agree_report import COLUMNS, rows
 
     s = folder.read_json("summary.json")
     t = Table(title=f"hyperbench agree: {s['model']} against {s['reference']} "
