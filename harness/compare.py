@@ -14,7 +14,7 @@ given) and plots/ (throughput and latency against load, one line per engine and 
 
 Run kinds: summary.json says `"kind": "bench"` or `"kind": "score"`. Each kind has one reader in
 READERS that turns a run folder into an Entry; score runs feed the accuracy table through
-`score_metrics` (the hook to finish once the score summary schema is settled).
+`score_metrics`.
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ def build_config(file_data: dict, cli_data: dict) -> CompareConfig:
     launcher_given = "launcher" in cli_data.get("target", {}) or "launcher" in file_data.get("target", {})
     if not launcher_given and (env := os.environ.get("HYPERBENCH_LAUNCHER")):
         cli_data.setdefault("target", {})["launcher"] = env
+    launcher = cli_data.get("target", {}).get("launcher") or file_data.get("target", {}).get("launcher")
+    if launcher == "external":  # before the config tree asks for the --url that compare has not
+        raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer "
+                              "(bench engines that others run one by one, then compare their run folders)")
     cfg = build(CompareConfig, file_data, cli_data)
     if bool(cfg.engines) == bool(cfg.runs):
         raise HyperbenchError("compare needs either --engines (bench them now) or run folders, not both")
-    if cfg.engines and cfg.target.launcher == "external":
-        raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer")
     return cfg
 
 
@@ -186,12 +188,18 @@ def read_bench(run: RunFolder, summary: dict) -> Entry:
 def score_metrics(summary: dict) -> dict[str, float]:
     """Accuracy numbers of a score run, as {"task/metric": value}.
 
-    HOOK: the score summary schema is being written elsewhere. Until it is settled this reads
-    the two shapes lm-eval users expect: `"metrics": {"gsm8k/exact_match": 0.41, ...}` (flat) or
-    `"results": {"gsm8k": {"exact_match": 0.41, ...}, ...}` (lm-eval's own); non-numeric values
-    and stderr entries are left out. Change only this function when the schema lands.
+    Reads `hyperbench score`'s summary.json (`tasks` and `groups`, each metric a {value, stderr}),
+    and also two shapes of other tools' files: `"metrics": {"gsm8k/exact_match": 0.41}` (flat) and
+    `"results": {"gsm8k": {"exact_match,none": 0.41}}` (lm-eval's own). Non-numeric values and
+    stderr entries are left out.
     """
     out: dict[str, float] = {}
+    # hyperbench score's summary.json: {"tasks"|"groups": {name: {"metrics": {m: {"value", "stderr"}}}}}
+    for section in ("tasks", "groups"):
+        for task, entry in (summary.get(section) or {}).items():
+            for name, m in ((entry or {}).get("metrics") or {}).items():
+                if isinstance(m, dict) and _number(m.get("value")):
+                    out[f"{task}/{name}"] = float(m["value"])
     flat = summary.get("metrics")
     if isinstance(flat, dict):
         out.update({str(k): float(v) for k, v in flat.items() if _number(v)})

@@ -1,0 +1,89 @@
+"""`hyperbench compare`: finished run folders side by side, and engines benched in turn.
+
+Real runs on the tiny model (seconds each). The docker launcher's `compare` (engine containers
+started and removed by the harness container) is in tests/test_containers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def hb(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def bench(tmp_path, tiny_model, name, *extra):
+    res = hb("bench", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
+             "--concurrency", "1,2", "--input-len", "16", "--output-len", "4", "--num-requests", "4",
+             "--results-dir", str(tmp_path), "--run-name", name, "--no-plots", *extra)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return tmp_path / name
+
+
+def test_compare_finished_runs(tmp_path, tiny_model):
+    a = bench(tmp_path, tiny_model, "a")
+    b = bench(tmp_path, tiny_model, "b", "--max-batch-size", "1", "--output-len", "6")
+    res = hb("compare", str(a), str(b), "--results-dir", str(tmp_path), "--run-name", "cmp")
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = tmp_path / "cmp"
+    assert f"{folder}" in res.stdout
+    data = json.loads((folder / "compare.json").read_text())
+    assert data["kind"] == "compare" and data["schema_version"] == 1
+    # same engine, model and quant twice: told apart by their folder names
+    assert [r["label"] for r in data["runs"]] == ["hf (a)", "hf (b)"]
+    for run, src in zip(data["runs"], (a, b)):
+        want = json.loads((src / "summary.json").read_text())["points"]
+        assert run["status"] == "complete" and run["points"] == want
+    report = (folder / "report.md").read_text()
+    for point in ("## concurrency=1", "## concurrency=2"):
+        section = report.split(point)[1].split("##")[0]
+        assert "| hf (a) | 4/4 |" in section and "| hf (b) | 4/4 |" in section
+    assert (folder / "plots" / "compare_throughput.png").is_file()
+    assert (folder / "plots" / "compare_latency.png").is_file()
+    # runs of different workloads are still compared, and the report says they are not comparable
+    assert data["workload_mismatch"] == {"output_len": ["4", "6"]}
+    assert "workloads differ" in report
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "either --engines"),
+    (["--engines", "hf,hf"], "listed twice"),
+    (["--engines", "hf", "--launcher", "external"], "starts each engine itself"),
+    (["--engines", "nosuch"], "nosuch"),
+])  # fmt: skip
+def test_compare_bad_input_is_one_line(tmp_path, args, message):
+    res = hb("compare", *args, "--results-dir", str(tmp_path))
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_compare_a_folder_that_is_no_run(tmp_path):
+    res = hb("compare", str(tmp_path), str(tmp_path / "missing"), "--results-dir", str(tmp_path))
+    assert res.returncode == 2 and res.stderr.startswith("error: ")
+
+
+@pytest.mark.llamacpp
+def test_compare_engines_in_turn_with_process_launcher(tmp_path, tiny_model):
+    """hf and llama.cpp (f32 GGUF of the same weights) benched one after the other on one
+    workload: one comparison folder, a run folder per engine, one report with both."""
+    pytest.importorskip("llama_cpp")
+    res = hb("compare", "--engines", "hf,llamacpp:f32", "--model", str(tiny_model), "--concurrency", "1,2",
+             "--input-len", "16", "--output-len", "4", "--num-requests", "4", "--results-dir", str(tmp_path),
+             "--run-name", "turn", "--no-plots")
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = tmp_path / "turn"
+    data = json.loads((folder / "compare.json").read_text())
+    assert [r["label"] for r in data["runs"]] == ["hf", "llamacpp:f32"]
+    assert data["workload_mismatch"] == {}  # one workload for all, by construction
+    assert all(r["status"] == "complete" and [p["completed"] for p in r["points"]] == [4, 4] for r in data["runs"])
+    assert {p.name for p in (folder / "runs").iterdir()} == {"hf", "llamacpp-f32"}
+    assert json.loads((folder / "config.json").read_text())["engines"] == ["hf", "llamacpp:f32"]
+    report = (folder / "report.md").read_text()
+    assert "| hf | 4/4 |" in report and "| llamacpp:f32 | 4/4 |" in report
