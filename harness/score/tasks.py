@@ -171,6 +171,26 @@ def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Pat
     return out
 
 
+def load(prepared: Prepared, data_dir: Path | None) -> None:
+    """Build lm-eval's task objects now, datasets read, so that data problems (no hub and no
+    --data-dir, a file `datasets` cannot read) are one line before any engine starts.
+    `simple_evaluate` loads its tasks once, through the task manager: it gets these."""
+    try:
+        loaded = prepared.tm.load(prepared.names)
+    except HyperbenchError:
+        raise
+    except Exception as e:  # datasets / hub / lm-eval errors are many classes
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        hint = ""
+        if data_dir is None:
+            hint = ("; with no hub here, stage the data first (`hyperbench data pull mmlu gsm8k "
+                    "truthfulqa --to DIR` where the network allows, or `hyperbench data stage`) "
+                    "and pass --data-dir DIR")
+        raise HyperbenchError(f"cannot load the data of {', '.join(prepared.names)}: "
+                              f"{type(e).__name__}: {first}{hint}") from None
+    prepared.tm.load = lambda *_args, **_kw: loaded
+
+
 def _override(entry, cfg: dict, data: DataDir, work: Path) -> tuple[Path, dict]:
     hub, name = cfg.get("dataset_path"), cfg.get("dataset_name")
     if not hub:
