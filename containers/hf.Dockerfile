@@ -7,7 +7,8 @@
 #           --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 -t hyperbench/hf:cuda .
 # Optional extra CA for pip (corporate proxy): --secret id=extra_ca,src=/path/ca.pem
 # Build arguments: BASE_IMAGE, VARIANT (cpu|cuda), TORCH_VERSION, TORCH_INDEX_URL (CPU wheels;
-# empty: only the registry and containers/context/wheels), EXTRAS (pip extras of hyperbench).
+# empty: only the registry and containers/context/wheels), EXTRAS (pip extras of hyperbench),
+# FLASH_ATTN_VERSION / FLASH_ATTN_WHEEL (CUDA: FlashAttention-2 from a prebuilt wheel, see below).
 # The first stages are written exactly as in harness.Dockerfile, so both images share those layers.
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -44,6 +45,18 @@ RUN --mount=type=secret,id=extra_ca \
     python /opt/hyperbench/requirements.py /opt/hyperbench/pyproject.toml "$EXTRAS" --skip torch > /tmp/req.txt \
     && sh /opt/hyperbench/pip.sh install -r /tmp/req.txt setuptools \
     && rm /tmp/req.txt
+
+# CUDA: FlashAttention-2 from its authors' prebuilt wheel matching this torch/CUDA/Python, when
+# there is one (flash_attn.py; never a multi-hour compile): otherwise SDPA. FLASH_ATTN_WHEEL: a
+# wheel URL/file to use instead, or "none".
+ARG FLASH_ATTN_VERSION=2.8.3
+ARG FLASH_ATTN_WHEEL=""
+COPY containers/flash_attn.py /opt/hyperbench/
+RUN --mount=type=secret,id=extra_ca \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ "$VARIANT" = cuda ]; then \
+        FLASH_ATTN_VERSION="$FLASH_ATTN_VERSION" FLASH_ATTN_WHEEL="$FLASH_ATTN_WHEEL" python /opt/hyperbench/flash_attn.py; \
+    fi
 
 COPY containers/healthcheck.py containers/serve.sh containers/entry.sh /opt/hyperbench/
 COPY pyproject.toml /tmp/src/

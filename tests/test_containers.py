@@ -139,6 +139,22 @@ def test_image_runs_as_non_root_with_healthcheck_and_no_secret(docker, image):
     assert uid == "1000" and secrets == "0" and not [t for t in tmp if t.endswith(".pem")]
 
 
+def test_compose_files_are_valid_for_compose(docker):
+    """Compose itself reads the base file with each overlay (the GPU one cannot run here)."""
+    gpu = json.loads(docker.compose("--profile", "engines", "config", "--format", "json",
+                                    overlays=[REPO / "compose" / "docker-compose.gpu.yml"]).stdout)
+    for engine in ("hf", "llamacpp", "vllm"):
+        svc = gpu["services"][engine]
+        assert svc["image"] == f"hyperbench/{engine}:cuda" and svc["build"]["args"]["VARIANT"] == "cuda"
+        dev = svc["deploy"]["resources"]["reservations"]["devices"][0]
+        assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and dev["count"] == -1  # all
+        assert not svc.get("ports")
+    launcher = json.loads(docker.compose("--profile", "cli", "config", "--format", "json",
+                                         overlays=[LAUNCHER_FILE]).stdout)
+    mounts = [v["target"] for v in launcher["services"]["harness"]["volumes"]]
+    assert "/var/run/docker.sock" in mounts and "/workspace/results" in mounts
+
+
 # ---------------------------------------------------------------------------- a compose stack
 
 
