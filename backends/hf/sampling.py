@@ -90,13 +90,17 @@ def row_tensors(params: list[SamplingParams], vocab: int, device) -> dict[str, t
 
 def ban_stop_tokens(logits, rows, params, n_out, eos_ids) -> torch.Tensor:
     """-inf on EOS / stop ids for rows that have not reached their min_tokens yet."""
-    banned = [i for i in rows if n_out[i] < params[i].min_tokens]
-    if not banned:
+    at_rows, at_ids = [], []
+    for i in rows:
+        if n_out[i] < params[i].min_tokens:
+            ids = [*eos_ids, *params[i].stop_token_ids]
+            at_rows += [i] * len(ids)
+            at_ids += ids
+    if not at_rows:
         return logits
     logits = logits.clone()
-    for i in banned:
-        ids = list(eos_ids) + list(params[i].stop_token_ids)
-        logits[i, ids] = float("-inf")
+    index = torch.tensor([at_rows, at_ids], device=logits.device)  # one copy and one kernel
+    logits[index[0], index[1]] = float("-inf")
     return logits
 
 
