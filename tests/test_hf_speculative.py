@@ -253,6 +253,36 @@ def test_seeded_sampling_is_reproducible(target, other_draft):
     assert len({tuple(o["ids"]) for o in together}) == len(ps)
 
 
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_quantized_target_with_a_plain_draft(tiny_model, quant):
+    """bitsandbytes target, draft loaded as the target would be but unquantized: the output is
+    still the quantized target's own."""
+    pytest.importorskip("bitsandbytes")
+    from backends.hf.loading import draft_settings
+
+    s = LoadSettings(str(tiny_model), quant=quant, dtype="float32", device="cpu", draft=str(tiny_model))
+    quantized, draft = load(s), load(draft_settings(s))
+    assert type(draft.model.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    ps = prompts(4)
+    with Engine(quantized) as e:
+        plain = e.run(ps, GREEDY)
+    with Engine(quantized, draft=draft.model, k=4) as e:
+        assert [o["ids"] for o in e.run(ps, GREEDY)] == [o["ids"] for o in plain]
+    assert e.spec.counters.accepted_tokens > 0
+
+
+def test_dummy_weights_are_seeded(tiny_model):
+    """--load-format dummy: the same config gives the same weights, so a draft of the target's
+    own folder is the target (the upper bound of speculation, on a GPU without real weights)."""
+    a, b = (load(LoadSettings(str(tiny_model), dtype="float32", device="cpu", load_format="dummy"))
+            for _ in range(2))  # fmt: skip
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    with Engine(a, draft=b.model, k=4) as e:
+        e.run(prompts(2), GREEDY)
+    assert e.spec.counters.accepted_tokens == e.spec.counters.draft_tokens > 0
+
+
 # ---------------------------------------------------------------------------- config and errors
 
 
