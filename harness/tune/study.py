@@ -74,6 +74,7 @@ class Study:
                 method="random_search" if strategy == "random" else "fast",
                 initialization_budget=init_trials, initialization_random_seed=seed,
             )
+            Path(folder).mkdir(parents=True, exist_ok=True)
             study = cls(client, Path(folder) / STATE, seed)
             index = client.attach_baseline(_ax_values(space, space.baseline()))
         if index != 0:  # pragma: no cover - Ax numbers trials from 0

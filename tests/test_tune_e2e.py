@@ -1,0 +1,173 @@
+"""`hyperbench tune` end to end through the CLI on a real engine (transformers, tiny-llama), a real
+lm-eval task (GSM8K, staged offline from its registry package) and real Ax.
+
+The tiny model's accuracy is 0 on GSM8K: what is asserted is structure, counts, what went on the
+wire, engine restarts for an engine option, resume identity after SIGKILL, and Ax's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "tiny-llama", "--dtype", "float32", "--num-fewshot", "1", "--max-gen-toks", "8",
+         "--dev-limit", "4"]  # fmt: skip
+
+
+def hb(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def staged():
+    from harness.score.staging import ensure_staged
+
+    return ensure_staged(("gsm8k",))
+
+
+def test_tune_hf_tiny_end_to_end(staged, tmp_path):
+    res = hb("tune", "--engine", "hf", *SMALL, "--data-dir", str(staged),
+             "--params", "temperature,top_p,max_batch_size=1:4", "--max-batch-size", "4",
+             "--objectives", "accuracy,-tpot", "--trials", "3", "--init-trials", "2",
+             "--test-limit", "4", "--holdout-top", "1", "--results-dir", str(tmp_path), "--run-name", "t")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "t"
+    assert "Traceback" not in res.stderr
+    assert f"run folder: {run}" in res.stdout and "held-out (4 items) trial-" in res.stdout
+    s = json.loads((run / "summary.json").read_text())
+    plan = json.loads((run / "plan.json").read_text())
+    assert s["kind"] == "tune" and s["status"] == "complete"
+    assert s["objectives"] == ["accuracy", "-tpot_ms"] and s["metric"] == "exact_match,strict-match"
+    assert len(plan["dev"]) == 4 and len(plan["test"]) == 4 and not set(plan["dev"]) & set(plan["test"])
+
+    # every trial: completed, the baseline first, Sobol then Bayesian optimization
+    trials = s["trials"]
+    assert [t["index"] for t in trials] == [0, 1, 2]
+    assert [t["status"] for t in trials] == ["completed"] * 3
+    assert [t["generator"] for t in trials] == ["baseline", "Sobol", "MBM"]
+    assert trials[0]["params"] == {"temperature": 0.8, "top_p": 0.95, "max_batch_size": 4}
+    for t in trials:
+        m = t["metrics"]
+        assert 0 <= m["accuracy"]["mean"] <= 1 and m["accuracy"]["sem"] > 0
+        assert m["tpot_ms"]["mean"] > 0 and m["tpot_ms"]["sem"] is not None and m["output_tok_s"]["mean"] > 0
+        folder = run / "trials" / f"{t['index']:04d}"
+        items = lines(folder / "items.jsonl")
+        assert [i["doc_id"] for i in items] == plan["dev"]
+        assert all(i["ttft_ms"] > 0 and i["e2e_ms"] >= i["ttft_ms"] for i in items)
+        # what went on the wire: the trial's own sampling values and the run's seed, streamed
+        for r in lines(folder / "requests.jsonl"):
+            p = r["params"]
+            assert p["temperature"] == pytest.approx(t["params"]["temperature"])
+            assert p["top_p"] == pytest.approx(t["params"]["top_p"]) and p["seed"] == 0
+            assert p["max_tokens"] == 8 and r["completion_tokens"] <= 8
+
+    # Ax's state agrees with the records
+    from harness.tune.study import Study
+
+    ax = Study.load(run, 0).trials()
+    assert {i: st for i, (st, _, _) in ax.items()} == {0: "completed", 1: "completed", 2: "completed"}
+
+    # the engine option restarts the engine: one start per change, each with its value
+    starts = [ln for ln in (run / "engine.log").read_text().splitlines() if ln.startswith("$ ")]
+    sizes = [int(ln.split("--max-batch-size ")[1].split()[0]) for ln in starts]
+    order = [t["params"]["max_batch_size"] for t in trials]
+    h = s["holdout"]
+    order += [h["results"][c]["params"]["max_batch_size"] for c in ["baseline"] + [x["label"] for x in h["comparisons"]]]
+    expected = [v for k, v in enumerate(order) if k == 0 or v != order[k - 1]]
+    assert sizes == expected
+    assert not (run / "engine.pid.json").exists()  # torn down at the end
+
+    # held-out: the baseline and one pick on the same 4 items, compared per item
+    assert s["selection"]["picks"] and s["selection"]["front"]
+    (comp,) = h["comparisons"]
+    assert comp["verdict"] and set(comp["metrics"]) >= {"accuracy", "tpot_ms"}
+    for r in comp["metrics"].values():
+        assert r["n"] <= 4 and r["ci"][0] <= r["ci"][1] and 0 < r["p"] <= 1
+    assert [i["doc_id"] for i in lines(run / "holdout" / "baseline" / "items.jsonl")] == plan["test"]
+
+    report = (run / "report.md").read_text()
+    for section in ("## Trials", "## Best configurations", "## Held-out comparison", "pareto.png"):
+        assert section in report
+    for plot in ("pareto.png", "convergence.png", "slices.png"):
+        assert (run / "plots" / plot).stat().st_size > 1000
+    # `hyperbench report` recognises a tune run folder
+    from harness.cli import main
+
+    (run / "report.md").unlink()
+    main(["report", str(run)])
+    assert "## Held-out comparison" in (run / "report.md").read_text()
+
+
+def test_tune_killed_with_sigkill_resumes_without_losing_or_repeating_a_trial(staged, tmp_path):
+    """kill -9 in the middle of trial 2 (one request answered), then --resume: the same trial ids
+    and parameters as an uninterrupted run, trial 2 finished from its request cache, the engine
+    the killed run left behind stopped."""
+    import psutil
+
+    args = ["tune", "--engine", "hf", *SMALL, "--data-dir", str(staged), "--params", "temperature,top_p",
+            "--objectives", "accuracy", "--constraint", "tpot_ms<=100000", "--trials", "4",
+            "--concurrency", "1", "--test-limit", "0", "--results-dir", str(tmp_path), "--run-name", "r"]
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = tmp_path / "r"
+    cache = run / "trials" / "0002" / "requests.jsonl"
+    deadline = time.monotonic() + 600
+    try:
+        while not (cache.is_file() and cache.read_text().count("\n") >= 1):
+            assert proc.poll() is None, "the tune ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    orphan = json.loads((run / "engine.pid.json").read_text())
+    assert psutil.pid_exists(orphan["pid"])  # SIGKILL runs no teardown: the engine is still up
+    before = json.loads((run / "trials" / "0002" / "trial.json").read_text())
+    assert before["status"] == "running" and before["attempts"] == 1
+
+    res = hb("tune", "--resume", str(run))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stopped the engine" in res.stderr
+    assert not psutil.pid_exists(orphan["pid"]) or psutil.Process(orphan["pid"]).status() == "zombie"
+
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "complete" and len(s["resumed"]) == 1
+    assert [(t["index"], t["status"]) for t in s["trials"]] == [(i, "completed") for i in range(4)]
+    assert [t["attempts"] for t in s["trials"]] == [1, 1, 2, 1]
+    t2 = json.loads((run / "trials" / "0002" / "trial.json").read_text())
+    assert t2["requests"]["cached"] >= 1 and t2["requests"]["cached"] + t2["requests"]["sent"] == 4
+    keys = [r["key"] for r in lines(cache)]
+    assert len(keys) == len(set(keys)) == 4  # no request sent twice
+
+    # the same trials as an uninterrupted run: Ax proposes by (seed, trial index)
+    from harness.tune.objectives import Constraint, Objective
+    from harness.tune.space import SearchSpace
+    from harness.tune.study import Study
+
+    plan = json.loads((run / "plan.json").read_text())
+    fresh = Study.create(tmp_path / "fresh", SearchSpace.from_json(plan["space"]),
+                         [Objective(**o) for o in plan["objectives"]],
+                         [Constraint(**c) for c in plan["constraints"]], "bayes", 0, None, plan["tracking"])
+    fresh.complete(0, {"accuracy": (0.0, 0.1), **{m: (1.0, 0.1) for m in ("tpot_ms", "ttft_ms", "e2e_ms")},
+                       "output_tok_s": 1.0})
+    for i in (1, 2, 3):
+        index, params = fresh.new_trial()
+        assert index == i and params == pytest.approx(s["trials"][i]["params"])
+        fresh.complete(i, {"accuracy": (0.0, 0.1), **{m: (1.0, 0.1) for m in ("tpot_ms", "ttft_ms", "e2e_ms")},
+                           "output_tok_s": 1.0})
+    ax = Study.load(run, 0).trials()
+    assert sorted(ax) == [0, 1, 2, 3] and all(st == "completed" for st, _, _ in ax.values())
