@@ -46,8 +46,8 @@ def test_definition_file_parses(name):
     else:
         assert runscript == f'exec /opt/hyperbench/entry.sh /opt/hyperbench/serve.sh {name} "$@"'
     env = dict(line.split("=", 1) for line in recipe.environ if "=" in line and " " not in line.split("=", 1)[0])
-    # the SIF is read-only: every writable cache lives under $HYPERBENCH_CACHE; the hub is off
-    assert env["HYPERBENCH_CACHE"] == '"${HYPERBENCH_CACHE:-$HOME/.cache/hyperbench}"'
+    # the SIF is read-only: every writable cache lives under $HYPERBENCH_CACHE (the shell logic
+    # of %environment runs for real in test_definition_environment_in_the_image); the hub is off
     assert env["HF_HOME"].startswith('"${HF_HOME:-$HYPERBENCH_CACHE')
     assert env["HF_HUB_OFFLINE"] == '"${HF_HUB_OFFLINE:-1}"'
     if name != "harness":
@@ -55,6 +55,36 @@ def test_definition_file_parses(name):
     assert recipe.test  # %test: `hyperbench --version` inside the built SIF
     writers = pytest.importorskip("spython.main.parse.writers")
     assert f"FROM hyperbench/{name}:latest" in writers.DockerWriter(stages).convert()
+
+
+def environment_section(name: str) -> str:
+    text = (DEFS / f"{name}.def").read_text()
+    return text.split("%environment\n", 1)[1].split("\n%", 1)[0]
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("name", ["harness", "vllm"])
+def test_definition_environment_in_the_image(name, built_images):
+    """%environment, run by a shell in the image after the image's own ENV, as Apptainer does:
+    with the image read-only the caches leave /cache for $HOME; a cache given at run time wins;
+    a writable /cache (bound by the user) is kept."""
+    keys = ["HYPERBENCH_CACHE", "HF_HOME"] + (["TRITON_CACHE_DIR", "VLLM_CACHE_ROOT"] if name != "harness" else [])
+    script = environment_section(name) + "\n" + "".join(f'echo "{k}=${k}"\n' for k in keys)
+
+    def run(*opts) -> dict:
+        r = subprocess.run([built_images.binary, "run", "--rm", "--user", "4242:4242", "-e", "HOME=/home/u", *opts,
+                            "--entrypoint", "sh", f"hyperbench/{name}:latest", "-c", script],
+                           env=built_images.env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return dict(line.split("=", 1) for line in r.stdout.split())
+
+    ro = run("--read-only")
+    assert ro["HYPERBENCH_CACHE"] == "/home/u/.cache/hyperbench"
+    assert all(ro[k].startswith("/home/u/.cache/hyperbench/") for k in keys[1:]), ro
+    given = run("--read-only", "-e", "HYPERBENCH_CACHE=/scratch/c")
+    assert given["HYPERBENCH_CACHE"] == "/scratch/c" and all(given[k].startswith("/scratch/c/") for k in keys[1:])
+    writable = run()  # /cache is world-writable in the image: as if a writable folder were bound
+    assert writable["HYPERBENCH_CACHE"] == "/cache" and writable["HF_HOME"] == "/cache/hf"
 
 
 # ---------------------------------------------------------------------------- launcher commands

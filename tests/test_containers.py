@@ -36,7 +36,8 @@ COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
 LAUNCHER_FILE = REPO / "compose" / "docker-compose.launcher.yml"
 PROJECT = "hyperbench-test"
 API_KEY = "test-secret-key"
-IMAGES = ("harness", "hf", "llamacpp")
+IMAGES = ("harness", "hf", "llamacpp", "vllm")
+ENGINES = ("hf", "llamacpp", "vllm")
 SMALL = ["--input-len", "16", "--output-len", "8", "--num-requests", "4", "--warmup", "1"]
 
 
@@ -179,25 +180,28 @@ def seed_tiny_model(docker: Docker) -> str:
     return str(model)
 
 
+def profiles() -> list[str]:
+    return [a for e in ENGINES for a in ("--profile", e)]
+
+
 @pytest.fixture(scope="module")
 def stack(docker, tmp_path_factory):
-    """hf + llamacpp serving tiny-llama in float32 on the compose network, no API key."""
+    """hf, llamacpp and vllm serving tiny-llama in float32 on the compose network, no API key."""
     host_model = seed_tiny_model(docker)
     override = tmp_path_factory.mktemp("compose") / "tiny.yml"
     override.write_text(
         "services:\n"
         "  hf:\n    command: [--model, tiny-llama, --served-model-name, tiny, --dtype, float32, --device, cpu]\n"
         "  llamacpp:\n    command: [--model, tiny-llama, --served-model-name, tiny, --quant, f32]\n"
+        "  vllm:\n    command: [--model, tiny-llama, --served-model-name, tiny, --dtype, float32, --enforce-eager]\n"
         "  stage:\n    command: [tiny-llama]\n"
     )
     start = time.monotonic()
-    docker.compose("--profile", "hf", "--profile", "llamacpp", "up", "-d", "--wait", overlays=[override],
-                   timeout=900)
+    docker.compose(*profiles(), "up", "-d", "--wait", overlays=[override], timeout=900)
     print(f"\n[containers] stack healthy in {time.monotonic() - start:.0f} s", file=sys.stderr)
     yield {"override": override, "model_path": host_model}
     if os.environ.get("HYPERBENCH_KEEP_STACK") != "1":
-        docker.compose("--profile", "hf", "--profile", "llamacpp", "down", overlays=[override], check=False,
-                       timeout=120)
+        docker.compose(*profiles(), "down", overlays=[override], check=False, timeout=120)
 
 
 def service_container(docker: Docker, service: str) -> dict:
@@ -207,7 +211,7 @@ def service_container(docker: Docker, service: str) -> dict:
 
 
 def test_engines_publish_no_port_and_run_as_non_root(docker, stack):
-    for service in ("hf", "llamacpp"):
+    for service in ENGINES:
         c = service_container(docker, service)
         assert not any(c["HostConfig"].get("PortBindings") or {}), c["HostConfig"].get("PortBindings")
         assert not any(v for v in (c["NetworkSettings"].get("Ports") or {}).values()), "a port is published"
@@ -217,7 +221,7 @@ def test_engines_publish_no_port_and_run_as_non_root(docker, stack):
         assert c["HostConfig"]["CapDrop"] == ["ALL"] and "no-new-privileges:true" in c["HostConfig"]["SecurityOpt"]
 
 
-@pytest.mark.parametrize("service", ["hf", "llamacpp"])
+@pytest.mark.parametrize("service", ENGINES)
 def test_wire_contract_through_compose_network(docker, stack, service, tmp_path):
     """tests/contract/test_wire_contract.py, unchanged, against the engine container's address on
     the compose network (nothing published: the host reaches it on the network's bridge)."""
@@ -243,7 +247,7 @@ def test_wire_contract_through_compose_network(docker, stack, service, tmp_path)
     assert " passed" in tail
 
 
-@pytest.mark.parametrize("service", ["hf", "llamacpp"])
+@pytest.mark.parametrize("service", ENGINES)
 def test_compose_run_harness_bench_url(docker, stack, service):
     name = f"url-{service}"
     r = docker.harness("bench", "--url", f"http://{service}:8000/v1", "--model", "tiny-llama",
@@ -347,24 +351,33 @@ def test_bench_docker_launcher_from_the_host(docker, stack, tmp_path):
 
 
 def test_compare_through_docker_launcher(docker):
+    """The issue's `docker compose run harness compare --engines hf,llamacpp,vllm --model
+    smollm2-135m --concurrency 1,8`: the harness container starts, benches and removes each
+    engine's container in turn; one report with all three."""
     before = launcher_containers(docker)
     start = time.monotonic()
-    r = docker.harness("compare", "--engines", "hf,llamacpp", "--model", "smollm2-135m", "--concurrency", "1,2",
-                       *SMALL, "--run-name", "cmp", overlays=[LAUNCHER_FILE], timeout=1200)
-    print(f"\n[containers] compare hf,llamacpp via docker launcher: {time.monotonic() - start:.0f} s",
+    r = docker.harness("compare", "--engines", ",".join(ENGINES), "--model", "smollm2-135m", "--concurrency", "1,8",
+                       "--input-len", "16", "--output-len", "8", "--num-requests", "8", "--warmup", "1",
+                       "--enforce-eager", "--run-name", "cmp", overlays=[LAUNCHER_FILE], timeout=1500)
+    print(f"\n[containers] compare {','.join(ENGINES)} via docker launcher: {time.monotonic() - start:.0f} s",
           file=sys.stderr)
     folder = docker.results / "cmp"
     data = json.loads((folder / "compare.json").read_text())
-    assert [run["label"] for run in data["runs"]] == ["hf", "llamacpp:native"], r.stdout + r.stderr
+    labels = [run["label"] for run in data["runs"]]
+    assert [label.split(":")[0] for label in labels] == list(ENGINES), r.stdout + r.stderr
+    assert data["workload_mismatch"] == {}
     for run in data["runs"]:
         assert run["status"] == "complete", run
-        assert [p["completed"] for p in run["points"]] == [4, 4]
+        assert [p["completed"] for p in run["points"]] == [8, 8]
+        assert all(p["output_tokens"] == 8 * 8 for p in run["points"])
     report = (folder / "report.md").read_text()
-    assert "## concurrency=1" in report and "## concurrency=2" in report
-    assert "| hf |" in report and "| llamacpp:native |" in report
+    for point in ("## concurrency=1", "## concurrency=8"):
+        section = report.split(point)[1].split("##")[0]
+        assert all(f"| {label} | 8/8 |" in section for label in labels), section
     assert (folder / "plots" / "compare_throughput.png").is_file()
+    assert (folder / "plots" / "compare_latency.png").is_file()
     # each engine ran in its own image, its log streamed into its run folder, then removed
-    for engine in ("hf", "llamacpp"):
+    for engine in ENGINES:
         log = (folder / "runs" / engine / "engine.log").read_text()
         assert f"hyperbench/{engine}:latest" in log and "stopped, exit code" in log
     assert launcher_containers(docker) == before
