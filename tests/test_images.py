@@ -104,11 +104,18 @@ def compose(name: str) -> dict:
 def test_compose_services():
     c = compose("docker-compose.yml")
     services = c["services"]
-    assert set(ENGINES) | {"harness"} <= set(services)
+    assert set(ENGINES) | {"harness", "stage"} <= set(services)
     for name, svc in services.items():
         assert "ports" not in svc, f"{name} publishes a port"  # the compose network only
         assert not any("docker.sock" in str(v) for v in svc.get("volumes", [])), name
-        assert svc.get("cap_drop") == ["ALL"], name
+        if name.endswith("-image"):  # build-only: outside profiles so `compose build` builds it, never run
+            assert "profiles" not in svc and svc["deploy"] == {"replicas": 0}
+            assert svc["image"] == services[name.removesuffix("-image")]["image"]
+            assert svc["build"] == services[name.removesuffix("-image")]["build"]
+        else:
+            assert svc.get("cap_drop") == ["ALL"], name
+    # `up` starts no service that no profile names: only engines (and their model staging) run
+    assert services["harness"]["deploy"] == {"replicas": 0} and "profiles" not in services["harness"]
     for e in ENGINES:
         svc = services[e]
         assert e in svc["profiles"] and svc["image"].startswith(f"hyperbench/{e}:")
@@ -129,6 +136,13 @@ def test_compose_overlays():
         assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
     assert gpu["hf"]["build"]["args"]["VARIANT"] == "cuda"
     assert "DGGML_CUDA=on" in gpu["llamacpp"]["build"]["args"]["LLAMACPP_CMAKE_ARGS"]
+    for e in ENGINES:  # the build-only entries get the same CUDA build
+        assert gpu[f"{e}-image"]["build"] == gpu[e]["build"] and gpu[f"{e}-image"]["image"] == gpu[e]["image"]
     launcher = compose("docker-compose.launcher.yml")["services"]
     assert set(launcher) == {"harness"}  # the socket goes to the harness only, and only with this file
     assert "/var/run/docker.sock:/var/run/docker.sock" in launcher["harness"]["volumes"]
+
+
+def test_root_compose_file_includes_the_stack():
+    root = yaml.safe_load((REPO / "compose.yaml").read_text())
+    assert root["include"] == ["compose/docker-compose.yml"] and root["name"] == compose("docker-compose.yml")["name"]
