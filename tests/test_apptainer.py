@@ -63,6 +63,7 @@ def environment_section(name: str) -> str:
 
 
 @pytest.mark.container
+@pytest.mark.timeout(3000)  # may be the first to build the images (tests/test_containers.py)
 @pytest.mark.parametrize("name", ["harness", "vllm"])
 def test_definition_environment_in_the_image(name, built_images):
     """%environment, run by a shell in the image after the image's own ENV, as Apptainer does:
@@ -227,6 +228,7 @@ def _link_or_copy(src, dst):
 
 
 @pytest.mark.container
+@pytest.mark.timeout(3000)  # may be the first to build the images (tests/test_containers.py)
 def test_engine_image_runs_like_a_sif(tmp_path, built_images):
     """An engine image under Apptainer's conditions, emulated with Docker: read-only root
     filesystem, an unknown uid with no home, the model and the cache bound at host paths, the
@@ -282,6 +284,7 @@ def test_engine_image_runs_like_a_sif(tmp_path, built_images):
 
 
 @pytest.mark.container
+@pytest.mark.timeout(3000)  # may be the first to build the images (tests/test_containers.py)
 @pytest.mark.skipif(shutil.which("apptainer") is None, reason="apptainer is not on PATH (not installable here)")
 def test_bench_through_apptainer_instances(tmp_path):
     """The real thing: build a SIF from the local Docker image, bench through an instance."""

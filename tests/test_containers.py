@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.container
+# the first test builds the images (a cold build of all four: ~10-15 min on 2 cores)
+pytestmark = [pytest.mark.container, pytest.mark.timeout(3000)]
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
