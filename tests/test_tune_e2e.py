@@ -171,3 +171,32 @@ def test_tune_killed_with_sigkill_resumes_without_losing_or_repeating_a_trial(st
                            "output_tok_s": 1.0})
     ax = Study.load(run, 0).trials()
     assert sorted(ax) == [0, 1, 2, 3] and all(st == "completed" for st, _, _ in ax.values())
+
+
+def test_speed_objectives_are_measured_right_on_an_engine_of_known_timing(staged, tmp_path):
+    """The synthetic engine (harness/synthetic.py, a real server on the wire contract) streams
+    its first token after ttft_ms and then one every itl_ms, exactly max_tokens of them: each
+    trial's TPOT, TTFT and E2E must come out at those values. Run in-process through --url (an
+    engine someone else runs: sampling parameters only)."""
+    from harness.synthetic import launch
+    from harness.tune.config import TuneConfig
+    from harness.tune.run import run
+
+    with launch(ttft_ms=30, itl_ms=6) as endpoint:
+        cfg = TuneConfig(engine={"kind": "synthetic", "model": "synthetic"},
+                         target={"url": endpoint.base_url},
+                         tune={"params": ["temperature"], "objectives": ["accuracy"],
+                               "constraint": ["tpot_ms<=100"], "trials": 2, "dev_limit": 4,
+                               "test_limit": 0, "max_gen_toks": 8, "num_fewshot": 0, "concurrency": 2,
+                               "data_dir": str(staged)},
+                         output={"results_dir": str(tmp_path), "run_name": "syn", "plots": False})
+        s = run(cfg).read_json("summary.json")
+    assert s["status"] == "complete" and s["engine"] == "external"
+    for t in s["trials"]:
+        m = {k: v["mean"] for k, v in t["metrics"].items()}
+        assert m["tpot_ms"] == pytest.approx(6, abs=1.0), t
+        assert m["ttft_ms"] == pytest.approx(30, abs=8), t
+        assert m["e2e_ms"] == pytest.approx(30 + 7 * 6, abs=10), t
+        # 2 streams of 8 tokens per ~72 ms
+        assert m["output_tok_s"] == pytest.approx(2 * 8 / 0.072, rel=0.3), t
+    assert s["holdout"]["why"]  # --test-limit 0: no held-out comparison, and it says so

@@ -43,6 +43,8 @@ def assert_one_line_error(res, *needles):
     (["--objectives", "accuracy", "--constraint", "accuracy>=0.5"], ["on the objective itself"]),
     (["--objectives", "accuracy,tpot"], ["TPOT is better lower", "-tpot_ms"]),
     (["--objectives", "accuracy,-speed"], ["unknown metric 'speed'"]),
+    (["--url", "http://127.0.0.1:9/v1", "--params", "temperature,max_batch_size=1:4", "--max-batch-size", "2"],
+     ["need an engine restart, which an external engine (--url) does not allow"]),
 ])  # fmt: skip
 def test_bad_search_input(tmp_path, args, needles):
     res = tune(tmp_path, *args)

@@ -122,6 +122,8 @@ def measure(setup: TaskSetup, endpoint, folder: Path, gen_kwargs: dict, indices:
     from harness.score.cache import RequestCache
 
     folder.mkdir(parents=True, exist_ok=True)
+    # prompts longer than the tokenizer's nominal length are cut by StreamingLM: not news per item
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     cache = RequestCache(folder / "requests.jsonl")
     lm = StreamingLM(endpoint.base_url, endpoint.model, endpoint.api_key, concurrency=setup.concurrency,
                      tokenizer=setup.tokenizer, max_length=setup.max_length or 2048, cache=cache,

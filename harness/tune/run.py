@@ -3,8 +3,9 @@ then score the best configurations and the baseline on the held-out split.
 
 Run folder: config.json, env.json, plan.json (search space, objectives, constraints, task metric,
 dev/test item ids: what a resume reuses), ax_state.json (Ax's own snapshot, rewritten atomically
-after every change), trials/<i>/{trial.json, requests.jsonl, items.jsonl}, holdout/<label>/{...},
-engine.log, summary.json (kind "tune", canonical), report.md, plots/.
+after every change), trials/<i>/{trial.json, requests.jsonl, items.jsonl}, selection.json (the
+configurations taken to the held-out split), holdout/<label>/{result.json, requests.jsonl,
+items.jsonl}, engine.log, summary.json (kind "tune", canonical), report.md, plots/.
 """
 
 from __future__ import annotations
@@ -194,7 +195,6 @@ def _objectives(plan: dict) -> tuple[list[Objective], list[Constraint]]:
 
 
 def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: Echo) -> RunFolder:
-    from harness.tune.engine import EngineSession
     from harness.tune.loop import TrialStore, optimize
 
     spec = cfg.tune
@@ -228,10 +228,17 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
             echo(stopped)
         from harness.tune.select import holdout, select
 
-        summary["selection"] = select(store.all(), objectives, constraints, study, spec.holdout_top)
+        # chosen once: a resumed held-out phase measures the same picks it started with
+        if run_dir.file("selection.json").is_file():
+            summary["selection"] = run_dir.read_json("selection.json")
+        else:
+            summary["selection"] = select(store.all(), objectives, constraints, study, spec.holdout_top)
+            run_dir.write_json("selection.json", summary["selection"])
         if plan["test"]:
             summary["holdout"] = holdout(summary["selection"], store, run_dir.path, plan["test"], evaluate,
                                          objectives, constraints, HOLDOUT_ALPHA, spec.seed, echo)
+        else:
+            summary["holdout"] = {"items": 0, "why": "--test-limit 0: no held-out split was asked for"}
         summary["status"] = "complete"
     except KeyboardInterrupt:
         summary.update(status="incomplete", reason="interrupted")
