@@ -138,6 +138,14 @@ def _holdout_section(h: dict | None) -> list[str]:
                "from McNemar's exact test (accuracy) or a paired permutation test (speed). Speed runs "
                "were measured one after another on the same engine.")
     out.append("")
+    names = ["accuracy", "tpot_ms", "ttft_ms", "e2e_ms", "output_tok_s"]
+    out += ["| configuration | parameters | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, res in h.get("results", {}).items():
+        ms = res.get("metrics") or {}
+        cells = [_ms(ms.get(n), n) for n in names] if res.get("status") == "completed" else \
+            [f"failed: {res.get('error', '')[:60]}"] + [""] * (len(names) - 1)
+        out.append(f"| {label} | {_params(res.get('params', {}))} | " + " | ".join(cells) + " |")
+    out.append("")
     for comp in h.get("comparisons", []):
         res = h["results"].get(comp["label"], {})
         out.append(f"**{comp['label']}** ({_params(res.get('params', {}))}): {comp['verdict']}.")

@@ -125,8 +125,9 @@ def describe(r: dict) -> str:
     """'accuracy 0.250 vs 0.200: +0.050 (95% CI -0.030 to +0.130, McNemar exact p=0.29)'."""
     m = METRICS[r["metric"]]
     unit = f" {m.unit}" if m.unit else ""
+    label = m.label + (" per stream" if r["metric"] == "output_tok_s" else "")
     f = (lambda v: f"{v:.3f}") if r["metric"] == "accuracy" else (lambda v: f"{v:.4g}")
     sign = lambda v: ("+" if v >= 0 else "") + f(v)  # noqa: E731
     level = round(r["level"] * 100, 1)
-    return (f"{m.label} {f(r['candidate'])} vs {f(r['baseline'])}{unit}: {sign(r['diff'])}{unit} "
+    return (f"{label} {f(r['candidate'])} vs {f(r['baseline'])}{unit}: {sign(r['diff'])}{unit} "
             f"({level:g}% CI {sign(r['ci'][0])} to {sign(r['ci'][1])}, {r['test']} p={r['p']:.3g})")
