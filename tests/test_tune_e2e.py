@@ -111,8 +111,18 @@ def test_tune_hf_tiny_end_to_end(staged, tmp_path):
     assert "## Held-out comparison" in (run / "report.md").read_text()
 
 
-def test_tune_killed_with_sigkill_resumes_without_losing_or_repeating_a_trial(staged, tmp_path):
-    """kill -9 in the middle of trial 2 (one request answered), then --resume: the same trial ids
+def _wait_for_answers(proc, path: Path, n: int = 1, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.read_text().count("\n") >= n):
+        assert proc.poll() is None, "the tune ended too early"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_engine_crash_fails_a_trial_and_sigkill_of_the_tune_resumes_it(staged, tmp_path):
+    """In one run: the engine is killed during trial 1 (that trial fails, is reported to Ax as
+    failed and not retried; trial 2 gets a fresh engine), then the tune itself is killed with
+    SIGKILL in the middle of trial 2 (one request answered), then --resume: the same trial ids
     and parameters as an uninterrupted run, trial 2 finished from its request cache, the engine
     the killed run left behind stopped."""
     import psutil
@@ -123,19 +133,19 @@ def test_tune_killed_with_sigkill_resumes_without_losing_or_repeating_a_trial(st
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     run = tmp_path / "r"
-    cache = run / "trials" / "0002" / "requests.jsonl"
-    deadline = time.monotonic() + 600
     try:
-        while not (cache.is_file() and cache.read_text().count("\n") >= 1):
-            assert proc.poll() is None, "the tune ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        _wait_for_answers(proc, run / "trials" / "0001" / "requests.jsonl")
+        first_engine = json.loads((run / "engine.pid.json").read_text())["pid"]
+        os.killpg(first_engine, signal.SIGKILL)  # the engine crashes mid-trial
+        _wait_for_answers(proc, run / "trials" / "0002" / "requests.jsonl")
+        proc.send_signal(signal.SIGKILL)  # and then the tune itself is killed
     finally:
         proc.kill()
         proc.wait()
     orphan = json.loads((run / "engine.pid.json").read_text())
-    assert psutil.pid_exists(orphan["pid"])  # SIGKILL runs no teardown: the engine is still up
+    assert orphan["pid"] != first_engine and psutil.pid_exists(orphan["pid"])  # SIGKILL: no teardown
+    failed = json.loads((run / "trials" / "0001" / "trial.json").read_text())
+    assert failed["status"] == "failed" and "engine died" in failed["error"] and failed["attempts"] == 1
     before = json.loads((run / "trials" / "0002" / "trial.json").read_text())
     assert before["status"] == "running" and before["attempts"] == 1
 
@@ -146,31 +156,34 @@ def test_tune_killed_with_sigkill_resumes_without_losing_or_repeating_a_trial(st
 
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "complete" and len(s["resumed"]) == 1
-    assert [(t["index"], t["status"]) for t in s["trials"]] == [(i, "completed") for i in range(4)]
-    assert [t["attempts"] for t in s["trials"]] == [1, 1, 2, 1]
+    assert [(t["index"], t["status"]) for t in s["trials"]] == [(0, "completed"), (1, "failed"),
+                                                               (2, "completed"), (3, "completed")]
+    assert [t["attempts"] for t in s["trials"]] == [1, 1, 2, 1]  # the failed trial was not retried
+    cache = run / "trials" / "0002" / "requests.jsonl"
     t2 = json.loads((run / "trials" / "0002" / "trial.json").read_text())
     assert t2["requests"]["cached"] >= 1 and t2["requests"]["cached"] + t2["requests"]["sent"] == 4
     keys = [r["key"] for r in lines(cache)]
     assert len(keys) == len(set(keys)) == 4  # no request sent twice
 
-    # the same trials as an uninterrupted run: Ax proposes by (seed, trial index)
+    # Ax holds the same trials as an uninterrupted run (it proposes by seed and trial index)
     from harness.tune.objectives import Constraint, Objective
     from harness.tune.space import SearchSpace
     from harness.tune.study import Study
 
+    ax = Study.load(run, 0).trials()
+    assert {i: st for i, (st, _, _) in ax.items()} == {0: "completed", 1: "failed", 2: "completed",
+                                                       3: "completed"}
     plan = json.loads((run / "plan.json").read_text())
     fresh = Study.create(tmp_path / "fresh", SearchSpace.from_json(plan["space"]),
                          [Objective(**o) for o in plan["objectives"]],
                          [Constraint(**c) for c in plan["constraints"]], "bayes", 0, None, plan["tracking"])
-    fresh.complete(0, {"accuracy": (0.0, 0.1), **{m: (1.0, 0.1) for m in ("tpot_ms", "ttft_ms", "e2e_ms")},
-                       "output_tok_s": 1.0})
+    data = {"accuracy": (0.0, 0.1), **{m: (1.0, 0.1) for m in ("tpot_ms", "ttft_ms", "e2e_ms")},
+            "output_tok_s": 1.0}
+    fresh.complete(0, data)
     for i in (1, 2, 3):
         index, params = fresh.new_trial()
         assert index == i and params == pytest.approx(s["trials"][i]["params"])
-        fresh.complete(i, {"accuracy": (0.0, 0.1), **{m: (1.0, 0.1) for m in ("tpot_ms", "ttft_ms", "e2e_ms")},
-                           "output_tok_s": 1.0})
-    ax = Study.load(run, 0).trials()
-    assert sorted(ax) == [0, 1, 2, 3] and all(st == "completed" for st, _, _ in ax.values())
+        fresh.fail(i, "x") if i == 1 else fresh.complete(i, data)
 
 
 def test_speed_objectives_are_measured_right_on_an_engine_of_known_timing(staged, tmp_path):

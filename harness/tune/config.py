@@ -49,7 +49,7 @@ class TuneSpec(_Strict):
         3, ge=1, description="Best configurations taken to the held-out split (a Pareto search: "
         "points of the front)."
     )
-    seed: int = Field(0, description="Seed of the dev/test split, Ax, and every sampled request.")
+    seed: int = Field(0, ge=0, description="Seed of the dev/test split, Ax, and every sampled request.")
     concurrency: int = Field(4, ge=1, description="Requests in flight during a trial (speed is "
                              "measured at this load).")
     max_gen_toks: int | None = Field(

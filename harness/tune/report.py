@@ -133,10 +133,13 @@ def _holdout_section(h: dict | None) -> list[str]:
     if h.get("why"):
         return out + [f"Not run: {h['why']}.", ""]
     level = round(h.get("level", 0.95) * 100, 1)
+    rounds = max([r.get("rounds", 1) for r in h.get("results", {}).values()] or [1])
     out.append(f"{h['items']} held-out items, never seen by the search. Paired per item; {level:g}% "
                "bootstrap confidence intervals (Bonferroni over the configurations compared); p-values "
-               "from McNemar's exact test (accuracy) or a paired permutation test (speed). Speed runs "
-               "were measured one after another on the same engine.")
+               "from McNemar's exact test (accuracy) or a paired permutation test (speed). "
+               + (f"The configurations answered the items in {rounds} interleaved rounds (alternating "
+                  "order), so a drift of the machine's speed falls on all of them alike."
+                  if rounds > 1 else "The configurations were measured one after another."))
     out.append("")
     names = ["accuracy", "tpot_ms", "ttft_ms", "e2e_ms", "output_tok_s"]
     out += ["| configuration | parameters | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]

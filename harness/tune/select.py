@@ -8,12 +8,15 @@ on the held-out split anyway, and every pick is compared with it.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from harness.results import atomic_write_json, read_json
 from harness.tune import stats
 from harness.tune.objectives import Constraint, Objective, feasible, pareto_front
+
+HOLDOUT_ROUNDS = 4
 
 
 def _means(rec: dict) -> dict:
@@ -72,7 +75,7 @@ def _spread(ids: list[int], k: int) -> list[int]:
     return list(dict.fromkeys(ids[round(j * step)] for j in range(k)))
 
 
-def holdout(selection: dict, store, root: Path, items: list[int], evaluate, objectives: list[Objective],
+def holdout(selection: dict, store, root: Path, items: list[int], evaluate, space, objectives: list[Objective],
             constraints: list[Constraint], alpha: float, seed: int, echo) -> dict:
     """Score the baseline and every pick on the held-out items (each once: a resumed run keeps
     what was done), and compare each pick with the baseline."""
@@ -85,22 +88,38 @@ def holdout(selection: dict, store, root: Path, items: list[int], evaluate, obje
     base_params = store.read(0)["params"]
     runs = [("baseline", 0, base_params)] + [(f"trial-{i}", i, store.read(i)["params"]) for i in picks]
     results: dict[str, dict] = {}
-    for label, index, params in runs:
-        folder = Path(root) / "holdout" / label
-        path = folder / "result.json"
+    for label, _, _ in runs:
+        path = Path(root) / "holdout" / label / "result.json"
         if path.is_file():
             results[label] = read_json(path)
-            continue
-        echo(f"held-out: {label} on {len(items)} items")
-        t0 = time.perf_counter()
-        try:
-            m = evaluate(folder, params, items)
-            res = {"label": label, "trial": index, "params": params, "status": "completed",
-                   "metrics": m.metrics, "elapsed_s": round(time.perf_counter() - t0, 3)}
-        except TrialFailed as e:
-            res = {"label": label, "trial": index, "params": params, "status": "failed", "error": str(e)}
-        atomic_write_json(path, res)
-        results[label] = res
+    # Interleave: every configuration answers the items in rounds, in alternating order, so a
+    # drift of the machine's speed (other load, heat) falls on all of them alike rather than on
+    # whichever ran last. Not when they differ in an engine option (each round would restart).
+    same_engine = len({json.dumps(space.split(p)[1], sort_keys=True) for _, _, p in runs}) == 1
+    rounds = min(HOLDOUT_ROUNDS, len(items)) if same_engine else 1
+    ends = [len(items) * (r + 1) // rounds for r in range(rounds)]
+    started = {label: time.perf_counter() for label, _, _ in runs}
+    for r, end in enumerate(ends):
+        for label, index, params in (runs if r % 2 == 0 else runs[::-1]):
+            if label in results:
+                continue
+            if r == 0:
+                echo(f"held-out: {label} on {len(items)} items" + (f", in {rounds} interleaved rounds"
+                                                                   if rounds > 1 else ""))
+            folder = Path(root) / "holdout" / label
+            try:
+                m = evaluate(folder, params, items[:end])  # earlier rounds come from the cache
+            except TrialFailed as e:
+                results[label] = {"label": label, "trial": index, "params": params, "status": "failed",
+                                  "error": str(e)}
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(folder / "result.json", results[label])
+                continue
+            if end == len(items):
+                results[label] = {"label": label, "trial": index, "params": params, "status": "completed",
+                                  "metrics": m.metrics, "rounds": rounds,
+                                  "elapsed_s": round(time.perf_counter() - started[label], 3)}
+                atomic_write_json(folder / "result.json", results[label])
     metrics = list(dict.fromkeys(["accuracy", *[o.metric for o in objectives], *[c.metric for c in constraints],
                                   "tpot_ms", "ttft_ms", "e2e_ms", "output_tok_s"]))  # fmt: skip
     level_alpha = alpha / len(picks)  # Bonferroni over the picks
@@ -121,6 +140,4 @@ def holdout(selection: dict, store, root: Path, items: list[int], evaluate, obje
 
 
 def _items(folder: Path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines() if line.strip()]

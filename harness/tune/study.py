@@ -134,7 +134,7 @@ class Study:
         (e.g. every point of a small discrete space was tried)."""
         from ax.utils.common.random import with_rng_seed
 
-        with _quiet(), with_rng_seed(self.seed * 1_000_003 + self.count()):
+        with _quiet(), with_rng_seed((self.seed * 1_000_003 + self.count()) % 2**31):
             try:
                 got = self.client.get_next_trials(max_trials=1)
             except Exception as e:  # Ax raises its own types when the space is exhausted
