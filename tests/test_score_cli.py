@@ -62,6 +62,27 @@ def test_score_launches_an_engine_and_writes_a_run_folder(tiny_model, staged, tm
     assert cfg["score"]["tasks"] == ["mmlu_anatomy", "gsm8k", "truthfulqa_mc1", "truthfulqa_gen"]
     assert cfg["engine"]["dtype"] == "float32"
 
+    # `report` rewrites the score report (not bench's); `compare` puts accuracy beside speed
+    (run / "report.md").unlink()
+    rep = hb("report", str(run))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "## Scores" in (run / "report.md").read_text()
+    bench = hb("bench", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
+               "--concurrency", "1", "--input-len", "16", "--output-len", "4", "--num-requests", "2",
+               "--results-dir", str(tmp_path), "--run-name", "speed")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    cmp = hb("compare", str(run), str(tmp_path / "speed"), "--results-dir", str(tmp_path), "--run-name", "cmp",
+             "--no-plots")
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    text = (tmp_path / "cmp" / "report.md").read_text()
+    acc = text.split("## Accuracy beside speed")[1].strip().splitlines()
+    head, row = [c.strip() for c in acc[0].split("|")], [c.strip() for c in acc[2].split("|")]
+    assert row[1] == "hf" and "out tok/s (peak)" in head
+    mmlu = s["tasks"]["mmlu_anatomy"]["metrics"]["acc"]["value"]
+    assert float(row[head.index("mmlu_anatomy/acc")]) == pytest.approx(mmlu, abs=1e-3)
+    peak = json.loads((tmp_path / "speed" / "summary.json").read_text())["points"][0]["output_throughput"]
+    assert float(row[head.index("out tok/s (peak)")].replace(",", "")) == pytest.approx(peak, rel=0.01)
+
 
 def test_engine_without_prompt_logprobs_asked_for_mmlu(staged, tmp_path):
     from harness.synthetic import start_in_thread

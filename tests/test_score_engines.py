@@ -73,9 +73,13 @@ def hf_reference(tiny_model, staged, tmp_path_factory):
     )  # fmt: skip
 
 
+ENGINE_LLS: dict[str, list[float]] = {}  # engine -> its per-item loglikelihoods, for the cross-engine check
+
+
 def test_same_loglikelihoods_and_accuracy_as_lm_eval_hf(engine_server, hf_reference, staged, tmp_path):
     summary, folder = score(engine_server, tmp_path, "parity", data_dir=str(staged), **PARITY)
     assert summary["status"] == "complete"
+    lls = []
     for task in PARITY["tasks"]:
         ref, ours = hf_reference["samples"][task], samples(folder, task)
         assert [s["doc_id"] for s in ours] == [s["doc_id"] for s in ref]
@@ -84,11 +88,16 @@ def test_same_loglikelihoods_and_accuracy_as_lm_eval_hf(engine_server, hf_refere
             assert b["arguments"] == [list(x) for x in a["arguments"]]  # the same prompts
             for (ll_ref, _), (ll, _) in zip([r[0] for r in a["resps"]], [r[0] for r in b["resps"]]):
                 assert ll == pytest.approx(ll_ref, abs=1e-3), (task, a["doc_id"])
+                lls.append(ll)
                 n += 1
         assert n >= 40
         assert summary["tasks"][task]["metrics"]["acc"]["value"] == pytest.approx(
             hf_reference["results"][task]["acc,none"], abs=1e-6)
     assert sum(summary["lm"]["alignment"].values()) == summary["requests"]["loglikelihood"]["sent"]
+    # and the same across engines serving these fp32 weights (each engine run so far in this session)
+    for other, theirs in ENGINE_LLS.items():
+        assert lls == pytest.approx(theirs, abs=1e-3), (engine_server.kind, other)
+    ENGINE_LLS[engine_server.kind] = lls
 
 
 # ---------------------------------------------------------------------------- known answers

@@ -66,7 +66,7 @@ def test_smollm2_on_20_items_of_each_task(engine, staged, tmp_path):
 @pytest.mark.vllm
 def test_vllm_gives_lm_eval_hf_loglikelihoods_on_smollm2(staged, tmp_path):
     """vLLM (CPU) through the same scoring path: per-item loglikelihoods within 1e-3 of lm-eval's
-    `hf` model on the same weights (the tiny model's head size is one vLLM's CPU kernel lacks)."""
+    `hf` model on the same real weights (tests/test_score_engines.py does it on the tiny model)."""
     import lm_eval
     from transformers import AutoTokenizer
 

@@ -111,12 +111,21 @@ def test_tune_hf_tiny_end_to_end(staged, tmp_path):
     assert "## Held-out comparison" in (run / "report.md").read_text()
 
 
-def _wait_for_answers(proc, path: Path, n: int = 1, timeout: float = 600) -> None:
+def _wait_for(proc, ready, timeout: float = 600) -> None:
+    """Poll every 2 ms: a tiny-model request takes ~14 ms, so what the test does next lands before
+    the next answer could."""
     deadline = time.monotonic() + timeout
-    while not (path.is_file() and path.read_text().count("\n") >= n):
+    while not ready():
         assert proc.poll() is None, "the tune ended too early"
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.002)
+
+
+def _answers(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def test_engine_crash_fails_a_trial_and_sigkill_of_the_tune_resumes_it(staged, tmp_path):
@@ -133,15 +142,25 @@ def test_engine_crash_fails_a_trial_and_sigkill_of_the_tune_resumes_it(staged, t
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     run = tmp_path / "r"
+    stopped = None
     try:
-        _wait_for_answers(proc, run / "trials" / "0001" / "requests.jsonl")
+        # the engine crashes at trial 1's first answer (a 50 ms poll once let all 4 of its ~14 ms
+        # requests finish first, in CI; the pid is read before, so the kill lands in ~2 ms)
+        _wait_for(proc, lambda: (run / "trials" / "0001" / "trial.json").is_file())
         first_engine = json.loads((run / "engine.pid.json").read_text())["pid"]
-        os.killpg(first_engine, signal.SIGKILL)  # the engine crashes mid-trial
-        _wait_for_answers(proc, run / "trials" / "0002" / "requests.jsonl")
-        proc.send_signal(signal.SIGKILL)  # and then the tune itself is killed
+        _wait_for(proc, lambda: _answers(run / "trials" / "0001" / "requests.jsonl") >= 1)
+        os.killpg(first_engine, signal.SIGKILL)
+        # trial 2 on a fresh engine: at its first answer the engine is frozen (SIGSTOP, so no
+        # second answer can land) and the tune is killed with SIGKILL in the middle of the trial
+        _wait_for(proc, lambda: _answers(run / "trials" / "0002" / "requests.jsonl") >= 1)
+        stopped = json.loads((run / "engine.pid.json").read_text())["pid"]
+        os.killpg(stopped, signal.SIGSTOP)
+        proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
+        if stopped is not None:
+            os.killpg(stopped, signal.SIGCONT)  # the orphan runs on, as after a real SIGKILL
     orphan = json.loads((run / "engine.pid.json").read_text())
     assert orphan["pid"] != first_engine and psutil.pid_exists(orphan["pid"])  # SIGKILL: no teardown
     failed = json.loads((run / "trials" / "0001" / "trial.json").read_text())

@@ -7,6 +7,7 @@
 #   benchmarks/gpu/run.sh setup   CARRY      # install them; build llama-cpp-python with CUDA
 #   benchmarks/gpu/run.sh models             # Llama-2-7B-shaped dummy checkpoint + GGUFs
 #   benchmarks/gpu/run.sh llamacpp           # llama.cpp F16 / Q8_0 / Q4_K_M, batch 1 and 4
+#   benchmarks/gpu/run.sh raw                # llama.cpp decode speed without the server
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
 #   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
@@ -60,7 +61,7 @@ collect() {
 }
 trap collect EXIT
 
-case "${1:?stage: setup|models|llamacpp|hf|bnb|table}" in
+case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|table}" in
 setup)
   CARRY=${2:?setup needs the folder prepare.sh filled}
   mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
@@ -100,6 +101,9 @@ llamacpp)
     bench "llamacpp-$q-c1" --engine llamacpp --model "$GPU_DIR/gguf/$q.gguf" --tokenizer "$MODEL" --n-gpu-layers -1 --flash-attn \
       --concurrency 1 --num-requests 8
   done
+  ;;
+raw)  # llama.cpp's own decode speed, no server (the floor of the engine's TPOT)
+  "$PY" benchmarks/gpu/llamacpp_raw.py "$GPU_DIR"/gguf/{q4_k_m,q8_0,f16}.gguf | tee "${OUT:-$GPU_DIR}/llamacpp_raw.txt"
   ;;
 hf)
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")

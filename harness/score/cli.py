@@ -6,6 +6,7 @@ Registered on the main group in harness/cli.py; flags are derived from the confi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -75,16 +76,40 @@ def _print_scores(run_dir) -> None:
     for col in ("task", "metric", "value", "± stderr", "items"):
         t.add_column(col, justify="left" if col in ("task", "metric") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    for name, task in s.get("tasks", {}).items():
+    groups = s.get("groups", {})
+    # a group's member tasks (mmlu: 57) are in report.md; the terminal shows the group's rows
+    members = {c for g in groups.values() for c in g.get("subtasks", [])}
+    tasks = {n: x for n, x in s.get("tasks", {}).items() if n not in members}
+    for name, task in tasks.items():
         for metric, m in task["metrics"].items():
             t.add_row(name, metric, fmt(m["value"]), fmt(m["stderr"]), str(task.get("n")))
-    for name, g in s.get("groups", {}).items():
-        for metric, m in g["metrics"].items():
-            t.add_row(f"[bold]{name}[/bold]", metric, fmt(m["value"]), fmt(m["stderr"]), "")
-    Console().print(t)
+
+    def group_rows(name: str, depth: int) -> None:
+        items = sum(x.get("n") or 0 for n, x in s.get("tasks", {}).items() if n in _leaves(groups, name))
+        for metric, m in groups[name]["metrics"].items():
+            t.add_row(("  " * depth) + f"[bold]{name}[/bold]", metric, fmt(m["value"]), fmt(m["stderr"]),
+                      str(items))
+        for child in groups[name].get("subtasks", []):
+            if child in groups:
+                group_rows(child, depth + 1)
+
+    for name in groups:
+        if name not in members:
+            group_rows(name, 0)
+    Console(width=None if sys.stdout.isatty() else 120).print(t)
+    hidden = len(s.get("tasks", {})) - len(tasks)
+    if hidden:
+        click.echo(f"({hidden} tasks of the groups above: each one in {run_dir.path / 'report.md'})")
     for note in s.get("notes", []):
         click.echo(f"note: {note}", err=True)
     click.echo(f"run folder: {run_dir.path}")
+
+
+def _leaves(groups: dict, name: str) -> set[str]:
+    out = set()
+    for child in groups[name].get("subtasks", []):
+        out |= _leaves(groups, child) if child in groups else {child}
+    return out
 
 
 @click.group()

@@ -2,7 +2,7 @@
 
 Run folder (beside bench's layout): config.json, env.json, engine.log, tasks/ (the generated task
 YAMLs), requests.jsonl (every engine answer, appended as it comes: the resume cache),
-samples/<task>.jsonl (lm-eval's per-item records), lm_eval_results.json, summary.json
+samples/<task>.jsonl (lm-eval's per-item records), lm_eval_results.json, lm_eval.log, summary.json
 (kind "score", canonical), report.md.
 """
 
@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness import envinfo
@@ -58,7 +59,8 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     summary["status"] = "running"
     try:
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
-        load(prepared, spec.data_dir)  # every data problem before an engine starts
+        with _lm_eval_log(run_dir.file("lm_eval.log")):
+            load(prepared, spec.data_dir)  # every data problem before an engine starts
     except HyperbenchError:
         if fresh:  # a user error before anything ran: leave no empty run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
@@ -82,7 +84,8 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
             if any(t in LOGLIKELIHOOD_TYPES for t in prepared.output_types.values()):
                 lm.check_prompt_logprobs()
             t0 = time.perf_counter()
-            results = _evaluate(cfg, lm, prepared, run_dir)
+            with _lm_eval_log(run_dir.file("lm_eval.log")):
+                results = _evaluate(cfg, lm, prepared, run_dir)
             elapsed = time.perf_counter() - t0
         from harness.score.results import write_results
 
@@ -100,6 +103,24 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
         run_dir.write_json("summary.json", summary)
         _write_report(run_dir)
     return run_dir
+
+
+@contextmanager
+def _lm_eval_log(path: Path):
+    """lm-eval's log goes to the run folder's lm_eval.log. It has no handler of its own, so Python
+    would print its warnings bare on stderr (57 x "Overwriting default num_fewshot" for mmlu)."""
+    logger = logging.getLogger("lm_eval")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(level)
 
 
 def _make_lm(cfg: ScoreConfig, endpoint, model_path: str | None, run_dir: RunFolder):

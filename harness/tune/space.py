@@ -179,8 +179,9 @@ def build_space(requested: list[str], engine, baseline: dict[str, Any]) -> Searc
         if name in SAMPLING:
             if name not in supported:
                 raise HyperbenchError(f"--baseline {name}: engine {engine.kind} does not honour {name}")
-            _check_limits(name, float(value), "--baseline")
-            fixed[name] = value
+            value = _number(name, value, "--baseline")
+            _check_limits(name, value, "--baseline")
+            fixed[name] = int(value) if SAMPLING[name].integer else value
         else:
             raise HyperbenchError(f"--baseline {name}: not a sampling parameter nor a tuned engine "
                                   f"option (set engine options with their own flag)")
@@ -189,6 +190,12 @@ def build_space(requested: list[str], engine, baseline: dict[str, Any]) -> Searc
 
 def _tunable_fields(engine) -> list[str]:
     return [n for n in type(engine).model_fields if n not in NOT_TUNABLE]
+
+
+def _number(name: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HyperbenchError(f"{what} {name}={value!r}: not a number")
+    return float(value)
 
 
 def _check_limits(name: str, value: float, what: str) -> None:
@@ -215,7 +222,7 @@ def _sampling_param(name: str, rng: str, baseline: dict) -> Param:
     low, high = _range(name, rng) if rng else d.default
     for v in (low, high):
         _check_limits(name, v, "--params")
-    base = baseline.get(name, d.neutral)
+    base = _number(name, baseline.get(name, d.neutral), "--baseline")
     p = Param(name, "sampling", "int" if d.integer else "float", int(low) if d.integer else low,
               int(high) if d.integer else high, baseline=int(base) if d.integer else float(base))
     if d.integer and p.low >= p.high:
