@@ -2,12 +2,21 @@
 for speed runs where the real weights cannot be had (a GPU node with no hub access).
 
     python benchmarks/gpu/make_dummy.py --shape llama2-7b --out DIR [--device cuda]
+    python benchmarks/gpu/make_dummy.py --shape llama2-7b --out T --identity-after 2   # spec target
+    python benchmarks/gpu/make_dummy.py --draft-of T --layers 2 --out D                 # its draft
 
 The folder is an ordinary checkpoint (config.json, bf16 safetensors, tokenizer): every engine
 loads it the normal way (HF from_pretrained, llama.cpp through the GGUF converter and quantizer),
 so load paths and weight bytes are the real ones. The tokenizer is the built-in tiny-llama's
 (1,000 pieces; ids up to the shape's vocabulary are valid, the rest decode to padding pieces).
 The text generated is meaningless; speed does not depend on it (bench forces the output length).
+
+Speculative decoding needs a draft that agrees with its target, which random weights never do.
+`--identity-after N` zeroes the output projections (o_proj, down_proj) of every layer from N on,
+so those layers add nothing to the residual stream while costing exactly the same bytes and
+FLOPs; `--draft-of` that folder with `--layers N` keeps its first N layers, embeddings, final
+norm and head. The draft then computes the target's logits exactly: acceptance ~100% by
+construction, the upper bound of what speculation can buy for this target/draft size ratio.
 """
 
 from __future__ import annotations
@@ -42,7 +51,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--identity-after", type=int, default=None, metavar="N",
+                    help="zero o_proj and down_proj of layers N.. (they then add nothing, at full cost)")
+    ap.add_argument("--draft-of", type=Path, default=None, metavar="DIR",
+                    help="write a draft: the first --layers layers of the checkpoint in DIR")
+    ap.add_argument("--layers", type=int, default=2)
     args = ap.parse_args()
+    if args.draft_of is not None:
+        return write_draft(args.draft_of, args.layers, args.out)
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -71,13 +87,43 @@ def main() -> None:
     keep[[i for i, p in enumerate(pieces) if i not in tok.all_special_ids and not p.startswith("<0x")]] = True
     with torch.no_grad():
         model.lm_head.weight[~keep.to(model.lm_head.weight.device)] = 0
+        for layer in model.model.layers[args.identity_after or len(model.model.layers):]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
     model.generation_config.pad_token_id = tok.eos_token_id
     model.save_pretrained(args.out, max_shard_size="5GB")
     _finish_hf_folder(args.out, rope_theta, add_bos_token=True, add_eos_token=False)
     n = sum(p.numel() for p in model.parameters())
-    (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "parameters": n,
-                                                             "seed": args.seed}))  # fmt: skip
+    (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "parameters": n, "seed": args.seed,
+                                                             "identity_after": args.identity_after}))  # fmt: skip
     print(f"{args.out}: {args.shape}, {n / 1e9:.2f} B parameters, bf16, {time.perf_counter() - t0:.0f} s")
+
+
+def write_draft(target: Path, layers: int, out: Path) -> None:
+    """The first `layers` layers of `target` (plus embeddings, final norm, head) as a checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        print(f"{out}: already there")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for f in target.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json")) and f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    config = json.loads((target / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    keep = {}
+    for shard in sorted(target.glob("*.safetensors")):
+        for name, t in load_file(shard).items():
+            if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers:
+                keep[name] = t
+    save_file(keep, out / "model.safetensors", metadata={"format": "pt"})
+    n = sum(t.numel() for t in keep.values())
+    (out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"draft_of": target.name, "layers": layers, "parameters": n}))
+    print(f"{out}: draft of {target.name}, {layers} layers, {n / 1e9:.2f} B parameters")
 
 
 if __name__ == "__main__":

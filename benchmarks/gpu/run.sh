@@ -10,6 +10,7 @@
 #   benchmarks/gpu/run.sh raw                # llama.cpp decode speed without the server
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
 #   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
+#   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
 # Env: GPU_DIR (default .gpu), OUT (where logs and a results tarball are copied, if set),
@@ -61,7 +62,7 @@ collect() {
 }
 trap collect EXIT
 
-case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|table}" in
+case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|table}" in
 setup)
   CARRY=${2:?setup needs the folder prepare.sh filled}
   mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
@@ -118,6 +119,24 @@ bnb)
   bench hf-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 4
   bench hf-int8-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant int8 --concurrency 1 \
     --num-requests 2 --output-len 64
+  ;;
+spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its first SPEC_LAYERS
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  L=${SPEC_LAYERS:-2}
+  if (( $(df -P --output=avail -B1G "$GPU_DIR" | tail -1) < 20 )) && [[ -f "$GPU_DIR/gguf/f16.gguf" ]]; then
+    log "disk: removing gguf/f16.gguf to make room for the speculative target"; rm -f "$GPU_DIR/gguf/f16.gguf"
+  fi
+  "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL-spec" --device "${MAKE_DEVICE:-cuda}" --identity-after "$L"
+  "$PY" benchmarks/gpu/make_dummy.py --draft-of "$MODEL-spec" --layers "$L" --out "$MODEL-draft$L"
+  # the no-speculation run is measured here on its own (bench's own baseline run is skipped if it has one)
+  NOBASE=(); "$PY" -m harness.cli bench --help | grep -q -- --no-spec-baseline && NOBASE=(--no-spec-baseline)
+  for c in ${SPEC_CONCURRENCY:-1 8}; do
+    bench "hf-nospec-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+      --concurrency "$c" --num-requests $((c * 4))
+    bench "hf-spec-k${SPEC_K:-4}-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+      --speculative "draft:$MODEL-draft$L" --num-speculative-tokens "${SPEC_K:-4}" --assistant-confidence-threshold 0 \
+      --concurrency "$c" --num-requests $((c * 4)) "${NOBASE[@]}"
+  done
   ;;
 table) ;;
 *) echo "unknown stage $1" >&2; exit 2 ;;
