@@ -41,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
     p.add_argument("--api-key", default=None)
+    p.add_argument("--speculative", default="none", help="none or ngram (prompt lookup)")
+    p.add_argument("--num-speculative-tokens", type=int, default=4)
+    p.add_argument("--ngram-min", type=int, default=None)
+    p.add_argument("--ngram-max", type=int, default=None)
     return p.parse_args(argv)
 
 
@@ -57,10 +61,31 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def speculation(args):
+    """--speculative & co. -> NgramSettings (None: off), checked as the harness checks them."""
+    from backends.llamacpp.speculative import NgramSettings
+    from backends.llamacpp.spec import LlamaCppConfig, parse_speculative
+
+    try:
+        cfg = LlamaCppConfig(speculative=args.speculative, n_batch=args.n_batch,
+                             num_speculative_tokens=args.num_speculative_tokens,
+                             ngram_min=args.ngram_min, ngram_max=args.ngram_max)  # fmt: skip
+    except ValueError as e:  # pydantic's range checks
+        err = e.errors()[0] if hasattr(e, "errors") else None
+        where = f"--{err['loc'][0].replace('_', '-')}: " if err and err["loc"] else ""
+        raise HyperbenchError(where + (err["msg"] if err else str(e))) from None
+    cfg.check()
+    if parse_speculative(cfg.speculative) is None:
+        return None
+    lo, hi = cfg.ngram_range()
+    return NgramSettings(k=cfg.num_speculative_tokens, ngram_min=lo, ngram_max=hi)
+
+
 def load(args):
     from backends.llamacpp.engine import Engine, load_error
     from backends.llamacpp.gguf import ensure_gguf, gguf_info, log
 
+    spec = speculation(args)
     gguf = ensure_gguf(args.model, args.quant)
     meta = gguf_info(gguf)
     n_ctx = args.n_ctx
@@ -72,7 +97,7 @@ def load(args):
     try:
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
-                        kv_cache_type=args.kv_cache_type)  # fmt: skip
+                        kv_cache_type=args.kv_cache_type, speculative=spec)  # fmt: skip
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
@@ -116,7 +141,21 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "prefix_cache": True,  # the KV of the previous request's common prefix is reused
         "device": "cuda" if on_gpu else "cpu",
         "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
-        "speculative": None,
+        "speculative": speculative_info(engine),
+    }
+
+
+def speculative_info(engine) -> dict | None:
+    """What GET /v1/engine says of speculation; server.py refreshes `counters` per call."""
+    spec = engine.spec
+    if spec is None:
+        return None
+    return {
+        "method": "ngram",
+        "num_speculative_tokens": spec.k,
+        "prompt_lookup_min": spec.ngram_min,
+        "prompt_lookup_max": spec.ngram_max,
+        "counters": engine.counters.as_dict(),
     }
 
 

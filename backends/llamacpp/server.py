@@ -82,6 +82,8 @@ def create_app(engine: Engine, info: dict, served_name: str, api_key: str | None
 
     @app.get("/v1/engine")
     async def engine_info():
+        if info.get("speculative"):
+            info["speculative"]["counters"] = engine.counters.as_dict()  # cumulative, live
         return info
 
     @app.post("/v1/completions")

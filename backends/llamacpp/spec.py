@@ -7,10 +7,14 @@ from typing import Literal
 from pydantic import Field
 
 from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, python_module_cmd
-from harness.errors import HyperbenchError
+from harness.errors import EngineError, HyperbenchError
 
 # GGUF weight types we make from an HF folder (llama_model_quantize's names, lower case)
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")
+
+SPECULATIVE_FORMS = ["ngram"]
+# n-gram sizes matched when ngram_min / ngram_max are not given
+NGRAM_MIN, NGRAM_MAX = 1, 3
 
 
 class LlamaCppConfig(EngineConfig):
@@ -40,6 +44,22 @@ class LlamaCppConfig(EngineConfig):
         "this engine is not it).",
     )
 
+    speculative: str = Field(
+        "none",
+        description="Speculative decoding: none, or ngram (prompt lookup: the tokens that "
+        "followed the context's last n-gram where it occurred before are drafted and verified "
+        "in one batch; output identical to no speculation).",
+    )
+    num_speculative_tokens: int = Field(
+        4, ge=1, le=64, description="ngram: most tokens drafted per step."
+    )
+    ngram_min: int | None = Field(
+        None, ge=1, description=f"ngram: shortest n-gram matched (default {NGRAM_MIN})."
+    )
+    ngram_max: int | None = Field(
+        None, ge=1, description=f"ngram: longest n-gram matched (default {NGRAM_MAX})."
+    )
+
     extra = "llamacpp"
     probe_module = "llama_cpp"
 
@@ -51,10 +71,26 @@ class LlamaCppConfig(EngineConfig):
         return Capabilities(
             sampling_params=list(ALL_SAMPLING_PARAMS),
             quantizations=["native", *QUANTS],
-            speculative=[],
+            speculative=list(SPECULATIVE_FORMS),
         )
 
     def check(self) -> None:
+        spec = parse_speculative(self.speculative)
+        if spec is None:
+            # (a default passed along, as the container launchers pass every field, is no request)
+            fields = type(self).model_fields
+            for name in ("num_speculative_tokens", "ngram_min", "ngram_max"):
+                if getattr(self, name) != fields[name].default:
+                    flag = "--" + name.replace("_", "-")
+                    raise HyperbenchError(f"{flag} needs speculative decoding (--speculative ngram)")
+        lo, hi = self.ngram_range()
+        if lo > hi:
+            raise HyperbenchError(f"ngram_min={lo} must be <= ngram_max={hi}")
+        if spec is not None and self.num_speculative_tokens >= self.n_batch:
+            raise HyperbenchError(
+                f"num_speculative_tokens={self.num_speculative_tokens} needs n_batch > it "
+                f"(n_batch={self.n_batch}: the drafts are verified in one batch)"
+            )
         if self.parallel != 1:
             raise HyperbenchError(
                 f"parallel={self.parallel}: llama-cpp-python decodes one sequence at a time "
@@ -82,6 +118,60 @@ class LlamaCppConfig(EngineConfig):
             args += ["--n-threads", str(self.n_threads)]
         if self.flash_attn:
             args.append("--flash-attn")
+        if parse_speculative(self.speculative) is not None:
+            lo, hi = self.ngram_range()
+            args += [
+                "--speculative", "ngram",
+                "--num-speculative-tokens", str(self.num_speculative_tokens),
+                "--ngram-min", str(lo),
+                "--ngram-max", str(hi),
+            ]  # fmt: skip
         if self.api_key:
             args += ["--api-key", self.api_key]
         return python_module_cmd("backends.llamacpp", *args)
+
+    def ngram_range(self) -> tuple[int, int]:
+        lo, hi = self.ngram_min, self.ngram_max
+        if lo is None and hi is None:
+            return NGRAM_MIN, NGRAM_MAX
+        if lo is None:
+            return min(NGRAM_MIN, hi), hi
+        if hi is None:
+            return lo, max(NGRAM_MAX, lo)
+        return lo, hi
+
+    def spec_counters(self, base_url: str) -> dict | None:
+        """Speculative-decoding counters now, from the server's GET /v1/engine (None when
+        speculation is off)."""
+        if parse_speculative(self.speculative) is None:
+            return None
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = base_url.rstrip("/") + "/engine"
+        try:
+            r = httpx.get(url, timeout=10, headers=headers)
+            r.raise_for_status()
+            info = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise EngineError(f"cannot read speculative-decoding counters from {url}: {e}") from None
+        spec = info.get("speculative") if isinstance(info, dict) else None
+        if not spec or "counters" not in spec:
+            raise EngineError(f"{url} reports no speculative decoding")
+        return spec["counters"]
+
+
+def parse_speculative(text: str) -> str | None:
+    """'none' -> None; 'ngram' -> 'ngram'. Anything else: a one-line error."""
+    text = text.strip()
+    if text == "none":
+        return None
+    if text == "ngram":
+        return text
+    mode = text.partition(":")[0]
+    hint = {
+        "draft": " (a draft model: --engine hf or vllm)",
+        "eagle": " (EAGLE: --engine vllm)",
+        "eagle3": " (EAGLE: --engine vllm)",
+    }.get(mode, "")
+    raise HyperbenchError(f"speculative={text!r}: the llamacpp engine supports none or ngram{hint}")

@@ -1,0 +1,75 @@
+"""Prompt-lookup (n-gram) drafting for the llama.cpp engine, and its counters.
+
+The drafts are verified in `Engine._generate`: the target samples each position of one batch
+with the request's own sampler chain, in order, and a draft token is kept while it equals what
+the target sampled. Every emitted token is thus the target's own draw from the same logits and
+the same sampler state as without speculation (one draw per emitted token), so the output is the
+same, greedy or seeded, up to the float differences of a batched forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NgramSettings:
+    k: int  # most tokens drafted per step
+    ngram_min: int
+    ngram_max: int
+
+
+def propose(context: np.ndarray, k: int, ngram_min: int, ngram_max: int) -> np.ndarray:
+    """Up to k tokens that followed an earlier occurrence of the context's last n tokens, for the
+    longest n in [ngram_min, ngram_max] that occurs earlier. Of its occurrences, the latest one
+    with k tokens after it (recent text predicts best), else the earliest (longest continuation,
+    e.g. in text that repeats with a period shorter than k). Empty: no match."""
+    length = len(context)
+    for n in range(min(ngram_max, length - 1), ngram_min - 1, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(context[:-1], n)  # ends before the suffix
+        starts = np.flatnonzero((windows == context[length - n :]).all(axis=1))
+        if len(starts) == 0:
+            continue
+        ends = starts + n  # where each continuation begins
+        full = ends[ends + k <= length]
+        end = int(full[-1]) if len(full) else int(ends[0])
+        return context[end : end + k]
+    return context[:0]
+
+
+class SpecCounters:
+    """Cumulative since start-up, with vLLM's definitions: a draft is one step's proposal (steps
+    that propose nothing are not counted), accepted tokens exclude the target's own token, and
+    accepted_per_position[j] counts drafts whose token j+1 was accepted."""
+
+    def __init__(self, k: int) -> None:
+        self._lock = threading.Lock()
+        self.drafts = 0
+        self.draft_tokens = 0
+        self.accepted_tokens = 0
+        self.accepted_per_position = [0] * k
+        self.verify_forward_passes = 0  # batches of [token, drafts...] evaluated
+
+    def drafted(self, n: int) -> None:
+        with self._lock:
+            self.drafts += 1
+            self.draft_tokens += n
+            self.verify_forward_passes += 1
+
+    def accepted(self, position: int) -> None:
+        with self._lock:
+            self.accepted_tokens += 1
+            self.accepted_per_position[position] += 1
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {
+                "drafts": self.drafts,
+                "draft_tokens": self.draft_tokens,
+                "accepted_tokens": self.accepted_tokens,
+                "accepted_per_position": list(self.accepted_per_position),
+                "verify_forward_passes": self.verify_forward_passes,
+            }

@@ -1,0 +1,225 @@
+"""n-gram (prompt-lookup) speculative decoding in the llama.cpp engine: the drafter, the same
+output with and without speculation (greedy and seeded; stops, min_tokens, logprobs, echo, a
+full context), the counters in GET /v1/engine, `hyperbench bench --speculative ngram` reporting
+acceptance, and one-line errors for what the engine does not do.
+
+tiny-llama's random weights fall into loops within a few dozen tokens, so n-gram drafts get
+proposed and accepted without a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.llamacpp
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: scripts/build_llamacpp_wheel.sh")
+
+from backends.llamacpp.gguf import ensure_gguf  # noqa: E402
+from backends.llamacpp.spec import LlamaCppConfig  # noqa: E402
+from backends.llamacpp.speculative import NgramSettings, propose  # noqa: E402
+from harness.errors import HyperbenchError  # noqa: E402
+
+PROMPTS = [
+    "1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2,",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Hello! How are you today?",
+]
+
+
+# --- the drafter and the config (no model) ----------------------------------------------------
+
+
+def test_propose_longest_ngram_then_recent_occurrence():
+    ctx = np.array([5, 1, 2, 3, 9, 9, 7, 2, 3, 4, 4, 4, 1, 2, 3])
+    # "1 2 3" (n=3) occurred at the start: what followed it there
+    assert propose(ctx, 2, 1, 3).tolist() == [9, 9]
+    # n capped at 2: "2 3" occurs twice earlier; the latest with 2 tokens after it wins
+    assert propose(ctx, 2, 1, 2).tolist() == [4, 4]
+    # the latest occurrence has fewer than k tokens after it: the earliest (longest) instead
+    per = np.array([1, 2, 3, 1, 2, 3, 1, 2])
+    assert propose(per, 6, 1, 2).tolist() == [3, 1, 2, 3, 1, 2]
+    assert propose(np.array([1, 2, 3, 4]), 3, 1, 3).tolist() == []  # nothing repeats
+    assert propose(np.array([7, 8, 9, 8]), 3, 2, 3).tolist() == []  # only a 1-gram matches
+    assert propose(np.array([7]), 3, 1, 3).tolist() == []
+
+
+def test_config_declares_and_checks_ngram():
+    cfg = LlamaCppConfig(speculative="ngram", num_speculative_tokens=3, ngram_max=2)
+    assert cfg.capabilities().speculative == ["ngram"]
+    cfg.check()
+    cmd = cfg.server_command("127.0.0.1", 9, "/m")
+    assert cmd[cmd.index("--speculative") :][:8] == [
+        "--speculative", "ngram", "--num-speculative-tokens", "3", "--ngram-min", "1", "--ngram-max", "2"
+    ]  # fmt: skip
+    assert "--speculative" not in LlamaCppConfig().server_command("127.0.0.1", 9, "/m")
+    assert LlamaCppConfig().spec_counters("http://x/v1") is None  # no speculation: no counters
+    for kw, msg in [
+        (dict(speculative="draft:tiny-llama"), "supports none or ngram .a draft model: --engine hf or vllm"),
+        (dict(speculative="eagle:x"), "supports none or ngram .EAGLE: --engine vllm"),
+        (dict(speculative="lookahead"), "supports none or ngram$"),
+        (dict(ngram_max=3), "--ngram-max needs speculative decoding"),
+        (dict(num_speculative_tokens=2), "--num-speculative-tokens needs speculative decoding"),
+        (dict(speculative="ngram", ngram_min=4, ngram_max=2), "ngram_min=4 must be <= ngram_max=2"),
+        (dict(speculative="ngram", num_speculative_tokens=8, n_batch=8), "needs n_batch > it"),
+    ]:
+        with pytest.raises(HyperbenchError, match=msg):
+            LlamaCppConfig(**kw).check()
+
+
+# --- the same output with and without speculation (in process) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model):
+    from backends.llamacpp.engine import Engine
+
+    gguf = str(ensure_gguf(tiny_model, "f32"))
+    kw = dict(n_ctx=256, n_batch=64, n_gpu_layers=0, n_threads=2, flash_attn=False, kv_cache_type="f32")
+    return Engine(gguf, **kw), Engine(gguf, **kw, speculative=NgramSettings(k=4, ngram_min=1, ngram_max=3))
+
+
+def generate(engine, prompt, **sampling):
+    from backends.llamacpp.engine import Result, Sampling
+
+    ids = engine.tokenize(prompt) if isinstance(prompt, str) else prompt
+    result = Result(prompt=[])
+    steps = list(engine.generate(ids, Sampling(**sampling), result))
+    return [s.token for s in steps], result
+
+
+@pytest.mark.parametrize("sampling, accepts", [
+    (dict(max_tokens=80, temperature=0), True),
+    (dict(max_tokens=80, temperature=0, logprobs=2), True),
+    # sampled: one draw per emitted token, from the same logits and sampler state as without drafts
+    (dict(max_tokens=60, temperature=0.02, seed=7), True),
+    (dict(max_tokens=60, temperature=0.8, top_k=2, repetition_penalty=1.05, seed=3), True),
+    (dict(max_tokens=60, temperature=0.8, top_p=0.9, seed=3), False),  # random text: drafts rejected
+    (dict(max_tokens=40, temperature=0, min_tokens=40, ignore_eos=True), True),
+], ids=["greedy", "greedy-logprobs", "seeded", "seeded-filters", "seeded-rejects", "min-tokens"])  # fmt: skip
+def test_same_tokens_with_and_without_speculation(engines, sampling, accepts):
+    base, spec = engines
+    before = spec.counters.as_dict()
+    for prompt in PROMPTS:
+        want, res_want = generate(base, prompt, **sampling)
+        got, res_got = generate(spec, prompt, **sampling)
+        assert [t.id for t in got] == [t.id for t in want], prompt
+        assert (res_got.text, res_got.finish_reason, res_got.completion_tokens) == (
+            res_want.text, res_want.finish_reason, res_want.completion_tokens)
+        if sampling.get("logprobs"):  # a batched forward pass: equal up to float rounding
+            assert np.allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-3)
+            assert [[i for i, _ in t.top] for t in got] == [[i for i, _ in t.top] for t in want]
+    after = spec.counters.as_dict()
+    assert after["drafts"] > before["drafts"]
+    assert (after["accepted_tokens"] > before["accepted_tokens"]) == accepts
+    assert after["draft_tokens"] - before["draft_tokens"] <= 4 * (after["drafts"] - before["drafts"])
+
+
+def test_stops_echo_and_a_full_context(engines):
+    base, spec = engines
+    text = generate(base, PROMPTS[1], max_tokens=60, temperature=0)[1].text
+    stop = text[25:29]  # a stop in the middle of accepted drafts, most likely
+    for sampling, finish in [
+        (dict(max_tokens=60, temperature=0, stop=[stop]), "stop"),
+        (dict(max_tokens=20, temperature=0, logprobs=1, prompt_logprobs=True), "length"),
+    ]:
+        want, res_want = generate(base, PROMPTS[1], **sampling)
+        got, res_got = generate(spec, PROMPTS[1], **sampling)
+        assert [t.id for t in got] == [t.id for t in want]
+        assert (res_got.text, res_got.finish_reason) == (res_want.text, finish)
+        if finish == "stop":
+            assert res_got.text == text[: text.index(stop)]
+    assert len(res_got.prompt) == len(base.tokenize(PROMPTS[1]))
+    assert [t.logprob for t in res_got.prompt] == [t.logprob for t in res_want.prompt]
+    # prompt + max_tokens fill the whole context: drafts never run past it
+    ids = base.tokenize(PROMPTS[0])
+    room = base.n_ctx - len(ids)
+    want, _ = generate(base, ids, max_tokens=room, temperature=0, ignore_eos=True)
+    got, res = generate(spec, ids, max_tokens=room, temperature=0, ignore_eos=True)
+    assert [t.id for t in got] == [t.id for t in want] and res.completion_tokens == room
+    # the next request reuses the cached prefix correctly after drafts were dropped
+    want, _ = generate(base, PROMPTS[0], max_tokens=30, temperature=0)
+    got, _ = generate(spec, PROMPTS[0], max_tokens=30, temperature=0)
+    assert [t.id for t in got] == [t.id for t in want]
+
+
+# --- the server and the harness -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spec_server(tiny_model, tmp_path_factory):
+    from harness.launchers.process import ProcessLauncher
+
+    cfg = LlamaCppConfig(model=str(tiny_model), served_model_name="tiny", quant="f32", kv_cache_type="f32",
+                         speculative="ngram", num_speculative_tokens=3)  # fmt: skip
+    log = tmp_path_factory.mktemp("llamacpp-spec") / "engine.log"
+    with ProcessLauncher(cfg, str(tiny_model), log_path=log, startup_timeout_s=600) as endpoint:
+        yield cfg, endpoint
+
+
+def test_server_counters_and_streaming(spec_server, engines):
+    cfg, endpoint = spec_server
+    base, _ = engines
+    url = endpoint.base_url
+    info = httpx.get(f"{url}/engine").json()["speculative"]
+    assert info["method"] == "ngram" and info["num_speculative_tokens"] == 3
+    assert (info["prompt_lookup_min"], info["prompt_lookup_max"]) == (1, 3)
+    before = cfg.spec_counters(url)
+    body = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 64, "temperature": 0}
+    r = httpx.post(f"{url}/completions", json=body, timeout=120).json()
+    assert r["choices"][0]["text"] == generate(base, PROMPTS[1], max_tokens=64, temperature=0)[1].text
+    assert r["usage"]["completion_tokens"] == 64
+    streamed = []
+    with httpx.stream("POST", f"{url}/completions", json={**body, "stream": True}, timeout=120) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                streamed += [c["text"] for c in json.loads(line[6:])["choices"]]
+    assert "".join(streamed) == r["choices"][0]["text"]
+    after = cfg.spec_counters(url)
+    assert set(after) >= {"drafts", "draft_tokens", "accepted_tokens", "accepted_per_position"}
+    assert after["drafts"] > before["drafts"] and after["accepted_tokens"] > before["accepted_tokens"]
+    assert len(after["accepted_per_position"]) == 3
+
+
+def hb(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speculative", "draft:tiny-llama"], "the llamacpp engine supports none or ngram (a draft model"),
+    (["--ngram-max", "2"], "--ngram-max needs speculative decoding (--speculative ngram)"),
+    (["--speculative", "ngram", "--ngram-min", "3", "--ngram-max", "2"], "ngram_min=3 must be <= ngram_max=2"),
+    (["--speculative", "ngram", "--assistant-confidence-threshold", "0.1"],
+     "--assistant-confidence-threshold is not an option of engine llamacpp"),
+])  # fmt: skip
+def test_bad_speculative_flags_are_one_line_errors(tmp_path, args, message):
+    res = hb("bench", "--engine", "llamacpp", "--model", "tiny-llama", *args, "--results-dir", str(tmp_path),
+             timeout=120)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before a run folder exists
+
+
+def test_bench_reports_acceptance(tmp_path, tiny_model):
+    res = hb("bench", "--engine", "llamacpp", "--model", str(tiny_model), "--speculative", "ngram",
+             "--concurrency", "1", "--input-len", "16", "--output-len", "48", "--num-requests", "4",
+             "--results-dir", str(tmp_path), "--run-name", "spec")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "spec"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    for p in summary["points"]:
+        assert p["completed"] == 4 and p["output_tokens"] == 4 * 48
+        s = p["speculative"]
+        assert s["drafts"] > 0 and 0 < s["accepted_tokens"] <= s["draft_tokens"]
+        assert 0 < s["acceptance_rate"] <= 1 and s["mean_accepted_length"] > 1
+        assert len(s["acceptance_by_position"]) == 4
+    info = json.loads((run / "engine.json").read_text())["speculative"]
+    assert info["method"] == "ngram" and info["num_speculative_tokens"] == 4
