@@ -53,6 +53,11 @@ class EngineConfig(BaseModel):
     # name of the pip extra that installs this engine, and the module that proves it is there
     extra: ClassVar[str] = ""
     probe_module: ClassVar[str] = ""
+    # fields that mean something only while speculating: reset to their defaults in the
+    # speculation-off baseline (those of them an engine has; an engine with others extends it)
+    speculative_fields: ClassVar[tuple[str, ...]] = (
+        "num_speculative_tokens", "assistant_confidence_threshold", "ngram_min", "ngram_max",
+    )  # fmt: skip
 
     def capabilities(self) -> Capabilities:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -73,6 +78,15 @@ class EngineConfig(BaseModel):
         accepted_tokens, ...}); None when this config does not speculate. bench differences two
         snapshots around each sweep point with `speculative_delta`."""
         return None
+
+    def without_speculation(self) -> EngineConfig | None:
+        """The same engine with speculative decoding off (what `bench` measures the speedup
+        against); None when this config does not speculate."""
+        if getattr(self, "speculative", "none") in ("none", None):
+            return None
+        fields = type(self).model_fields
+        reset = {name: fields[name].default for name in self.speculative_fields if name in fields}
+        return type(self)(**{**self.model_dump(), "speculative": "none", **reset})
 
     @classmethod
     def installed(cls) -> tuple[bool, str]:

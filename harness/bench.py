@@ -68,6 +68,7 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine.check()
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
+    spec_off = engine.without_speculation()  # None when the engine does not speculate
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
     resolved = cfg.model_dump(mode="json")
     resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
@@ -97,6 +98,8 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
             requests = build_requests(cfg.workload, tokenizer)
             asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
                                progress))
+        if spec_off is not None:
+            _spec_baseline(cfg, spec_off, run_dir, summary, progress)
         summary["status"] = "complete"
     except KeyboardInterrupt:
         summary["status"] = "incomplete"
@@ -174,6 +177,79 @@ def _spec_result(before: dict, after: dict | None) -> dict:
         if snap is None or "error" in snap:
             return {"error": snap["error"] if snap else "speculative counters disappeared"}
     return speculative_delta(before, after)
+
+
+# the speculation-off run of a speculative bench: a bench run folder of its own, inside the run's
+BASELINE_FOLDER = "baseline"
+
+
+def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict, progress) -> None:
+    """The speedup of speculative decoding: the same engine restarted with speculation off, the
+    same workload (seed, prompts, warm-up) at the same points, as a bench run folder of its own
+    (BASELINE_FOLDER); each point's `speculative.speedup` then compares the two. An engine
+    someone else runs cannot be restarted: then the speedup is said to be not measured."""
+    if cfg.target.launcher == "external":
+        summary["speculative_baseline"] = {
+            "status": "not measured",
+            "reason": "external engine (--url): the harness cannot restart it without speculation",
+        }
+    elif not cfg.load.spec_baseline:
+        summary["speculative_baseline"] = {"status": "skipped", "reason": "--no-spec-baseline"}
+    if "speculative_baseline" in summary:
+        _attach_speedups(summary, [])
+        return
+    summary["speculative_baseline"] = {"status": "running", "run_folder": BASELINE_FOLDER}
+    run_dir.write_json("summary.json", summary)
+    sub = cfg.model_copy(update={
+        "engine": spec_off.model_dump(mode="json"),
+        "load": cfg.load.model_copy(update={"spec_baseline": False}),
+        "output": cfg.output.model_copy(update={"results_dir": run_dir.path, "run_name": BASELINE_FOLDER}),
+    })  # fmt: skip
+    try:
+        run(sub, progress)
+    except HyperbenchError as e:
+        raise EngineError(f"the baseline without speculative decoding failed ({BASELINE_FOLDER}/): {e}") from None
+    finally:  # whatever the baseline finished is kept and compared
+        path = run_dir.path / BASELINE_FOLDER / "summary.json"
+        base = RunFolder(path.parent).read_json("summary.json") if path.is_file() else {}
+        summary["speculative_baseline"].update(status=base.get("status", "failed"))
+        if base.get("reason"):
+            summary["speculative_baseline"]["reason"] = base["reason"]
+        _attach_speedups(summary, base.get("points", []))
+
+
+def _load_key(point: dict):
+    return next(((k, point[k]) for k in ("concurrency", "rate") if k in point), None)
+
+
+def _p50(point: dict, key: str):
+    return (point.get(key) or {}).get("p50")
+
+
+def _ratio(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 and b > 0 else None
+
+
+def _attach_speedups(summary: dict, base_points: list[dict]) -> None:
+    """point.speculative.speedup: > 1 means faster with speculation (output tok/s spec / no-spec,
+    TPOT and E2E p50 no-spec / spec), with the baseline's own numbers; None where not measured."""
+    by_load = {_load_key(b): b for b in base_points if b.get("completed")}
+    for p in summary["points"]:
+        if "speculative" not in p:
+            continue
+        b = by_load.get(_load_key(p))
+        p["speculative"]["speedup"] = None if b is None or not p.get("completed") else {
+            "output_throughput": _ratio(p.get("output_throughput"), b.get("output_throughput")),
+            "tpot_p50": _ratio(_p50(b, "tpot_ms"), _p50(p, "tpot_ms")),
+            "e2e_p50": _ratio(_p50(b, "e2e_ms"), _p50(p, "e2e_ms")),
+            "baseline": {
+                "completed": b.get("completed"),
+                "output_throughput": b.get("output_throughput"),
+                "ttft_p50_ms": _p50(b, "ttft_ms"),
+                "tpot_p50_ms": _p50(b, "tpot_ms"),
+                "e2e_p50_ms": _p50(b, "e2e_ms"),
+            },
+        }  # fmt: skip
 
 
 def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:

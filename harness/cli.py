@@ -267,19 +267,22 @@ def _print_summary(run_dir) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.report import COLUMNS, fmt, point_label
+    from harness.report import fmt, point_label, spec_baseline_note, terminal_columns
 
     s = run_dir.read_json("summary.json")
+    columns = terminal_columns(s["points"])  # + acceptance and speedup when it speculated
     t = Table(title=f"{s['engine']} / {s['model']} ({s['status']})")
     t.add_column("point")
     t.add_column("ok")
-    for name, _ in COLUMNS:
+    for name, _ in columns:
         t.add_column(name, justify="right")
     for p in s["points"]:
         t.add_row(point_label(p), f"{p.get('completed', 0)}/{p.get('requests', 0)}",
-                  *[fmt(f(p)) for _, f in COLUMNS])
+                  *[fmt(f(p)) for _, f in columns])
     # a pipe or CI log has no width: do not squeeze the table into 80 columns
     Console(width=None if sys.stdout.isatty() else 200).print(t)
+    if note := spec_baseline_note(s):
+        click.echo(note)
     click.echo(f"run folder: {run_dir.path}")
 
 

@@ -47,6 +47,10 @@ class Load(_Strict):
         None, ge=1, description="Cap on in-flight requests during a rate sweep."
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+    spec_baseline: bool = Field(
+        True, description="With speculative decoding on, also bench the same engine restarted "
+        "without it (same seed and points) for the speedup; not with --url.",
+    )  # fmt: skip
 
     @field_validator("concurrency")
     @classmethod

@@ -19,6 +19,45 @@ COLUMNS = (
 )
 
 
+def _spec(point: dict, key: str):
+    return (point.get("speculative") or {}).get(key)
+
+
+def _speedup(point: dict, key: str):
+    return (_spec(point, "speedup") or {}).get(key)
+
+
+def _x(v) -> str | None:
+    return None if v is None else f"{v:.2f}x"
+
+
+def _f2(v) -> str | None:
+    return None if v is None else f"{v:.2f}"
+
+
+# speculative decoding, for runs whose points have it: acceptance from the engine's counters,
+# speedup against the same engine without speculation (harness/bench.py: _spec_baseline)
+SPEC_COLUMNS = (
+    ("accept", lambda p: _f2(_spec(p, "acceptance_rate"))),
+    ("acc. len", lambda p: _f2(_spec(p, "mean_accepted_length"))),
+    ("speedup tok/s", lambda p: _x(_speedup(p, "output_throughput"))),
+    ("speedup TPOT", lambda p: _x(_speedup(p, "tpot_p50"))),
+)
+
+
+def terminal_columns(points: list[dict]) -> list:
+    """The columns of bench's terminal table: COLUMNS, then SPEC_COLUMNS when it speculated."""
+    return list(COLUMNS) + (list(SPEC_COLUMNS) if any("speculative" in p for p in points) else [])
+
+
+def spec_baseline_note(summary: dict) -> str | None:
+    """One line on the speculation-off baseline when the speedup was not measured."""
+    sb = summary.get("speculative_baseline")
+    if not sb or sb.get("status") == "complete":
+        return None
+    return f"speedup not measured: baseline {sb.get('status')}" + (f" ({sb['reason']})" if sb.get("reason") else "")
+
+
 def _d(point: dict, key: str, stat: str):
     d = point.get(key)
     return d.get(stat) if d else None
@@ -85,6 +124,8 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
+    if any("speculative" in p for p in points):
+        lines += ["", *spec_section(s, points)]
     info = s.get("engine_info")
     if info:
         lines += ["", "## Engine", "", "| key | value |", "|---|---|"]
@@ -120,6 +161,52 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
 
     atomic_write_text(run.file("report.md"), text)
     return text
+
+
+def spec_section(s: dict, points: list[dict]) -> list[str]:
+    """The report's "Speculative decoding" section: acceptance per point, and the speedup against
+    the same engine without speculation (its run folder: BASELINE_FOLDER)."""
+    spec = (s.get("engine_info") or {}).get("speculative") or {}
+    what = ", ".join(f"{k} {v}" for k, v in spec.items() if not isinstance(v, (dict, list)) and v is not None)
+    out = ["## Speculative decoding", ""]
+    if what:
+        out += [f"Engine settings: {what}.", ""]
+    out += ["Acceptance from the engine's counters differenced around each point: acceptance rate = "
+            "accepted / drafted tokens; mean accepted length = tokens per target forward pass "
+            "(1 + accepted / drafts). Speedup > 1: faster with speculation (output tok/s spec / "
+            "no-spec; TPOT and E2E p50 no-spec / spec).", ""]
+    sb = s.get("speculative_baseline") or {}
+    if sb.get("status") == "complete":
+        out += [f"Baseline: the same engine restarted without speculation, same workload and seed: "
+                f"run folder `{sb.get('run_folder')}/`.", ""]
+    elif sb:
+        out += [f"Speedup not measured: baseline {sb.get('status')}"
+                + (f" ({sb['reason']})." if sb.get("reason") else "."), ""]
+    out += ["| point | drafts | draft tokens | accepted | acceptance rate | mean accepted length "
+            "| acceptance by position | out tok/s spec / no-spec | speedup | TPOT p50 spec / no-spec "
+            "| speedup | E2E p50 spec / no-spec | speedup |",
+            "|" + "---|" * 13]
+    for p in points:
+        sp = p.get("speculative")
+        if sp is None:
+            continue
+        if "error" in sp:
+            out.append(f"| {point_label(p)} | counters unreadable: {sp['error']} |" + " |" * 11)
+            continue
+        up = sp.get("speedup") or {}
+        base = up.get("baseline") or {}
+        by_pos = sp.get("acceptance_by_position")
+        out.append(
+            f"| {point_label(p)} | {fmt(sp.get('drafts'))} | {fmt(sp.get('draft_tokens'))} | "
+            f"{fmt(sp.get('accepted_tokens'))} | {fmt(_f2(sp.get('acceptance_rate')))} | "
+            f"{fmt(_f2(sp.get('mean_accepted_length')))} | "
+            f"{', '.join(f'{v:.2f}' for v in by_pos) if by_pos else '-'} | "
+            f"{fmt(p.get('output_throughput'))} / {fmt(base.get('output_throughput'))} | "
+            f"{_x(up.get('output_throughput')) or '-'} | "
+            f"{fmt(_d(p, 'tpot_ms', 'p50'))} / {fmt(base.get('tpot_p50_ms'))} | {_x(up.get('tpot_p50')) or '-'} | "
+            f"{fmt(_d(p, 'e2e_ms', 'p50'))} / {fmt(base.get('e2e_p50_ms'))} | {_x(up.get('e2e_p50')) or '-'} |"
+        )
+    return out
 
 
 def write_plots(run: RunFolder, points: list[dict]) -> list[str]:

@@ -358,8 +358,17 @@ def test_bench_reports_acceptance_of_a_draft_model(tmp_path, tiny_model):
         spec = point["speculative"]
         assert spec["drafts"] > 0 and spec["acceptance_rate"] >= 0.9
         assert 1 + 0.9 * 3 <= spec["mean_accepted_length"] <= 1 + 3
+        # against the same engine restarted without speculation, same workload (baseline/)
+        up = spec["speedup"]
+        assert up["baseline"]["completed"] == 4
+        assert all(up[k] > 0 for k in ("output_throughput", "tpot_p50", "e2e_p50"))
     engine = json.loads((tmp_path / "r" / "engine.json").read_text())
     assert engine["speculative"]["method"] == "draft_model"
+    assert summary["speculative_baseline"] == {"status": "complete", "run_folder": "baseline"}
+    base = tmp_path / "r" / "baseline"
+    assert json.loads((base / "summary.json").read_text())["status"] == "complete"
+    assert json.loads((base / "config.json").read_text())["engine"]["speculative"] == "none"
+    assert json.loads((base / "engine.json").read_text())["speculative"] is None
 
 
 W8A8_SCHEME = {  # what llm-compressor writes for its W8A8 INT8 recipe
