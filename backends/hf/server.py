@@ -77,9 +77,12 @@ class Runtime:
         load = self.scheduler.load()
         return {
             "engine": "hf",
+            # as every engine says it: the engine library's version, the served name, the folder
+            "version": (vers := versions())["transformers"],
             "engine_version": __version__,
-            "versions": versions(),
-            "model": self.load_settings.model,
+            "versions": vers,
+            "model": self.settings.served_model_name,
+            "model_path": self.load_settings.model,
             "served_model_name": self.settings.served_model_name,
             "dtype": self.loaded.dtype,
             "quantization": self.load_settings.quant,
