@@ -4,7 +4,10 @@ record, the same config.json sections. Values differ; the shape does not, so `co
 `report` and anyone's script read every engine's run the same way.
 
 Each engine benches the tiny model through the CLI on the same small workload (two sweep
-points, plots on) and is compared with the hf engine's run. The one engine-specific part is the
+points, plots on) and is compared with the hf engine's run; and so do speculative runs (hf with
+a draft model, llama.cpp with n-grams: the same `speculative` fields, the same `baseline/` run
+folder of the engine without speculation, itself of the plain schema). vLLM's speculative run is
+checked in tests/test_vllm.py (two more vLLM start-ups here would double this file's time). The one engine-specific part is the
 engine's own view (`engine.json`, `summary.engine_info`, `config.engine`): there every engine
 must give the keys of the common contract (COMMON_ENGINE_INFO) and may add its own.
 """
@@ -36,7 +39,15 @@ def engine_flags(kind: str) -> list[str]:
     return out
 
 
-def bench(kind: str, tiny_model: Path, root: Path) -> Path:
+# speculation per engine, flags as a user gives them
+SPECULATIVE = {
+    "hf": ["--speculative", "draft:tiny-llama", "--num-speculative-tokens", "3",
+           "--assistant-confidence-threshold", "0"],
+    "llamacpp": ["--speculative", "ngram", "--num-speculative-tokens", "3"],
+}  # fmt: skip
+
+
+def bench(kind: str, tiny_model: Path, root: Path, *extra: str, name: str | None = None) -> Path:
     from backends import engine_class
 
     ok, why = engine_class(kind).installed()
@@ -45,10 +56,10 @@ def bench(kind: str, tiny_model: Path, root: Path) -> Path:
     res = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--engine", kind,
                           "--model", str(tiny_model), *engine_flags(kind), "--concurrency", "1,2",
                           "--input-len", "8", "--output-len", "4", "--num-requests", "2",
-                          "--results-dir", str(root), "--run-name", kind],
+                          "--results-dir", str(root), "--run-name", name or kind, *extra],
                          capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    return root / kind
+    return root / (name or kind)
 
 
 def key_paths(obj, prefix: str = "") -> set[str]:
@@ -79,6 +90,8 @@ def schema(run: Path) -> dict:
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+    if (run / "baseline").is_dir():  # the speculation-off run: the plain schema, checked alone
+        files = {f for f in files if not f.startswith("baseline/")} | {"baseline/"}
     return {
         "files": files,
         "summary": {k for k in key_paths(summary) if not k.startswith("engine_info.")},
@@ -93,6 +106,12 @@ def schema(run: Path) -> dict:
 def reference(tiny_model, tmp_path_factory) -> dict:
     """The hf engine's run folder (the default tier's engine) as the shape to agree with."""
     return schema(bench("hf", tiny_model, tmp_path_factory.mktemp("schema")))
+
+
+@pytest.fixture(scope="module")
+def spec_reference(tiny_model, tmp_path_factory) -> dict:
+    run = bench("hf", tiny_model, tmp_path_factory.mktemp("schema"), *SPECULATIVE["hf"], name="hf-spec")
+    return {"run": schema(run), "baseline": schema(run / "baseline")}
 
 
 def test_the_reference_run_folder_is_the_documented_layout(reference):
@@ -118,3 +137,25 @@ def test_every_engine_writes_the_same_run_folder(kind, reference, tiny_model, tm
             f"{kind} differs from hf in {part}: " + (
                 f"only {kind}: {sorted(got[part] - reference[part])}, only hf: {sorted(reference[part] - got[part])}"
                 if isinstance(got[part], set) else f"{got[part]} != {reference[part]}"))  # fmt: skip
+
+
+def test_a_speculative_run_folder_is_the_plain_one_with_speculative_fields(reference, spec_reference):
+    run, base = spec_reference["run"], spec_reference["baseline"]
+    assert base == reference  # the speculation-off baseline is a plain bench run folder
+    assert run["files"] == RUN_FILES | {"baseline/"}
+    extra = run["summary"] - reference["summary"]
+    assert {k for k in extra if not k.startswith(("points[].speculative", "speculative_baseline"))} == set()
+    for key in ("acceptance_rate", "mean_accepted_length", "acceptance_by_position", "drafts",
+                "speedup.output_throughput", "speedup.tpot_p50", "speedup.baseline.tpot_p50_ms"):  # fmt: skip
+        assert f"points[].speculative.{key}" in extra
+    assert "speculative_baseline.run_folder" in extra
+    assert "## Speculative decoding" in run["report sections"]
+
+
+@pytest.mark.parametrize("kind", [p for p in ENGINE_PARAMS if p.values[0] in SPECULATIVE and p.values[0] != "hf"])
+def test_every_engine_writes_the_same_speculative_run_folder(kind, spec_reference, tiny_model, tmp_path):
+    run = bench(kind, tiny_model, tmp_path, *SPECULATIVE[kind], name=f"{kind}-spec")
+    got = {"run": schema(run), "baseline": schema(run / "baseline")}
+    for which in ("run", "baseline"):
+        for part, value in got[which].items():
+            assert value == spec_reference[which][part], f"{kind} {which} differs from hf in {part}"
