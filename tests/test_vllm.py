@@ -361,7 +361,9 @@ def test_bench_reports_acceptance_of_a_draft_model(tmp_path, tiny_model):
         # against the same engine restarted without speculation, same workload (baseline/)
         up = spec["speedup"]
         assert up["baseline"]["completed"] == 4
-        assert all(up[k] > 0 for k in ("output_throughput", "tpot_p50", "e2e_p50"))
+        assert up["output_throughput"] > 0 and up["e2e_p50"] > 0
+        # (the tiny model's stream can reach the client in one chunk: TPOT 0, its ratio None)
+        assert up["tpot_p50"] is None or up["tpot_p50"] > 0
     engine = json.loads((tmp_path / "r" / "engine.json").read_text())
     assert engine["speculative"]["method"] == "draft_model"
     assert summary["speculative_baseline"] == {"status": "complete", "run_folder": "baseline"}
