@@ -249,3 +249,11 @@ def test_mcnemar_exact_and_paired_comparison():
     t = r["tpot_ms"]
     assert t["diff"] == pytest.approx(-2.0) and t["ci"][1] < 0 and t["significant"] and t["better"] is True
     assert "significantly better than the baseline on TPOT" in stats.verdict(r, ["accuracy", "tpot_ms"])
+
+
+def test_accuracy_error_bars_stay_within_0_and_1():
+    # an accuracy of 0 with its (k+1)/(n+2) SEM of 0.19 was drawn down to -0.19 in the plots
+    from harness.tune.report import clipped_err
+
+    low, high = clipped_err([0.0, 0.5, 0.95], [0.19, 0.1, 0.2], 0.0, 1.0)
+    assert low == pytest.approx([0.0, 0.1, 0.2]) and high == pytest.approx([0.19, 0.1, 0.05])

@@ -192,11 +192,19 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def clipped_err(means: list[float], sems: list[float], lo: float, hi: float) -> list[list[float]]:
+    """Error bars of +-1 SEM cut at [lo, hi] (matplotlib's 2xN form): an accuracy of 0 +- 0.19
+    is drawn from 0 to 0.19, not below 0."""
+    return [[m - max(lo, m - s) for m, s in zip(means, sems)],
+            [min(hi, m + s) - m for m, s in zip(means, sems)]]
+
+
 def write_plots(run: RunFolder, trials, space, objectives, constraints, sel) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     done = [t for t in trials if t.get("status") == "completed"]
     if not done:
@@ -214,8 +222,9 @@ def write_plots(run: RunFolder, trials, space, objectives, constraints, sel) -> 
     for group, style, label in ((ok, dict(color="tab:blue"), "trial"),
                                 (bad, dict(color="tab:gray", alpha=0.5), "infeasible")):
         if group:
-            ax.errorbar([mean(t, speed) for t in group], [mean(t, "accuracy") for t in group],
-                        xerr=[sem(t, speed) for t in group], yerr=[sem(t, "accuracy") for t in group],
+            accs = [mean(t, "accuracy") for t in group]
+            ax.errorbar([mean(t, speed) for t in group], accs, xerr=[sem(t, speed) for t in group],
+                        yerr=clipped_err(accs, [sem(t, "accuracy") for t in group], 0.0, 1.0),
                         fmt="o", ms=5, capsize=2, label=label, **style)
     for t in done:
         ax.annotate(str(t["index"]), (mean(t, speed), mean(t, "accuracy")), fontsize=7,
@@ -247,7 +256,9 @@ def write_plots(run: RunFolder, trials, space, objectives, constraints, sel) -> 
     for ax, o in zip(axes[0], objectives):
         xs = [t["index"] for t in done]
         ys = [mean(t, o.metric) for t in done]
-        ax.errorbar(xs, ys, yerr=[sem(t, o.metric) for t in done], fmt="o", ms=4, capsize=2, label="trial")
+        errs = [sem(t, o.metric) for t in done]
+        ax.errorbar(xs, ys, yerr=clipped_err(ys, errs, 0.0, 1.0) if o.metric == "accuracy" else errs,
+                    fmt="o", ms=4, capsize=2, label="trial")
         best, run_best = None, []
         for t in done:
             v = mean(t, o.metric)
@@ -257,6 +268,7 @@ def write_plots(run: RunFolder, trials, space, objectives, constraints, sel) -> 
         ax.step(xs, [b if b is not None else np.nan for b in run_best], where="post", color="tab:red",
                 label="best so far (feasible)")
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(o.metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
