@@ -1,8 +1,9 @@
 """The common generation adapter: one async client for every engine's OpenAI-compatible API.
 
 It streams and returns one `RequestRecord` per request: send time, first-token time, every
-chunk arrival, end time, token counts from the server's `usage` (never by re-tokenizing the
-streamed text), and an error as data instead of an exception.
+chunk arrival (stamped at the socket read: harness/sse_http.py), end time, token counts from the
+server's `usage` (never by re-tokenizing the streamed text), and an error as data instead of an
+exception.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
+
+from harness.sse_http import StreamingHTTP, TransportError
 
 
 @dataclass
@@ -59,33 +62,23 @@ class EngineClient:
         # no connection cap: the load generator, not the HTTP pool, decides concurrency
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         ssl_context = httpx.create_ssl_context()  # ~35 ms each: made once, shared
+        # non-streamed calls (score, agree, /engine) go through httpx
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=30), headers=headers, limits=limits,
             verify=ssl_context,
         )
-        # Streams go through one single-connection client each, reused (keep-alive) from this
-        # free list: httpcore's pool scans every connection for every queued request
-        # (O(connections x requests) per assignment, encode/httpcore#1035), which at 64
-        # concurrent streams cost seconds of client CPU and showed up as TTFT.
-        self._stream_kwargs = dict(timeout=httpx.Timeout(timeout, connect=30), headers=headers,
-                                   limits=httpx.Limits(max_connections=1), verify=ssl_context)
-        self._idle_streams: list[httpx.AsyncClient] = []
-        self._all_streams: list[httpx.AsyncClient] = []
+        # streamed requests go through a client that stamps each read where it comes off the
+        # socket (harness/sse_http.py): parsed by the coroutine that awaits it, as httpx does,
+        # a chunk that arrived with 63 others was stamped up to ~6 ms late
+        self._streams = StreamingHTTP(self.base_url, headers, timeout=timeout, connect_timeout=30,
+                                      ssl_context=ssl_context)
 
     async def __aenter__(self) -> EngineClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for http in self._all_streams:
-            await http.aclose()
+        await self._streams.aclose()
         await self._http.aclose()
-
-    def _stream_client(self) -> httpx.AsyncClient:
-        if self._idle_streams:
-            return self._idle_streams.pop()
-        http = httpx.AsyncClient(**self._stream_kwargs)
-        self._all_streams.append(http)
-        return http
 
     def payload(self, req: GenRequest, stream: bool = True) -> tuple[str, dict]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, **req.sampling}
@@ -102,66 +95,59 @@ class EngineClient:
         return "/completions", body
 
     async def generate(self, req: GenRequest, rec: RequestRecord) -> RequestRecord:
-        """Stream one request, filling `rec`. Never raises for engine/network errors."""
+        """Stream one request, filling `rec`. Never raises for engine/network errors.
+
+        `send` is when the request goes on the wire (not when this task asked for it: with many
+        streams the event loop runs other tasks between the two), and every arrival time is the
+        stamp of the socket read that completed that SSE event."""
         path, body = self.payload(req)
         rec.expected_output_tokens = req.max_tokens if req.fixed_output else None
         chunks: list[str] = []
-        http = self._stream_client()
 
-        async def trace(event: str, info: dict) -> None:
-            # `send` is when the request goes on the wire, not when this task asked for it: with
-            # many streams the event loop runs other tasks between the two (tens of ms at 64
-            # streams), and that is the client's queueing, not the engine's. httpcore writes the
-            # body right after this event with no await in between (and yields after it).
-            if event == "http11.send_request_body.started":
-                rec.send = time.perf_counter()
+        def sent(t: float) -> None:
+            rec.send = t
+
+        def on_event(stamp: float, data: bytes) -> bool:
+            if data == b"[DONE]":
+                rec.end = stamp
+                # read on to the end of the body, so the connection can be reused
+                return True
+            msg = json.loads(data)
+            if "error" in msg:
+                rec.error = f"stream error: {_error_message(json.dumps(msg))}"
+                return False
+            for choice in msg.get("choices") or []:
+                piece = choice.get("text")
+                if piece is None:
+                    piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    if rec.first_token is None:
+                        rec.first_token = stamp
+                    rec.token_times.append(stamp)
+                    chunks.append(piece)
+                if choice.get("finish_reason"):
+                    rec.finish_reason = choice["finish_reason"]
+            if msg.get("usage"):
+                rec.prompt_tokens = msg["usage"].get("prompt_tokens")
+                rec.output_tokens = msg["usage"].get("completion_tokens")
+            return True
 
         rec.send = time.perf_counter()  # kept if the request never leaves (connect error)
         try:
-            async with http.stream("POST", self.base_url + path, json=body,
-                                   extensions={"trace": trace}) as resp:
-                if resp.status_code != 200:
-                    detail = (await resp.aread()).decode(errors="replace")
-                    rec.error = f"HTTP {resp.status_code}: {_error_message(detail)}"
-                    return rec
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        rec.end = time.perf_counter()
-                        # read on to the end of the body: breaking here would leave the HTTP
-                        # response unfinished, and httpx would then close the connection instead
-                        # of reusing it, so every request would pay a TCP connect in its TTFT
-                        continue
-                    now = time.perf_counter()
-                    msg = json.loads(data)
-                    if "error" in msg:
-                        rec.error = f"stream error: {_error_message(json.dumps(msg))}"
-                        break
-                    for choice in msg.get("choices") or []:
-                        piece = choice.get("text")
-                        if piece is None:
-                            piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if rec.first_token is None:
-                                rec.first_token = now
-                            rec.token_times.append(now)
-                            chunks.append(piece)
-                        if choice.get("finish_reason"):
-                            rec.finish_reason = choice["finish_reason"]
-                    if msg.get("usage"):
-                        rec.prompt_tokens = msg["usage"].get("prompt_tokens")
-                        rec.output_tokens = msg["usage"].get("completion_tokens")
-        except httpx.HTTPError as e:
-            rec.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            status, detail, last = await self._streams.post_sse(
+                path, json.dumps(body).encode(), sent, on_event)
+            if status != 200:
+                rec.error = f"HTTP {status}: {_error_message(detail.decode(errors='replace'))}"
+            elif rec.end is None:  # no [DONE]: the end of the body ends it
+                rec.end = last
+        except TransportError as e:
+            rec.error = str(e)
         except (json.JSONDecodeError, ValueError) as e:
             rec.error = f"bad stream from engine: {e}"
         finally:
-            if rec.end is None:  # no [DONE]: the end of the stream (or the error) ends it
+            if rec.end is None:
                 rec.end = time.perf_counter()
             rec.text = "".join(chunks)
-            self._idle_streams.append(http)
         if rec.error is None and rec.output_tokens is None:
             rec.error = "engine sent no usage (stream_options.include_usage unsupported?)"
         return rec

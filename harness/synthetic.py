@@ -213,13 +213,25 @@ class _Conn(asyncio.Protocol):
         self.keep = True
         self.paused = False
         self.stream: _Stream | None = None
+        self.read_at: float | None = None  # loop time of the latest read not yet parsed
+        self.parse_scheduled = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.engine.counters["connections"] += 1
 
     def data_received(self, data: bytes) -> None:
+        # stamp the read now and parse it later: the loop runs every ready socket's callback
+        # before anything it schedules, so 64 requests that arrive together are all stamped
+        # within microseconds, where parsing each here (~100 µs) stamped the last ~6 ms late
+        self.read_at = self.loop.time()
         self.buf += data
+        if not self.parse_scheduled:
+            self.parse_scheduled = True
+            self.loop.call_soon(self._parse_reads)
+
+    def _parse_reads(self) -> None:
+        self.parse_scheduled = False
         self._next_request()
 
     def _next_request(self) -> None:
@@ -242,7 +254,9 @@ class _Conn(asyncio.Protocol):
         length = int(headers.get("content-length") or 0)
         if len(self.buf) < end + 4 + length:
             return  # the body is still on its way
-        t0 = self.loop.time()  # the request is complete: its clock starts now
+        # the request is complete: its clock starts at the read that completed it, or now for a
+        # pipelined request that waited for the one before it
+        t0, self.read_at = self.read_at or self.loop.time(), None
         body = bytes(self.buf[end + 4:end + 4 + length])
         del self.buf[:end + 4 + length]
         method, target, version = (start_line.split(" ", 2) + ["", ""])[:3]
@@ -267,6 +281,7 @@ class _Conn(asyncio.Protocol):
         if not self.keep:
             self.transport.close()
         elif self.buf:
+            self.read_at = None  # a pipelined request: its clock starts when it is parsed
             self.loop.call_soon(self._next_request)
 
     def pause_writing(self) -> None:
