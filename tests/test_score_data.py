@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,11 @@ def test_data_stage_cli_and_restage_keeps_other_datasets(tmp_path):
     assert "APPROXIMATION" in res.stdout
     manifest = json.loads((tmp_path / "d" / MANIFEST).read_text())
     assert set(manifest["datasets"]) == {"openai/gsm8k", "truthfulqa/truthful_qa"}
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (MANIFEST, "gsm8k/main/test.jsonl", "truthfulqa/generation/validation.jsonl"):
+        # readable as the umask allows (to copy to a cluster and share), not 0600 as temp files are
+        assert stat.S_IMODE((tmp_path / "d" / f).stat().st_mode) == 0o666 & ~umask, f
 
 
 def test_stage_truthfulqa_needs_the_csv(tmp_path):
@@ -229,3 +235,13 @@ def test_pull_writes_every_split_of_a_dataset(tmp_path):
     entry = DataDir.open(w.finish()).manifest["datasets"][str(src)]
     assert entry["configs"]["default"]["rows"] == {"train": 3, "test": 2}
     assert entry["source"] == f"Hugging Face hub {src}"
+
+
+def test_cli_perplexity_against_an_engine_without_a_tokenizer(tmp_path):
+    # the windows need the served model's tokenizer: said before any request, no run folder left
+    text = tmp_path / "t.txt"
+    text.write_text("The capital of France is Paris.\n")
+    res = hb("score", "--url", "http://127.0.0.1:9/v1", "--model", "m", "--perplexity", str(text),
+             "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(res, "perplexity", "--tokenizer DIR")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

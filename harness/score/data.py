@@ -19,6 +19,7 @@ task expects before anything runs, so a wrong file is one line, not a KeyError d
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ class DataWriter:
         path = self._path(hub, config, split, ".jsonl")
         lines = [json.dumps(r, ensure_ascii=False) for r in rows]
         atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+        _shareable(path)
         self._register(hub, config, split, "json", path, len(lines))
         return len(lines)
 
@@ -291,4 +293,13 @@ class DataWriter:
     def finish(self) -> Path:
         self.manifest["schema_version"] = DATA_SCHEMA_VERSION
         atomic_write_json(self.root / MANIFEST, self.manifest)
+        _shareable(self.root / MANIFEST)
         return self.root
+
+
+def _shareable(path: Path) -> None:
+    """The mode a plain write gives (0644 under the usual umask): atomic writes go through a
+    0600 temporary file, and a data folder is meant to be copied to, and shared on, a cluster."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

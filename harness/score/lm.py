@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+from tqdm import tqdm
 from lm_eval.api.model import LM
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -148,8 +149,6 @@ class EngineLM(LM):
 
     def _execute(self, kind: str, arg_list: list[tuple], fn, disable_tqdm: bool) -> list:
         """Run `fn` for every request not in the cache, `concurrency` at a time, in order."""
-        from tqdm import tqdm
-
         keys, occurrence, seen = [], [], Counter()
         for args in arg_list:
             sampled = kind == "generate_until" and _samples(args[1])
@@ -207,7 +206,10 @@ class EngineLM(LM):
                     self.max_tokens_floor = 1
                     continue
                 if e.status < 500 and e.status != 429:
-                    raise EngineError(f"the engine refused a request: {e}") from None
+                    hint = ("; give --tokenizer DIR (the served model's) so that prompts longer than "
+                            "its context are cut as lm-eval does" if self.tokenizer is None
+                            and "context" in str(e) else "")
+                    raise EngineError(f"the engine refused a request: {e}{hint}") from None
                 err: Exception = e
             except httpx.HTTPError as e:
                 err = e
@@ -240,6 +242,10 @@ class EngineLM(LM):
         if not context and self.tokenizer is not None:  # lm-eval's BOS/EOS stand-in context
             ids = [self._prefix_id()] + self.tokenizer(continuation, add_special_tokens=False).input_ids
             return await self._score_ids(client, ids, 1)
+        if self.tokenizer is not None and context:
+            cut = self._cut_to_context(context, continuation)
+            if cut is not None:
+                return await self._score_ids(client, *cut, how="token-ids (context cut)")
         prompt = context + continuation
         resp = await self._echo(client, prompt)
         lp = align.prompt_logprobs(resp)
@@ -261,7 +267,23 @@ class EngineLM(LM):
         self.tokens["loglikelihood"] += n
         return [ll, greedy], {"tokens": n, "align": how}
 
-    async def _score_ids(self, client, ids: list[int], first: int) -> tuple[list, dict]:
+    def _cut_to_context(self, context: str, continuation: str) -> tuple[list[int], int] | None:
+        """A prompt longer than the engine's context, as token ids with the oldest context tokens
+        dropped (lm-eval's hf model does the same), and where the continuation starts; None when
+        the text fits. The continuation's tokens are lm-eval's: the whole text's past the context's."""
+        keep = self.max_length - 2  # room for the BOS an engine adds and one generated token
+        whole = self.tokenizer(context + continuation, add_special_tokens=False, verbose=False).input_ids
+        if len(whole) <= keep:
+            return None
+        n_ctx = len(self.tokenizer(context, add_special_tokens=False, verbose=False).input_ids)
+        n_cont = len(whole) - n_ctx
+        if n_cont >= keep:
+            raise HyperbenchError(f"a continuation of {n_cont} tokens does not fit the engine's context "
+                                  f"({self.max_length} tokens, --max-length)")
+        ids = whole[-keep:]
+        return ids, len(ids) - n_cont
+
+    async def _score_ids(self, client, ids: list[int], first: int, how: str = "token-ids") -> tuple[list, dict]:
         """Sum of logprobs of ids[first:] given ids[:first], from a token-id prompt."""
         resp = await self._echo(client, ids)
         lp = align.prompt_logprobs(resp)
@@ -270,9 +292,9 @@ class EngineLM(LM):
         lp = align.prompt_tokens_of(lp, len(ids))
         start = align.split_by_count(lp, int(resp["usage"]["prompt_tokens"]), first)
         ll, greedy, n = align.score(lp, start)
-        self.alignment["token-ids"] += 1
+        self.alignment[how] += 1
         self.tokens["loglikelihood"] += n
-        return [ll, greedy], {"tokens": n, "align": "token-ids"}
+        return [ll, greedy], {"tokens": n, "align": how}
 
     def _prefix_id(self) -> int:
         tok = self.tokenizer
@@ -280,7 +302,7 @@ class EngineLM(LM):
 
     async def _rolling(self, client, args, _i) -> tuple[list, dict]:
         (text,) = args
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
         windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
             token_list=ids, prefix_token=self._prefix_id(), max_seq_len=self.max_length - 1,
             context_len=1)]  # fmt: skip
@@ -304,7 +326,7 @@ class EngineLM(LM):
             body["seed"] = int(body["seed"]) + occurrence
         prompt: str | list[int] = context
         if self.tokenizer is not None:  # keep the newest context that fits, as lm-eval's hf does
-            ids = self.tokenizer(context).input_ids
+            ids = self.tokenizer(context, verbose=False).input_ids
             room = self.max_length - body["max_tokens"]
             if len(ids) > room > 0:
                 prompt = ids[-room:]

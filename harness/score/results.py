@@ -79,6 +79,14 @@ def write_results(run_dir: RunFolder, summary: dict, results: dict, prepared, lm
         name: {"metrics": metrics_of(entry), "subtasks": results.get("group_subtasks", {}).get(name, [])}
         for name, entry in results.get("groups", {}).items()
     }
+    asked = cfg.score.num_fewshot
+    fixed = sorted(n for n, t in tasks.items() if asked is not None and t["num_fewshot"] is not None
+                   and t["num_fewshot"] != asked and n != "perplexity")
+    if fixed:  # lm-eval keeps a task's own num_fewshot (truthfulqa: 0, its prompt has 6 examples)
+        shots = sorted({tasks[n]["num_fewshot"] for n in fixed})
+        summary["notes"] = [*summary.get("notes", []),
+                            f"--num-fewshot {asked} not applied to {', '.join(fixed)}: the task fixes "
+                            f"num_fewshot={'/'.join(map(str, shots))}"]
     items = sum(t["n"] or 0 for t in tasks.values())
     requests = lm.cache.stats()
     sent = sum(v["sent"] for v in requests.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -61,11 +62,15 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
         with _lm_eval_log(run_dir.file("lm_eval.log")):
             load(prepared, spec.data_dir)  # every data problem before an engine starts
+        model_path = resolve_model_path(cfg, engine)
+        tokenizer = _tokenizer(cfg, model_path)
+        if tokenizer[1] is None and "loglikelihood_rolling" in prepared.output_types.values():
+            raise HyperbenchError("perplexity (loglikelihood_rolling) needs the served model's tokenizer "
+                                  "for its context windows: give --tokenizer DIR")
     except HyperbenchError:
         if fresh:  # a user error before anything ran: leave no empty run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
-    model_path = resolve_model_path(cfg, engine)
     resolved = cfg.model_dump(mode="json")
     resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
     run_dir.write_json("config.json", resolved)
@@ -78,7 +83,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
             summary["served_model"] = endpoint.model
             if summary["engine"] == "external":
                 summary["model"] = endpoint.model
-            lm = _make_lm(cfg, endpoint, model_path, run_dir)
+            lm = _make_lm(cfg, endpoint, tokenizer, run_dir)
             summary["lm"] = {"tokenizer": lm.tokenizer_source, "max_length": lm.max_length,
                              "concurrency": lm.concurrency}
             if any(t in LOGLIKELIHOOD_TYPES for t in prepared.output_types.values()):
@@ -91,8 +96,12 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
 
         write_results(run_dir, summary, results, prepared, lm, cfg, elapsed)
         summary["status"] = "complete"
+        summary.pop("reason", None)  # an earlier interruption's: `resumed` keeps the history
     except KeyboardInterrupt:
         summary.update(status="incomplete", reason="interrupted")
+        done = _finished_requests(run_dir)
+        print(f"score interrupted: {done} finished request(s) kept; continue without recomputing "
+              f"them: hyperbench score --resume {run_dir.path}", file=sys.stderr)
         raise
     except HyperbenchError as e:
         summary.update(status="incomplete" if run_dir.file("requests.jsonl").exists() else "failed",
@@ -116,18 +125,70 @@ def _lm_eval_log(path: Path):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        yield
+        with _quiet_progress():
+            yield
     finally:
         logger.removeHandler(handler)
         handler.close()
         logger.setLevel(level)
 
 
-def _make_lm(cfg: ScoreConfig, endpoint, model_path: str | None, run_dir: RunFolder):
+@contextmanager
+def _quiet_progress():
+    """No progress bars but EngineLM's own (one per request kind): `datasets` draws three per
+    file it reads (171 for mmlu's 57 subjects), lm-eval one per task as it builds requests and
+    one per bootstrapped metric. And no stray git message."""
+    import functools
+    import importlib
+
+    import datasets
+    from tqdm import tqdm
+
+    was_off = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    patched = []
+    # lm_eval.api.task binds tqdm at import; lm_eval.api.metrics imports it where it bootstraps
+    # (EngineLM bound the real one at its own import)
+    for name in ("lm_eval.api.task", "tqdm"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(mod, "tqdm", None) is tqdm:
+            patched.append(mod)
+            mod.tqdm = functools.partial(tqdm, disable=True)
+    # lm-eval records `git describe` of the working directory, whose stderr says "fatal: not a
+    # git repository" on the terminal wherever that is not a repository (env.json has ours)
+    evaluator = importlib.import_module("lm_eval.evaluator")
+    git_hash = getattr(evaluator, "get_git_commit_hash", None)
+    if git_hash is not None:
+        evaluator.get_git_commit_hash = _quiet_git_hash
+    try:
+        yield
+    finally:
+        for mod in patched:
+            mod.tqdm = tqdm
+        if git_hash is not None:
+            evaluator.get_git_commit_hash = git_hash
+        if not was_off:
+            datasets.enable_progress_bars()
+
+
+def _quiet_git_hash() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _make_lm(cfg: ScoreConfig, endpoint, tokenizer: tuple, run_dir: RunFolder):
     from harness.score.cache import RequestCache
     from harness.score.lm import EngineLM
 
-    source, tokenizer = _tokenizer(cfg, model_path)
+    source, tokenizer = tokenizer
     lm = EngineLM(endpoint.base_url, endpoint.model, endpoint.api_key,
                   concurrency=cfg.score.concurrency, tokenizer=tokenizer,
                   max_length=cfg.score.max_length or _max_length(endpoint, tokenizer),
@@ -202,6 +263,15 @@ def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise HyperbenchError(f"lm-eval failed: {type(e).__name__}: {first} "
                               f"(traceback in {run_dir.file('error.log')})") from None
+
+
+def _finished_requests(run_dir: RunFolder) -> int:
+    path = run_dir.file("requests.jsonl")
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.endswith(b"\n"))
+    except OSError:
+        return 0
 
 
 def _write_report(run_dir: RunFolder) -> None:
