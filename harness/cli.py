@@ -237,6 +237,15 @@ def _print_compare(folder) -> None:
                       fmt(p.get("output_throughput")), *[fmt((p.get(k) or {}).get("p50"))
                                                          for k in ("ttft_ms", "tpot_ms", "e2e_ms")])
     Console(width=None if sys.stdout.isatty() else 200).print(t)
+    scored = [r for r in data["runs"] if r.get("metrics")]
+    if scored:  # score runs: their accuracy (report.md has it beside the matching bench run's speed)
+        acc = Table(title="accuracy")
+        acc.add_column("task/metric")
+        for r in scored:
+            acc.add_column(r["label"], justify="right")
+        for m in sorted({m for r in scored for m in r["metrics"]}):
+            acc.add_row(m, *[fmt(r["metrics"].get(m)) for r in scored])
+        Console(width=None if sys.stdout.isatty() else 200).print(acc)
     click.echo(f"comparison: {folder.path / 'report.md'}")
 
 

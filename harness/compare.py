@@ -195,8 +195,13 @@ def score_metrics(summary: dict) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     # hyperbench score's summary.json: {"tasks"|"groups": {name: {"metrics": {m: {"value", "stderr"}}}}}
+    groups = summary.get("groups") or {}
+    # a group's member tasks (mmlu: 57 subjects) stay in the score run's report: the group's rows here
+    members = {t for g in groups.values() if isinstance(g, dict) for t in g.get("subtasks") or []}
     for section in ("tasks", "groups"):
         for task, entry in (summary.get(section) or {}).items():
+            if task in members:
+                continue
             for name, m in ((entry or {}).get("metrics") or {}).items():
                 if isinstance(m, dict) and _number(m.get("value")):
                     out[f"{task}/{name}"] = float(m["value"])
