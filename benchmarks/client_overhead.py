@@ -113,7 +113,8 @@ def markdown(result: dict) -> str:
                      f"{r['client_us_per_token']:.0f} |")
     m = result["machine"]
     lines += ["", f"{m['cpus']} CPUs, load average {m['load_avg_before']} before the run and "
-              f"{m['load_avg_after']} after, Python {m['python']}, httpx {m['httpx']}. Where "
+              f"{m['load_avg_after']} after, Python {m['python']}, h11 {m['h11']} (streams), httpx "
+              f"{m['httpx']} (other calls). Where "
               "neither side uses a full core, other processes had the CPU: the µs/token column "
               "is the figure that carries over."]
     return "\n".join(lines)
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(),
                     "load_avg_before": [round(x, 2) for x in os.getloadavg()],
                     "python": platform.python_version(),
-                    "httpx": importlib.metadata.version("httpx")},
+                    "httpx": importlib.metadata.version("httpx"),
+                    "h11": importlib.metadata.version("h11")},
         "throughput": [throughput(*point) for point in THROUGHPUT],
         "timing": [timing(*point) for point in TIMING],
     }

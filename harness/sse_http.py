@@ -84,12 +84,20 @@ class _Connection:
         self.transport, self.proto = transport, proto
         self.h11 = h11.Connection(h11.CLIENT)
         self.requests = 0
+        # the read timeout: one long-lived timer per connection that checks how long the
+        # current wait has lasted, instead of a timer made and cancelled for every read
+        self.watch: asyncio.TimerHandle | None = None
+        self.wait_since = 0.0
+        self.timeout = 0.0
 
     def reusable(self) -> bool:
         p = self.proto
         return not (p.closed or p.reads or self.transport.is_closing())
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
         self.transport.close()
 
     async def read(self, timeout: float) -> tuple[float, bytes]:
@@ -100,11 +108,12 @@ class _Connection:
                 return self._closed()
             loop = asyncio.get_running_loop()
             fut = p.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, fut)
+            self.wait_since, self.timeout = loop.time(), timeout
+            if self.watch is None:
+                self.watch = loop.call_later(timeout, self._check)
             try:
                 await fut
             finally:
-                timer.cancel()
                 p.waiter = None
             if not p.reads:
                 return self._closed()
@@ -115,16 +124,23 @@ class _Connection:
             self.transport.resume_reading()
         return stamp, data
 
+    def _check(self) -> None:
+        self.watch = None
+        fut = self.proto.waiter
+        if fut is None or fut.done():
+            return  # not waiting: the next wait arms it again
+        loop = asyncio.get_running_loop()
+        left = self.wait_since + self.timeout - loop.time()
+        if left > 0:
+            self.watch = loop.call_later(left, self._check)
+        else:
+            fut.set_exception(TransportError("ReadTimeout"))
+
     def _closed(self) -> tuple[float, bytes]:
         exc = self.proto.exc
         if exc is not None:
             raise TransportError("ReadError", str(exc) or type(exc).__name__)
         return time.perf_counter(), b""
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(TransportError("ReadTimeout"))
 
 
 class _SSE:
