@@ -9,7 +9,9 @@ other connection's work, and tokens leave from timer callbacks (no coroutine per
 due together go out in one write, so `itl_ms 0` streams as fast as the client reads). The loop
 waits in select(2), whose timeout has microsecond resolution where epoll's rounds up to a
 millisecond (select caps the server near 1000 connections). `/v1/engine` reports how late tokens
-left, so a benchmark can tell the server's scheduling error from the client's measurement error.
+left, so a benchmark can tell the server's scheduling error from the client's measurement error;
+`GET /v1/engine/trace` gives, per streamed request, when it arrived and when its first token left
+(monotonic clock, which is the harness's perf_counter on Linux).
 
 Stdlib only: it runs in the base harness install (uvicorn is an engine extra).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import selectors
@@ -76,6 +79,10 @@ class SyntheticEngine:
         self.counters = {"connections": 0, "requests": 0, "failed": 0, "output_tokens": 0,
                          "first_token_late_s_sum": 0.0, "first_token_late_s_max": 0.0,
                          "token_late_s_sum": 0.0, "token_late_s_max": 0.0}
+        # per streamed request: its prompt (text, cut), when it arrived and when its first
+        # token left, on the monotonic clock that the harness's perf_counter also reads (Linux):
+        # a test can then split a TTFT error into engine and client shares
+        self.trace: collections.deque[dict] = collections.deque(maxlen=4096)
 
     def info(self) -> dict:
         return {"engine": "synthetic", "version": "1", "model": self.cfg.model, "device": "none",
@@ -93,6 +100,9 @@ class SyntheticEngine:
                 {"id": self.cfg.model, "object": "model", "owned_by": "hyperbench"}]})
         elif path == "/v1/engine" and method == "GET":
             conn.send_json(200, self.info())
+        elif path == "/v1/engine/trace" and method == "GET":
+            conn.send_json(200, {"clock": "CLOCK_MONOTONIC (Python's perf_counter on Linux)",
+                                 "requests": list(self.trace)})
         elif path in ("/v1/completions", "/v1/chat/completions") and method == "POST":
             self.generate(conn, body, path.endswith("chat/completions"), t0)
         else:
@@ -122,6 +132,9 @@ class SyntheticEngine:
         if req.get("stream"):
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
             conn.stream = _Stream(self, conn, deadlines, head, usage, chat, include_usage)
+            conn.stream.trace = {"prompt": str(req.get("prompt"))[:64], "arrived": t0,
+                                 "first_token_due": deadlines[0]}
+            self.trace.append(conn.stream.trace)
             conn.stream.start()
         else:
             text = "".join(_token(k) for k in range(n))
@@ -148,6 +161,7 @@ class _Stream:
     def __init__(self, engine, conn, deadlines, head, usage, chat, include_usage):
         self.engine, self.conn, self.deadlines, self.chat = engine, conn, deadlines, chat
         self.k = 0
+        self.trace: dict = {}
         self.timer: asyncio.TimerHandle | None = None
         self.prefix = json.dumps(head)[:-1].encode() + b', "choices": [{"index": 0, '
         self.tail = [b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode()
@@ -179,6 +193,8 @@ class _Stream:
             out += [_chunk(event, sse=False) for event in self.tail] + [b"0\r\n\r\n"]
             self.engine.counters["output_tokens"] += n
         if out:
+            if "first_token_sent" not in self.trace:
+                self.trace["first_token_sent"] = time.monotonic()
             conn.transport.write(b"".join(out))
         if self.k == n:
             conn.stream = None

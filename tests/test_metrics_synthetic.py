@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -48,7 +49,8 @@ async def _bench(endpoint, concurrency: int, n: int, chat: bool = False):
         await client.generate(reqs[0], RequestRecord(request_id=-1))
         records = await run_point(client, reqs, "concurrency", concurrency, 0, lambda r: None)
         after = (await client.get("/engine"))["counters"]
-    return records, {k: after[k] - before[k] for k in before}
+        trace = (await client.get("/engine/trace"))["requests"]
+    return records, {k: after[k] - before[k] for k in before}, trace
 
 
 # --- the client's measurement against known timing -------------------------------------------
@@ -79,11 +81,13 @@ class Measurements:
         pytest.fail(f"{metric} p50 - injected at concurrency {concurrency}: "
                     f"{[round(e, 3) for e in errors]} ms per attempt, tolerance "
                     f"{tolerance(injected_ms)} ms (the engine's own mean first-token lateness: "
-                    f"{late} ms; load average {os.getloadavg()})")
+                    f"{late} ms; TTFT error by share, p50 ms: "
+                    f"{[r['shares'] for r in self.runs[concurrency]]}; "
+                    f"load average {os.getloadavg()})")
 
     def measure(self, concurrency: int) -> dict:
         n = REQUESTS[concurrency]
-        records, server = asyncio.run(_bench(self.endpoint, concurrency, n))
+        records, server, trace = asyncio.run(_bench(self.endpoint, concurrency, n))
         s = summarize(records)
         assert s["completed"] == n, s.get("first_error")
         assert s["output_tokens"] == n * OUT and s["output_len_mismatch"] == 0
@@ -94,7 +98,25 @@ class Measurements:
         # used to drop every connection, so each request paid a TCP connect in its TTFT)
         assert server["connections"] <= concurrency + 1, server
         late = 1000 * server["first_token_late_s_sum"] / max(server["requests"], 1)
-        return {"summary": s, "server_first_token_late_ms": late}
+        return {"summary": s, "server_first_token_late_ms": late, "shares": _shares(records, trace)}
+
+
+def _shares(records, trace) -> dict:
+    """Each request's TTFT error split at the engine's own clock stamps (CLOCK_MONOTONIC, which
+    perf_counter reads too on Linux), as p50s in ms: send to the engine's read of the request,
+    the engine's lateness in sending the first token, and its send to the client's stamp."""
+    by_prompt = {t["prompt"]: t for t in trace}
+    parts = {"to_engine": [], "engine_late": [], "to_client_stamp": []}
+    for r in records:
+        t = by_prompt[_prompt_of(r)]
+        parts["to_engine"].append(t["arrived"] - r.send)
+        parts["engine_late"].append(t["first_token_sent"] - t["first_token_due"])
+        parts["to_client_stamp"].append(r.first_token - t["first_token_sent"])
+    return {k: round(1000 * float(np.median(v)), 3) for k, v in parts.items()}
+
+
+def _prompt_of(r: RequestRecord) -> str:
+    return f"one two three {r.request_id}"  # the prompts of _bench
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +135,34 @@ def test_ttft_matches_injected_one_stream(measured):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "the httpx client spends ~100 us of CPU per chunk and handles streams one after another: "
-    "when 64 first tokens arrive together the last is stamped ~6 ms late (p50 error +2 to +10 ms "
-    "on a shared 2-core machine); needs arrival times stamped at the transport"))
+    "not reliable on a shared, loaded 2-core machine, though the client's share is now small: "
+    "arrivals are stamped at the socket read (0.1 to 0.9 ms from the engine's send to the "
+    "client's stamp, p50, test_client_stamps_the_first_token_when_it_arrives; 1.2 to 2.6 ms with "
+    "httpx). What is left is the engine's and the OS's: 64 requests sent in a burst reach the "
+    "synthetic engine's loop 0.1 to 3 ms after they leave (it is busy sending other streams' "
+    "last tokens) and its first tokens leave 0.2 to 4 ms late, so at load 4-5 the p50 error "
+    "was +1.7 to +5.8 ms (passed 1 run in 9), at load 2-3 +0.9 to +3 ms (5 in 9)"))
 def test_ttft_matches_injected_64_streams(measured):
     measured.best(64, "ttft_ms", TTFT_MS)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs perf_counter on CLOCK_MONOTONIC, "
+                    "which the engine process reads too (Linux)")
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_client_stamps_the_first_token_when_it_arrives(measured, concurrency):
+    """The client's own share of the TTFT error, from the engine's send of the first token to
+    the client's stamp, within 1 ms (p50): the part of the error the harness is answerable for,
+    whatever the engine's own scheduling adds. Stamping in the coroutine that parses (httpx)
+    made this 1.2 to 2.6 ms at 64 streams on a loaded 2-core machine; stamping at the socket
+    read, 0.1 to 0.9 ms."""
+    shares = []
+    for i in range(ATTEMPTS):
+        if i == len(measured.runs[concurrency]):
+            measured.runs[concurrency].append(measured.measure(concurrency))
+        shares.append(measured.runs[concurrency][i]["shares"])
+        if shares[-1]["to_client_stamp"] <= 1.0:
+            return
+    pytest.fail(f"p50 ms per attempt: {shares}; load average {os.getloadavg()}")
 
 
 def test_ttft_at_64_streams_has_no_client_queueing(measured):
@@ -131,7 +176,7 @@ def test_ttft_at_64_streams_has_no_client_queueing(measured):
 
 def test_chat_role_chunk_is_not_the_first_token(synthetic):
     # the synthetic engine sends {"role": "assistant", "content": ""} at once, as vLLM does
-    records, _ = asyncio.run(_bench(synthetic, 1, 2, chat=True))
+    records, _, _ = asyncio.run(_bench(synthetic, 1, 2, chat=True))
     s = summarize(records)
     assert s["completed"] == 2 and s["output_tokens"] == 2 * OUT
     assert s["prompt_tokens"] == 2 * 3
