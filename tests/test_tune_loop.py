@@ -257,3 +257,15 @@ def test_accuracy_error_bars_stay_within_0_and_1():
 
     low, high = clipped_err([0.0, 0.5, 0.95], [0.19, 0.1, 0.2], 0.0, 1.0)
     assert low == pytest.approx([0.0, 0.1, 0.2]) and high == pytest.approx([0.19, 0.1, 0.05])
+
+
+def test_holdout_rounds_alternate_finely_while_keeping_the_engine_loaded():
+    # 4 rounds of 6 items let one load spike on a shared machine make a TTFT "difference"
+    # (p=0.004) between configurations that cannot differ in TTFT: finer rounds at concurrency 1
+    from harness.tune.select import HOLDOUT_ROUNDS_MAX, holdout_rounds
+
+    assert holdout_rounds(24, 1, True) == 12  # 2 items a round, one in flight
+    assert holdout_rounds(24, 4, True) == 4  # at least 4; 8 items a round would be 3
+    assert holdout_rounds(200, 4, True) == HOLDOUT_ROUNDS_MAX
+    assert holdout_rounds(3, 1, True) == 3 and holdout_rounds(1, 1, True) == 1
+    assert holdout_rounds(24, 1, False) == 1  # an engine option differs: no restart per round

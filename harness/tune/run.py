@@ -236,7 +236,8 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
             run_dir.write_json("selection.json", summary["selection"])
         if plan["test"]:
             summary["holdout"] = holdout(summary["selection"], store, run_dir.path, plan["test"], evaluate,
-                                         space, objectives, constraints, HOLDOUT_ALPHA, spec.seed, echo)
+                                         space, objectives, constraints, HOLDOUT_ALPHA, spec.seed, echo,
+                                         concurrency=spec.concurrency)
         else:
             summary["holdout"] = {"items": 0, "why": "--test-limit 0: no held-out split was asked for"}
         summary["status"] = "complete"

@@ -16,7 +16,19 @@ from harness.results import atomic_write_json, read_json
 from harness.tune import stats
 from harness.tune.objectives import Constraint, Objective, feasible, pareto_front
 
-HOLDOUT_ROUNDS = 4
+HOLDOUT_ROUNDS = 4  # at least
+HOLDOUT_ROUNDS_MAX = 16  # each round is one lm-eval pass per configuration (seconds of set-up)
+
+
+def holdout_rounds(n_items: int, concurrency: int, same_engine: bool) -> int:
+    """How many interleaved rounds the held-out phase takes: the more, the finer the alternation
+    and the less a passing load spike favours one configuration (the paired tests assume items
+    independent). As many as keep 2 x `concurrency` items per round (so the engine still sees its
+    load), at least HOLDOUT_ROUNDS, at most HOLDOUT_ROUNDS_MAX; 1 when the configurations differ in
+    an engine option (each round would restart the engine)."""
+    if not same_engine or n_items <= 1:
+        return 1
+    return min(n_items, max(HOLDOUT_ROUNDS, min(HOLDOUT_ROUNDS_MAX, n_items // (2 * max(1, concurrency)))))
 
 
 def _means(rec: dict) -> dict:
@@ -76,7 +88,7 @@ def _spread(ids: list[int], k: int) -> list[int]:
 
 
 def holdout(selection: dict, store, root: Path, items: list[int], evaluate, space, objectives: list[Objective],
-            constraints: list[Constraint], alpha: float, seed: int, echo) -> dict:
+            constraints: list[Constraint], alpha: float, seed: int, echo, concurrency: int = 1) -> dict:
     """Score the baseline and every pick on the held-out items (each once: a resumed run keeps
     what was done), and compare each pick with the baseline."""
     from harness.tune.loop import TrialFailed
@@ -96,7 +108,7 @@ def holdout(selection: dict, store, root: Path, items: list[int], evaluate, spac
     # drift of the machine's speed (other load, heat) falls on all of them alike rather than on
     # whichever ran last. Not when they differ in an engine option (each round would restart).
     same_engine = len({json.dumps(space.split(p)[1], sort_keys=True) for _, _, p in runs}) == 1
-    rounds = min(HOLDOUT_ROUNDS, len(items)) if same_engine else 1
+    rounds = holdout_rounds(len(items), concurrency, same_engine)
     ends = [len(items) * (r + 1) // rounds for r in range(rounds)]
     started = {label: time.perf_counter() for label, _, _ in runs}
     for r, end in enumerate(ends):
