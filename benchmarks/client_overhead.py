@@ -46,7 +46,16 @@ async def _point(endpoint, streams: int, requests: int, tokens: int):
         records = await run_point(client, reqs, "concurrency", streams, 0, lambda r: None)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         after = (await client.get("/engine"))["counters"]
-    return records, wall, cpu, {k: after[k] - before[k] for k in before}
+        trace = (await client.get("/engine/trace"))["requests"]
+    return records, wall, cpu, {k: after[k] - before[k] for k in before}, trace
+
+
+def client_share_ms(records, trace) -> float:
+    """p50 of the engine's send of the first token to the client's stamp of it (ms): the
+    client's own share of the TTFT error (both read CLOCK_MONOTONIC on Linux)."""
+    sent = {t["prompt"]: t["first_token_sent"] for t in trace}  # the latest run's, per prompt
+    return 1000 * float(np.median([r.first_token - sent[f"bench {r.request_id}"]
+                                   for r in records]))
 
 
 def throughput(streams: int, requests: int, tokens: int) -> dict:
@@ -54,7 +63,7 @@ def throughput(streams: int, requests: int, tokens: int) -> dict:
     with launcher as endpoint:
         server = psutil.Process(launcher.proc.pid)
         s0 = sum(server.cpu_times()[:2])
-        records, wall, cpu, _ = asyncio.run(_point(endpoint, streams, requests, tokens))
+        records, wall, cpu, _, _ = asyncio.run(_point(endpoint, streams, requests, tokens))
         server_cpu = sum(server.cpu_times()[:2]) - s0
     recorded = sum(len(r.token_times) for r in records)
     return {"streams": streams, "requests": requests, "tokens_per_request": tokens,
@@ -69,7 +78,7 @@ def timing(streams: int, requests: int) -> dict:
     runs = []
     with launch(ttft_ms=TTFT_MS, itl_ms=ITL_MS) as endpoint:
         for _ in range(REPEATS):
-            records, wall, cpu, server = asyncio.run(_point(endpoint, streams, requests, OUT))
+            records, wall, cpu, server, trace = asyncio.run(_point(endpoint, streams, requests, OUT))
             s = summarize(records)
             late = server["first_token_late_s_sum"] / max(server["requests"], 1)
             runs.append({"failed": s["failed"],
@@ -78,6 +87,7 @@ def timing(streams: int, requests: int) -> dict:
                          "itl_err_p50_ms": s["itl_ms"]["p50"] - ITL_MS,
                          "tpot_err_p50_ms": s["tpot_ms"]["p50"] - ITL_MS,
                          "engine_first_token_late_mean_ms": 1000 * late,
+                         "client_share_p50_ms": client_share_ms(records, trace),
                          "client_cpu_pct": 100 * cpu / wall,
                          "client_us_per_token": 1e6 * cpu / sum(len(r.token_times)
                                                                for r in records)})
@@ -102,15 +112,16 @@ def markdown(result: dict) -> str:
               f"Each cell is the median of {REPEATS} runs.", "",
               "| streams | requests | TTFT p50 (range) | TTFT p90 | ITL p50 | TPOT p50 "
               "| engine's own first-token lateness (mean) "
+              "| client's share: engine send to client stamp, p50 "
               "| client CPU µs per token, requests included |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["timing"]:
         lo, hi = r["ttft_err_p50_range_ms"]
         lines.append(f"| {r['streams']} | {r['requests']} | {r['ttft_err_p50_ms']:+.2f} "
                      f"({lo:+.2f} to {hi:+.2f}) | {r['ttft_err_p90_ms']:+.2f} | "
                      f"{r['itl_err_p50_ms']:+.2f} | {r['tpot_err_p50_ms']:+.2f} | "
                      f"{r['engine_first_token_late_mean_ms']:.2f} | "
-                     f"{r['client_us_per_token']:.0f} |")
+                     f"{r['client_share_p50_ms']:.2f} | {r['client_us_per_token']:.0f} |")
     m = result["machine"]
     lines += ["", f"{m['cpus']} CPUs, load average {m['load_avg_before']} before the run and "
               f"{m['load_avg_after']} after, Python {m['python']}, h11 {m['h11']} (streams), httpx "
