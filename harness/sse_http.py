@@ -184,8 +184,8 @@ class StreamingHTTP:
     def __init__(self, base_url: str, headers: dict[str, str], timeout: float,
                  connect_timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None):
         url = urlsplit(base_url)
-        if url.scheme not in ("http", "https"):
-            raise ValueError(f"unsupported URL scheme {url.scheme!r} in {base_url}")
+        # a bad scheme fails each request as a record (as httpx's UnsupportedProtocol did)
+        self.bad_scheme = None if url.scheme in ("http", "https") else url.scheme
         self.tls = url.scheme == "https"
         self.host = url.hostname or "localhost"
         self.port = url.port or (443 if self.tls else 80)
@@ -207,6 +207,9 @@ class StreamingHTTP:
         await asyncio.sleep(0)  # let the transports finish closing
 
     async def _connect(self) -> _Connection:
+        if self.bad_scheme is not None:
+            raise TransportError("UnsupportedProtocol",
+                                 f"the URL scheme {self.bad_scheme!r} is not http or https")
         loop = asyncio.get_running_loop()
         ssl_context = None
         if self.tls:

@@ -176,6 +176,11 @@ def test_silence_is_a_read_timeout():
     assert rec.error == "ReadTimeout" and rec.end - rec.send >= 0.3
 
 
+def test_a_url_without_http_is_an_error_record():
+    (rec,) = _generate("localhost:8000/v1")
+    assert rec.error.startswith("UnsupportedProtocol")
+
+
 def test_api_key_goes_as_a_bearer_token():
     with start_in_thread(ttft_ms=0, itl_ms=0, api_key="sekret") as srv:
         (ok,) = _generate(srv.base_url, api_key="sekret")
