@@ -88,7 +88,7 @@ def _spread(ids: list[int], k: int) -> list[int]:
 
 
 def holdout(selection: dict, store, root: Path, items: list[int], evaluate, space, objectives: list[Objective],
-            constraints: list[Constraint], alpha: float, seed: int, echo, concurrency: int = 1) -> dict:
+            constraints: list[Constraint], alpha: float, seed: int, echo, *, concurrency: int) -> dict:
     """Score the baseline and every pick on the held-out items (each once: a resumed run keeps
     what was done), and compare each pick with the baseline."""
     from harness.tune.loop import TrialFailed
