@@ -131,15 +131,32 @@ def split_items(n_docs: int, dev: int, test: int, seed: int, leaf: str) -> tuple
 # ---------------------------------------------------------------------------- entry points
 
 
+PREFIX_CACHE_NOTE = (
+    "vLLM prefix caching is off (--enable-prefix-caching turns it on): every trial sends the same "
+    "dev prompts, so with it on each trial after the first would find its prompts cached and be "
+    "timed against a baseline (trial 0) that did not")
+
+
+def tune_engine(engine: dict) -> tuple[dict, list[str]]:
+    """The engine settings a tune changes from the engine's defaults, with a note each; a setting
+    the user gave is kept."""
+    if engine.get("kind") == "vllm" and "enable_prefix_caching" not in engine:
+        return {**engine, "enable_prefix_caching": False}, [PREFIX_CACHE_NOTE]
+    return engine, []
+
+
 def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
     if cfg.output.resume is not None:
         return resume(cfg.output.resume, echo)
+    notes: list[str] = []
+    if cfg.target.launcher != "external":  # someone else's server is as it is
+        engine_data, notes = tune_engine(cfg.engine)
+        cfg = cfg.model_copy(update={"engine": engine_data})
     engine, objectives, constraints, space = check_search(cfg)
     spec = cfg.tune
     external = cfg.target.launcher == "external"
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
                                "tune-" + ("external" if external else engine.kind), engine.model)
-    notes: list[str] = []
     try:
         _, leaf, task, n_docs, data_dir = prepare_task(cfg, run_dir.path / "tasks", spec.data_dir, notes)
         metric, filt = task_metric(task, leaf, spec.metric)
