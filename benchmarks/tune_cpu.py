@@ -7,7 +7,8 @@ trial, the Pareto front, the best configuration(s), and the held-out comparison 
 
     python benchmarks/tune_cpu.py [--engines hf,llamacpp,vllm] [--trials 8] [--dev-limit 16] ...
 
-The default budget is sized for a 2-core machine: about 10-15 min per engine.
+The default budget is sized for a shared 2-core machine: 4-12 min per engine (notes in the
+README's tune section). Engines that are not installed fail in one line and are reported so.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def table(summary: dict) -> list[str]:
         return out
     out += ["", f"Held-out split: {h.get('items')} items, paired per item, {round(100 * h.get('level', 0.95))}% "
             "bootstrap CIs (Bonferroni over the picks):", "",
-            "| configuration | metric | baseline | candidate | difference (CI) | p | |", "|---|---|---|---|---|---|---|"]
+            "| configuration | metric | baseline | candidate | difference (CI) | p | |",
+            "|---|---|---|---|---|---|---|"]
     for c in h.get("comparisons") or []:
         for name, m in (c.get("metrics") or {}).items():
             lo, hi = m["ci"]
@@ -96,7 +98,8 @@ def main() -> None:
     ap.add_argument("--test-limit", default="24")
     ap.add_argument("--holdout-top", default="1")
     ap.add_argument("--num-fewshot", default="1", help="GSM8K's default is 5; 1 keeps prompts short on CPU")
-    ap.add_argument("--max-gen-toks", default="160", help="GSM8K default 256; this model's right answers are far shorter")
+    ap.add_argument("--max-gen-toks", default="160",
+                    help="GSM8K's default is 256; this model's right answers are far shorter")
     ap.add_argument("--concurrency", default="4", help="Requests in flight (llamacpp: always 1)")
     ap.add_argument("--seed", default="0")
     ap.add_argument("--out", type=Path, default=Path("results") / f"tune-cpu-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -110,7 +113,8 @@ def main() -> None:
                "--task", "gsm8k", "--params", args.params, "--objectives", args.objectives,
                "--trials", args.trials, "--dev-limit", args.dev_limit, "--test-limit", args.test_limit,
                "--holdout-top", args.holdout_top, "--num-fewshot", args.num_fewshot,
-               "--max-gen-toks", args.max_gen_toks, "--seed", args.seed, "--concurrency", CONCURRENCY.get(kind, args.concurrency),
+               "--max-gen-toks", args.max_gen_toks, "--seed", args.seed,
+               "--concurrency", CONCURRENCY.get(kind, args.concurrency),
                *EXTRA.get(kind, []), "--results-dir", str(args.out), "--run-name", kind]
         shown = "hyperbench " + " ".join(cmd[3:-4])
         if args.report_only:
