@@ -139,7 +139,9 @@ def main() -> None:
             print(f"exit {rc}, {wall / 60:.1f} min, load average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after\n")
         path = args.out / kind / "summary.json"
         if not path.exists():
-            print(f"no summary.json: see {args.out / f'{kind}.log'}")
+            log = args.out / f"{kind}.log"
+            last = (log.read_text().strip().splitlines() or ["no output"])[-1] if log.exists() else "not run"
+            print(f"no result: {last} (log: {log})")
             continue
         summary = json.loads(path.read_text())
         print(f"status {summary['status']}; report: {args.out / kind / 'report.md'}\n")
