@@ -146,17 +146,20 @@ def test_quant_type_the_engine_lacks(tmp_path):
 
 
 def test_speculative_setting_on_an_engine_without_it(tmp_path):
-    from backends import available_engines
-
-    without = [k for k, c in available_engines().items() if "speculative" not in c.model_fields
-               and not c().capabilities().speculative and k != "synthetic"]
-    assert without, "every engine speculates now: pick another case"
-    kind = without[0]
-    res = hb("bench", "--engine", kind, "--speculative", "ngram", "--results-dir", str(tmp_path))
-    assert_one_line_error(res, f"--speculative is not an option of engine {kind}")
-    res = hb("agree", "--engines", f"hf,{kind}:speculative=ngram", "--model", "tiny-llama",
+    # every engine speculates, each its own way: a mode or a setting one engine lacks is refused
+    # before anything starts, with a pointer to the engine that has it
+    res = hb("bench", "--engine", "llamacpp", "--speculative", "draft:tiny-llama", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "the llamacpp engine supports none or ngram", "--engine hf or vllm")
+    # the HF engine's draft-model setting is not an option of llama.cpp's
+    res = hb("bench", "--engine", "llamacpp", "--assistant-confidence-threshold", "0.4",
              "--results-dir", str(tmp_path))
-    assert_one_line_error(res, f"{kind} has no option 'speculative'")
+    assert_one_line_error(res, "--assistant-confidence-threshold is not an option of engine llamacpp")
+    res = hb("agree", "--engines", "hf,llamacpp:assistant_confidence_threshold=0.4", "--model", "tiny-llama",
+             "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "llamacpp has no option 'assistant_confidence_threshold'")
+    # a speculative setting without speculation is refused, not silently ignored
+    res = hb("bench", "--engine", "llamacpp", "--num-speculative-tokens", "3", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "needs speculative decoding (--speculative ngram)")
     assert not any(tmp_path.iterdir())
 
 
