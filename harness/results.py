@@ -20,11 +20,38 @@ from harness.errors import HyperbenchError
 SCHEMA_VERSION = 1
 
 
+def _umask() -> int:
+    # Linux says it without changing it; os.umask can only be read by setting it, and a file
+    # another thread creates in between would get the wrong mode
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def open_mode(path: Path) -> int:
+    """The mode open(path, "w") leaves: the file's own if it exists, else 0o666 & ~umask.
+
+    mkstemp makes 0o600 files: renamed into a run folder they would be unreadable to the other
+    users of a shared project folder.
+    """
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), open_mode(path))
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

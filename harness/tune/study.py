@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from harness.errors import HyperbenchError
+from harness.results import open_mode
 from harness.tune.objectives import Constraint, Objective
 from harness.tune.space import SearchSpace
 
@@ -101,6 +102,7 @@ class Study:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         try:
+            os.chmod(tmp, open_mode(self.path))  # not mkstemp's 0o600: others may read the run folder
             with _quiet():
                 self.client.save_to_json_file(tmp)
             with open(tmp, "rb") as f:
