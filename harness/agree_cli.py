@@ -24,7 +24,10 @@ def _agree_opts():
     from harness.config import Output, Target
 
     return section_options({"agree": AgreeSettings, "target": Target, "output": Output},
-                           skip={"url", "plots"}) + engine_options()
+                           skip={"url", "plots"},
+                           helps={"tokenizer": "Tokenizer folder that turns the prompts into the token ids "
+                                  "every engine is sent [default: the --model folder; needed when "
+                                  "--model is a .gguf with no tokenizer folder beside it]."}) + engine_options()
 
 
 @click.command(context_settings={"show_default": True})

@@ -69,12 +69,18 @@ def _engine_opts():
     return engine_options()
 
 
-def _bench_opts():
+def _bench_opts(helps=None):
     from harness.cliutil import section_options
 
     return section_options(
-        {"workload": Workload, "load": Load, "target": Target, "output": Output}, skip={"url"}
+        {"workload": Workload, "load": Load, "target": Target, "output": Output}, skip={"url"}, helps=helps
     )
+
+
+# compare and slurm have no --url: their engines are started, from a folder or a .gguf
+_STARTED_TOKENIZER_HELP = {"tokenizer": "Tokenizer folder that synthetic prompts are built with (exact "
+                           "input lengths) [default: the served model's folder; needed for a .gguf "
+                           "--model unless --dataset is given]."}
 
 
 @cli.command(context_settings={"show_default": True})
@@ -170,7 +176,7 @@ def _slurm_opts():
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
 @click.option("--engines", help="Engines to bench in turn, a quant after a colon: hf,llamacpp:q8_0,vllm.")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
-@_with(_bench_opts() + _engine_opts())
+@_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts())
 def compare(runs, config_file, engines, slo, **params):
     """Bench engines in turn on one workload (--engines), or put finished RUNS side by side.
 
@@ -198,7 +204,7 @@ def compare(runs, config_file, engines, slo, **params):
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
 @click.option("--engine", "engine_kind", help="Engine to bench: hf, llamacpp, vllm.")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
-@_with(_bench_opts() + _engine_opts() + _slurm_opts())
+@_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts())
 def slurm(config_file, engine_kind, slo, **params):
     """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch)."""
     from harness.cliutil import check_engine_flags, collect, parse_slo

@@ -61,8 +61,11 @@ def option_for(name: str, field, dest: str) -> click.Option:
     return click.Option([flag, dest], **kw)
 
 
-def section_options(sections: dict[str, type[BaseModel]], skip: set[str] = frozenset()):
-    """Options for every field of every section; dest is 'section__field'."""
+def section_options(sections: dict[str, type[BaseModel]], skip: set[str] = frozenset(),
+                    helps: dict[str, str] | None = None):
+    """Options for every field of every section; dest is 'section__field'. `helps` replaces the
+    help of a shared field whose use differs by command (Target.tokenizer: bench's prompts,
+    score's loglikelihood)."""
     seen: dict[str, str] = {}
     opts = []
     for section, model in sections.items():
@@ -70,7 +73,10 @@ def section_options(sections: dict[str, type[BaseModel]], skip: set[str] = froze
             if name in skip or name in seen:
                 continue  # an engine field shared by several engines is declared once
             seen[name] = section
-            opts.append(option_for(name, field, f"{section}__{name}"))
+            opt = option_for(name, field, f"{section}__{name}")
+            if helps and name in helps:
+                opt.help = helps[name]
+            opts.append(opt)
     return opts
 
 

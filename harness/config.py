@@ -102,7 +102,9 @@ class Target(_Strict):
     port: int | None = Field(None, ge=1, le=65535, description="Port to serve on (default: free).")
     startup_timeout_s: float = Field(600, gt=0, description="Wait this long for /health.")
     tokenizer: str | None = Field(
-        None, description="Tokenizer folder for synthetic prompts against an external engine."
+        None, description="Tokenizer folder that synthetic prompts are built with (exact input "
+        "lengths) [default: the served model's folder; needed with --url, or a .gguf --model, unless "
+        "--model is a built-in or a local folder, or --dataset is given]."
     )
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -126,6 +127,41 @@ def test_every_command_declares_each_option_once():
             flags = [f for p in cmd.params for f in p.opts]
             assert len(flags) == len(set(flags)), (name, sorted({f for f in flags if flags.count(f) > 1}))
             cmd.get_help(click.Context(cmd, parent=ctx, info_name=name))
+
+
+# --tokenizer is one config field (Target.tokenizer) with a different use in each command
+TOKENIZER_USE = {
+    "bench": ("synthetic prompts", "--url"),
+    "compare": ("synthetic prompts", ".gguf"),
+    "slurm": ("synthetic prompts", ".gguf"),
+    "score": ("perplexity", "--chat-template", "only needed with --url"),
+    "tune": ("cut prompts longer than the engine's context", "only needed with --url"),
+    "agree": ("token ids every engine is sent", ".gguf"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(TOKENIZER_USE))
+def test_tokenizer_help_says_what_this_command_uses_it_for(command):
+    res = hb(command, "--help")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("--tokenizer "))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("-")
+               and len(lines[i]) - len(lines[i].lstrip()) < 4)  # the next option's own line
+    help_ = " ".join(" ".join(lines[start:end]).split()).removeprefix("--tokenizer TEXT ")  # unwrapped
+    for words in TOKENIZER_USE[command]:
+        assert words in help_, (command, help_)
+    if command in ("score", "tune", "agree"):  # they build no synthetic prompts
+        assert "synthetic" not in help_, (command, help_)
+    if command in ("compare", "slurm"):  # they have no --url
+        assert "--url" not in help_ and not re.search(r"^\s+--url\b", res.stdout, re.M), (command, help_)
+
+
+def test_commands_with_a_tokenizer_option_are_the_ones_described():
+    from harness.cli import cli
+
+    have = {name for name, cmd in cli.commands.items() if any("--tokenizer" in p.opts for p in cmd.params)}
+    assert have == set(TOKENIZER_USE)
 
 
 # --- issue 3: what an engine does not support is a one-line error, never silently ignored -------

@@ -24,11 +24,17 @@ def _with(options):
     return deco
 
 
+TOKENIZER_HELP = ("The served model's tokenizer folder: for perplexity, --chat-template, and cutting "
+                  "prompts longer than the engine's context as lm-eval does [default: the served "
+                  "model's folder; only needed with --url].")
+
+
 def _score_opts():
     from harness.cliutil import engine_options, section_options
 
     return section_options({"score": ScoreSpec, "target": Target, "output": ScoreOutput},
-                           skip={"url", "gen_kwargs", "plots", "resume"}) + engine_options()
+                           skip={"url", "gen_kwargs", "plots", "resume"},
+                           helps={"tokenizer": TOKENIZER_HELP}) + engine_options()
 
 
 @click.command(context_settings={"show_default": True})

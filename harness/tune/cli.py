@@ -27,7 +27,10 @@ def _tune_opts():
     from harness.cliutil import engine_options, section_options
 
     return section_options({"tune": TuneSpec, "target": Target, "output": TuneOutput},
-                           skip={"url", "baseline", "resume"}) + engine_options()
+                           skip={"url", "baseline", "resume"},
+                           helps={"tokenizer": "The served model's tokenizer folder: to cut prompts longer "
+                                  "than the engine's context as lm-eval does [default: the served "
+                                  "model's folder; only needed with --url]."}) + engine_options()
 
 
 @click.command(context_settings={"show_default": True})
