@@ -234,18 +234,20 @@ def _print_compare(folder) -> None:
 
     data = folder.read_json("compare.json")
     t = Table(title="hyperbench compare")
-    for col in ("run", "status", "point", "ok", "out tok/s", "TTFT p50", "TPOT p50", "E2E p50"):
-        t.add_column(col, justify="left" if col in ("run", "status", "point") else "right")
+    # a bench run and a score run of one engine share its label: the kind column tells them apart
+    for col in ("run", "kind", "status", "point", "ok", "out tok/s", "TTFT p50", "TPOT p50", "E2E p50"):
+        t.add_column(col, justify="left" if col in ("run", "kind", "status", "point") else "right")
     for r in data["runs"]:
         for p in r.get("points") or [{}]:
-            t.add_row(r["label"], r["status"], point_label(p) if p else "-",
+            t.add_row(r["label"], r.get("kind", "bench"), r["status"],
+                      point_label(p) if p else "-",
                       f"{p.get('completed', 0)}/{p.get('requests', 0)}" if p else "-",
                       fmt(p.get("output_throughput")), *[fmt((p.get(k) or {}).get("p50"))
                                                          for k in ("ttft_ms", "tpot_ms", "e2e_ms")])
     Console(width=None if sys.stdout.isatty() else 200).print(t)
     scored = [r for r in data["runs"] if r.get("metrics")]
     if scored:  # score runs: their accuracy (report.md has it beside the matching bench run's speed)
-        acc = Table(title="accuracy")
+        acc = Table(title="accuracy (score runs)")
         acc.add_column("task/metric")
         for r in scored:
             acc.add_column(r["label"], justify="right")

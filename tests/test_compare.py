@@ -87,3 +87,31 @@ def test_compare_engines_in_turn_with_process_launcher(tmp_path, tiny_model):
     assert json.loads((folder / "config.json").read_text())["engines"] == ["hf", "llamacpp:f32"]
     report = (folder / "report.md").read_text()
     assert "| hf | 4/4 |" in report and "| llamacpp:f32 | 4/4 |" in report
+
+
+def test_compare_says_which_run_is_a_bench_and_which_a_score(tmp_path, tiny_model):
+    """A bench run and a score run (perplexity on a local text file: no data set) of the same
+    engine and model share the label "hf": the terminal table and the report say each one's kind."""
+    speed = bench(tmp_path, tiny_model, "speed")
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the cat sat on the mat while the dog ran in the park"] * 12) + "\n")
+    res = hb("score", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
+             "--perplexity", str(text), "--results-dir", str(tmp_path), "--run-name", "quality")
+    assert res.returncode == 0, res.stderr[-2000:]
+    quality = tmp_path / "quality"
+    assert json.loads((quality / "summary.json").read_text())["kind"] == "score"
+
+    res = hb("compare", str(speed), str(quality), "--results-dir", str(tmp_path), "--run-name", "cmp", "--no-plots")
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [(r["label"], r["kind"]) for r in data["runs"]] == [("hf", "bench"), ("hf", "score")]
+    # the terminal table: a kind column beside the shared label
+    rows = [[c.strip() for c in ln.split("│")[1:-1]] for ln in res.stdout.splitlines() if ln.startswith("│")]
+    head = next([c.strip() for c in ln.split("┃")[1:-1]] for ln in res.stdout.splitlines() if "┃ run" in ln)
+    assert head[:4] == ["run", "kind", "status", "point"], head
+    assert ["hf", "bench", "complete", "concurrency=1"] in [r[:4] for r in rows], res.stdout
+    assert ["hf", "bench", "complete", "concurrency=2"] in [r[:4] for r in rows], res.stdout
+    assert ["hf", "score", "complete", "-"] in [r[:4] for r in rows], res.stdout
+    assert "accuracy (score runs)" in res.stdout and "perplexity/word_perplexity" in res.stdout
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| hf | bench | hf | - |" in report and "| hf | score | hf | - |" in report
