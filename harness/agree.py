@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from harness import envinfo
 from harness.agreement import EngineOutput, Tokens, compare, parse_generation, parse_scoring
 from harness.config import BenchConfig, Output, Target
-from harness.errors import EngineError, HyperbenchError
+from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text, slug
 
 # What "full precision" means for engine fields that exist in several engines; set on every
@@ -363,7 +363,9 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
                                  f"{first['label']}: {first['reason']}")
     except KeyboardInterrupt:
         summary["status"], summary["reason"] = "incomplete", "interrupted"
-        raise
+        done = sum(e["status"] == "ok" for e in summary["engines"])
+        raise Interrupted(f"agree interrupted: the outputs of {done} engine(s) kept in {folder.path}, "
+                          f"marked incomplete") from None
     except HyperbenchError as e:
         summary["status"] = "failed" if not summary["agreement"] else "incomplete"
         summary["reason"] = str(e)

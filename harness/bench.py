@@ -12,7 +12,7 @@ from harness import envinfo, telemetry
 from harness.roofline import point_roofline
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.config import BenchConfig
-from harness.errors import EngineError, HyperbenchError
+from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.metrics import summarize
@@ -104,7 +104,8 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     except KeyboardInterrupt:
         summary["status"] = "incomplete"
         summary["reason"] = "interrupted"
-        raise
+        raise Interrupted(f"bench interrupted: {len(run_dir.records())} finished request(s) kept in "
+                          f"{run_dir.path}, marked incomplete") from None
     except HyperbenchError as e:
         summary["status"] = "incomplete" if summary["points"] else "failed"
         summary["reason"] = str(e)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from harness.config import SLO, BenchConfig, Load, Output, Target, Workload, build, load_yaml
-from harness.errors import HyperbenchError
+from harness.errors import HyperbenchError, Interrupted
 
 
 def _with(options):
@@ -23,7 +23,21 @@ def _with(options):
     return deco
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Stopped(Exception):
+    """Ctrl-C (or SIGTERM) carried past click.main as a plain exception, with the run's message:
+    click (standalone_mode=False) would turn the KeyboardInterrupt into Abort after a blank line,
+    and the run's message (what was kept, how to resume) would be lost."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Stopped(str(e) if isinstance(e, Interrupted) else "") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hyperbench")
 def cli():
     """Bench, tune and score LLM inference engines through one wire contract."""
@@ -347,15 +361,23 @@ def main(argv=None) -> None:
     except HyperbenchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished records are kept, the run is marked incomplete", err=True)
-        sys.exit(130)
+    except _Stopped as e:  # during a command: the run's own line when it has one
+        _interrupted(str(e), close_echo=True)
+    except click.exceptions.Abort:  # before one ran (click has closed the terminal's ^C line)
+        _interrupted("", close_echo=False)
+    except KeyboardInterrupt as e:  # after click let go
+        _interrupted(str(e) if isinstance(e, Interrupted) else "", close_echo=True)
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+
+
+def _interrupted(message: str, close_echo: bool) -> None:
+    """One line on stderr, exit 130 (128 + SIGINT, as a shell reports Ctrl-C), no traceback."""
+    if close_echo and sys.stderr.isatty():
+        click.echo(err=True)  # the terminal echoed ^C without a newline
+    click.echo(message or "interrupted", err=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

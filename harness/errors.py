@@ -11,6 +11,11 @@ class EngineError(HyperbenchError):
     """The engine could not be started, or died."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) that a run has handled: the message says what was kept and how to go
+    on, and is the one line the CLI prints before it exits 130."""
+
+
 def missing_extra(extra: str, module: str) -> HyperbenchError:
     return HyperbenchError(
         f"{module} is not installed: install it with `pip install 'hyperbench[{extra}]'`"

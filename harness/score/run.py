@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 from harness import envinfo
-from harness.errors import HyperbenchError
+from harness.errors import HyperbenchError, Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text
 from harness.score.config import ScoreConfig
 
@@ -100,9 +99,8 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     except KeyboardInterrupt:
         summary.update(status="incomplete", reason="interrupted")
         done = _finished_requests(run_dir)
-        print(f"score interrupted: {done} finished request(s) kept; continue without recomputing "
-              f"them: hyperbench score --resume {run_dir.path}", file=sys.stderr)
-        raise
+        raise Interrupted(f"score interrupted: {done} finished request(s) kept; continue without "
+                          f"recomputing them: hyperbench score --resume {run_dir.path}") from None
     except HyperbenchError as e:
         summary.update(status="incomplete" if run_dir.file("requests.jsonl").exists() else "failed",
                        reason=str(e))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import envinfo
-from harness.errors import EngineError, HyperbenchError
+from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder
 from harness.tune.config import TuneConfig
 from harness.tune.objectives import METRICS, Constraint, Objective, parse_constraints, parse_objectives
@@ -260,7 +260,10 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
         summary["status"] = "complete"
     except KeyboardInterrupt:
         summary.update(status="incomplete", reason="interrupted")
-        raise
+        done = sum(r.get("status") in ("completed", "failed") for r in store.all())
+        raise Interrupted(f"tune interrupted: {done} finished trial(s) kept, marked incomplete; continue "
+                          f"(the cut trial from its finished requests): hyperbench tune --resume "
+                          f"{run_dir.path}") from None
     except HyperbenchError as e:
         summary.update(status="incomplete" if store.all() else "failed", reason=str(e))
         raise
