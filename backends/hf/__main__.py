@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = fields["max_batch_size"]
     p.add_argument("--max-batch-size", type=int, default=f.default, help=f.description)
     p.add_argument("--api-key", help=fields["api_key"].description)
+    p.add_argument("--enforce-eager", action="store_true", help=fields["enforce_eager"].description)
     p.add_argument("--speculative", default="none",
                    help="none, or draft:<folder or .gguf> (a draft model with the same tokenizer).")
     f = fields["num_speculative_tokens"]
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> None:
     loaded = load(load_settings)
     draft_model = load(draft_settings(load_settings)) if draft else None
     serve = ServeSettings(args.served_model_name or args.model, args.max_batch_size, args.api_key,
-                          args.num_speculative_tokens, args.assistant_confidence_threshold)  # fmt: skip
+                          args.num_speculative_tokens, args.assistant_confidence_threshold,
+                          args.enforce_eager)  # fmt: skip
     runtime = Runtime(loaded, load_settings, serve, draft_model)
     runtime.scheduler.start()
     config = uvicorn.Config(

@@ -93,9 +93,10 @@ class Counters:
 
 class Scheduler:
     def __init__(self, model, *, eos_ids, pad_id, vocab_size, max_batch_size, max_len, device,
-                 speculator: Speculator | None = None):  # fmt: skip
+                 speculator: Speculator | None = None, graphs=None):  # fmt: skip
         self.model = model
         self.spec = speculator
+        self.graphs = graphs  # graphs.StaticDecoder: decode steps over a static KV cache (None: eager)
         self.eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
         self.vocab = vocab_size
@@ -272,15 +273,26 @@ class Scheduler:
         b = self.batch
         ones = torch.ones((len(b), 1), dtype=b.mask.dtype, device=b.mask.device)
         b.mask = torch.cat([b.mask, ones], dim=1)
-        out = self.model(
-            input_ids=b.last[:, None],
-            attention_mask=b.mask,
-            position_ids=b.positions[:, None],
-            past_key_values=b.cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1, :].float()
-        del out
+        logits = None
+        if self.graphs is not None and self.graphs.failed is None and self.graphs.fits(len(b), b.kv_len):
+            try:
+                logits = self.graphs.step(b).float()
+            except Exception as exc:  # e.g. a capture this GPU/torch refuses: decode eagerly from now on
+                log.exception("graphed decode step failed; decoding eagerly from now on")
+                self.graphs.failed = f"{type(exc).__name__}: {exc}"
+        if logits is None:
+            out = self.model(
+                input_ids=b.last[:, None],
+                attention_mask=b.mask,
+                position_ids=b.positions[:, None],
+                past_key_values=b.cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :].float()
+            del out
+            b.homed = False  # the cache grew by concatenation: new tensors, not the static buffer's
+            if self.graphs is not None:
+                self.graphs.eager_steps += 1
         b.positions += 1
         self.counters.decode_steps += 1
         self.counters.decode_rows += len(b)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from backends.hf.engine import Scheduler
+from backends.hf.graphs import StaticDecoder
 from backends.hf.generation import ChatFormatter, CompletionFormatter, Generation
 from backends.hf.loading import LoadedModel, LoadSettings, versions
 from backends.hf.output import TokenText
@@ -37,6 +38,7 @@ class ServeSettings:
     api_key: str | None = None
     num_speculative_tokens: int = 4  # with a draft model (LoadSettings.draft)
     assistant_confidence_threshold: float = 0.4
+    enforce_eager: bool = False  # no CUDA-graph decoding (graphs.py)
 
 
 class Runtime:
@@ -62,6 +64,17 @@ class Runtime:
         self.device = loaded.device
         self.max_len = loaded.max_len
         self.started = int(time.time())
+        self.graphs, self.graphs_off = None, "--enforce-eager"
+        if speculator is not None:
+            self.graphs_off = "speculative decoding decodes eagerly"
+        elif not str(loaded.device).startswith("cuda"):
+            self.graphs_off = f"device {loaded.device} (CUDA graphs need a GPU)"
+        elif not serve.enforce_eager:
+            self.graphs, self.graphs_off = StaticDecoder.for_model(
+                loaded.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda", capture=True
+            )
+        if self.graphs_off:
+            log.info("decoding eagerly: %s", self.graphs_off)
         self.scheduler = Scheduler(
             loaded.model,
             eos_ids=loaded.eos_ids,
@@ -71,6 +84,7 @@ class Runtime:
             max_len=loaded.max_len,
             device=loaded.device,
             speculator=speculator,
+            graphs=self.graphs,
         )
 
     def info(self) -> dict:
@@ -94,6 +108,7 @@ class Runtime:
             "max_batch_size": self.settings.max_batch_size,
             "max_model_len": self.max_len,
             "batching": "continuous",
+            "decode_graphs": self.graphs.info() if self.graphs else {"enabled": False, "reason": self.graphs_off},
             "speculative": self.speculative_info(),
             "model_info": self.loaded.info,
             "counters": {**self.scheduler.counters.as_dict(), "running": load["running"],

@@ -26,6 +26,10 @@ class HFConfig(EngineConfig):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together.")
+    enforce_eager: bool = Field(
+        False, description="Decode eagerly. Otherwise, on a GPU, a non-quantized Llama/Mistral/Qwen2 "
+        "model decodes through CUDA graphs over a static KV cache (speculation decodes eagerly).",
+    )
     speculative: str = Field(
         "none",
         description="Speculative decoding: none, or draft:<model> (a smaller model with the "
@@ -83,6 +87,8 @@ class HFConfig(EngineConfig):
             "--device", self.device,
             "--max-batch-size", str(self.max_batch_size),
         ]  # fmt: skip
+        if self.enforce_eager:
+            args.append("--enforce-eager")
         if (draft := parse_speculative(self.speculative)) is not None:
             args += [
                 "--speculative", f"draft:{resolve_draft(draft)}",

@@ -1,0 +1,279 @@
+"""Decode steps replayed as CUDA graphs over a static KV cache (what vLLM does unless
+`--enforce-eager`).
+
+Batch 1 decoding of a 7B model in eager transformers is bound by the CPU launching ~1,000 small
+kernels per token (30 ms a token on an H100 where the weights take 4.5 ms to read). A CUDA graph
+launches them all at once. Graphs need fixed shapes and fixed addresses, so:
+
+- the KV cache lives in one preallocated buffer per layer, `[max_batch, kv_heads, max_cols,
+  head_dim]`; the running batch's `DynamicCache` layers are views of its top-left corner
+  (`Batch` keeps the layout it always had: rows left-padded to one length, a mask per row).
+  After anything that rebuilt the cache (a prefill joining, rows leaving, an eager step), its
+  tensors are copied back into the buffer ("homing") before the next graphed step;
+- one graph per (batch bucket, column bucket): rows are padded up to the next bucket size
+  (padding rows compute garbage that nobody reads), columns to the next multiple of
+  `COL_STEP` (attention over masked-out columns costs little next to reading the weights);
+- every step writes its new K/V at the same column for all rows (the batch's new last column),
+  so one `index_copy_` with a column index held in a static tensor serves every row;
+- the step itself is written out for the Llama layout (Llama, Mistral without a sliding window,
+  Qwen2), with the model's own modules (norms, projections, MLP, rotary embedding) and
+  `scaled_dot_product_attention`; other architectures decode eagerly (`unsupported()` says why).
+
+Prefill stays eager (it is compute-bound and its shapes vary). On a CPU, `capture=False` runs the
+same static-buffer step without graphs: that is how the tests check it gives the eager step's
+tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("hf.graphs")
+
+COL_STEP = 256  # column buckets: multiples of this
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+SUPPORTED = ("llama", "mistral", "qwen2")
+
+
+def unsupported(model) -> str | None:
+    """Why this model cannot take the static/graphed decode step (None: it can)."""
+    cfg = model.config
+    kind = getattr(cfg, "model_type", "?")
+    if kind not in SUPPORTED:
+        return f"architecture {kind} (graphed decoding covers {', '.join(SUPPORTED)})"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", kind == "mistral"):
+        return "a sliding-window model"
+    if getattr(cfg, "quantization_config", None) is not None or getattr(model, "is_quantized", False):
+        return "a quantized model (bitsandbytes kernels synchronize with the CPU)"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "an unexpected module layout"
+    attn = inner.layers[0].self_attn
+    if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
+        return "per-head q/k norms"
+    return None
+
+
+class StaticDecoder:
+    def __init__(self, model, *, max_batch: int, max_cols: int, capture: bool, compile: bool = True):
+        self.model = model
+        inner = model.model
+        self.layers = list(inner.layers[: model.config.num_hidden_layers])
+        attn = self.layers[0].self_attn
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.kv_heads = model.config.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.gqa = model.config.num_attention_heads != self.kv_heads
+        self.max_batch = max_batch
+        self.max_cols = max_cols
+        self.capture = capture
+        shape = (max_batch, self.kv_heads, max_cols, self.head_dim)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        # static inputs (graphs read them at fixed addresses)
+        self.ids = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.col = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.mask = torch.zeros((max_batch, max_cols), dtype=torch.bool, device=self.device)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.steps = 0
+        self.eager_steps = 0  # steps the batch did not fit (fell back to the eager step)
+        self.qkv, self.gate_up = [], []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.qkv.append(_fuse(a.q_proj, a.k_proj, a.v_proj))
+            self.gate_up.append(_fuse(m.gate_proj, m.up_proj))
+        self.q_out = self.layers[0].self_attn.q_proj.out_features
+        self.kv_out = self.layers[0].self_attn.k_proj.out_features
+        self.inter = self.layers[0].mlp.up_proj.out_features
+        self.act = self.layers[0].mlp.act_fn
+        self.compiled = None
+        self.failed: str | None = None  # set when a step failed: the engine decodes eagerly since
+        if capture and compile:
+            self._compile()
+
+    @classmethod
+    def for_model(cls, model, *, max_batch: int, max_len: int, device: str, capture: bool,
+                  memory_fraction: float = 0.4):  # fmt: skip
+        """A decoder sized to the memory free now (`memory_fraction` of it for the KV buffer),
+        or (None, why not)."""
+        why = unsupported(model)
+        if why:
+            return None, why
+        cfg = model.config
+        p = next(model.parameters())
+        per_col = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * model.model.layers[0].self_attn.head_dim
+        per_col *= p.element_size() * max_batch
+        if device == "cuda":
+            free, _ = torch.cuda.mem_get_info(p.device)
+        else:
+            free = 1 << 30  # the CPU static path exists for tests: a small buffer
+        cols = min(max_len, int(free * memory_fraction // per_col))
+        cols -= cols % COL_STEP
+        if cols < COL_STEP:
+            return None, f"no room for a {COL_STEP}-column KV buffer of {max_batch} rows"
+        return cls(model, max_batch=max_batch, max_cols=cols, capture=capture), None
+
+    def _compile(self) -> None:
+        """Fuse the small elementwise ops of a layer (norms, rotary, SiLU-and-multiply) with
+        torch.compile: each is a handful of kernels that take longer to run one after another
+        than the matrix products around them at batch 1. Compiled once with a dynamic batch
+        dimension, here at start-up; without a working compiler (no triton), they stay eager."""
+        import time
+
+        t = time.perf_counter()
+        try:
+            fns = {n: torch.compile(f, dynamic=True) for n, f in (("rms", _rms), ("rope", _rope), ("glu", _glu))}
+            with torch.inference_mode():
+                for nb in (1, 2):  # two sizes: the batch dimension compiles as dynamic
+                    self.mask[:nb, 0] = True
+                    self.compiled = fns
+                    self._forward(nb, COL_STEP)
+            self.mask.fill_(False)
+            torch.cuda.synchronize(self.device)
+            log.info("compiled the decode step's elementwise ops in %.0f s", time.perf_counter() - t)
+        except Exception as exc:  # noqa: BLE001 (any compiler failure: decode without it)
+            self.compiled = None
+            log.warning("torch.compile failed (%s: %s); the decode step's elementwise ops stay eager",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
+
+    def info(self) -> dict:
+        return {
+            "enabled": self.failed is None,
+            "failed": self.failed,
+            "cuda_graphs": self.capture,
+            "compiled": self.compiled is not None,
+            "max_batch": self.max_batch,
+            "max_cols": self.max_cols,
+            "graphs": sorted(f"{b}x{c}" for b, c in self.graphs),
+            "buffer_bytes": 2 * sum(t.numel() * t.element_size() for t in self.k),
+            "steps": self.steps,
+            "eager_steps": self.eager_steps,
+        }
+
+    # --- the scheduler's side ---------------------------------------------------------------------
+    def fits(self, rows: int, cols: int) -> bool:
+        return rows <= self.max_batch and cols <= self.max_cols
+
+    def step(self, b) -> torch.Tensor:
+        """One decode step of batch `b` (its mask already has the new column): writes the new
+        K/V into the buffer, leaves `b.cache` as views of it, returns logits [rows, vocab]."""
+        rows, cols = b.mask.shape
+        if not getattr(b, "homed", False):
+            self._home(b, cols - 1)
+        nb = next(x for x in BATCH_BUCKETS + (self.max_batch,) if x >= rows and x <= self.max_batch)
+        nc = min(-(-cols // COL_STEP) * COL_STEP, self.max_cols)
+        self.ids[:rows] = b.last
+        self.pos[:rows] = b.positions
+        self.col.fill_(cols - 1)
+        self.mask[:rows, :cols] = b.mask.bool()
+        self.mask[:rows, cols:nc] = False
+        if nb > rows:  # padding rows: a valid column keeps their softmax finite
+            self.ids[rows:nb] = 0
+            self.pos[rows:nb] = 0
+            self.mask[rows:nb, :nc] = False
+            self.mask[rows:nb, 0] = True
+        if self.capture:
+            entry = self.graphs.get((nb, nc))
+            if entry is None:
+                entry = self.graphs[(nb, nc)] = self._capture(nb, nc)
+            entry[0].replay()
+            logits = entry[1][:rows]
+        else:
+            logits = self._forward(nb, nc)[:rows]
+        self.steps += 1
+        for layer, k, v in zip(b.cache.layers, self.k, self.v):
+            layer.keys, layer.values = k[:rows, :, :cols], v[:rows, :, :cols]
+        b.homed = True
+        return logits
+
+    def _home(self, b, cols: int) -> None:
+        rows = len(b)
+        for layer, k, v in zip(b.cache.layers, self.k, self.v):
+            k[:rows, :, :cols].copy_(layer.keys)
+            v[:rows, :, :cols].copy_(layer.values)
+
+    def _capture(self, nb: int, nc: int):
+        # warm-up on a side stream (cuBLAS/cuDNN workspaces), as torch's docs do; it computes
+        # exactly this step (same inputs, same column), so it disturbs nothing
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            self._forward(nb, nc)
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self._forward(nb, nc)
+        log.info("captured a decode graph for %d rows x %d columns (%d so far)", nb, nc, len(self.graphs) + 1)
+        return graph, out
+
+    def _forward(self, nb: int, nc: int) -> torch.Tensor:
+        inner = self.model.model
+        rms, rope, glu = (self.compiled[n] for n in ("rms", "rope", "glu")) if self.compiled else (_rms, _rope, _glu)
+        ids, pos, col = self.ids[:nb, None], self.pos[:nb, None], self.col
+        mask = self.mask[:nb, None, None, :nc]
+        h = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(h, pos)
+        cos, sin = cos[:, None], sin[:, None]  # [nb, 1, 1, head_dim]
+        hd, nq, nkv = self.head_dim, self.q_out, self.kv_out
+        for layer, kbuf, vbuf, qkv_w, gu_w in zip(self.layers, self.k, self.v, self.qkv, self.gate_up):
+            attn = layer.self_attn
+            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+            qkv = F.linear(rms(h, ln1.weight, ln1.variance_epsilon), *qkv_w)
+            q = qkv[..., :nq].view(nb, 1, -1, hd).transpose(1, 2)
+            k = qkv[..., nq : nq + nkv].view(nb, 1, -1, hd).transpose(1, 2)
+            v = qkv[..., nq + nkv :].view(nb, 1, -1, hd).transpose(1, 2)
+            q, k = rope(q, k, cos, sin)
+            kbuf[:nb].index_copy_(2, col, k)
+            vbuf[:nb].index_copy_(2, col, v)
+            o = F.scaled_dot_product_attention(q, kbuf[:nb, :, :nc], vbuf[:nb, :, :nc], attn_mask=mask,
+                                               scale=attn.scaling, enable_gqa=self.gqa)  # fmt: skip
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(nb, 1, -1))
+            gu = F.linear(rms(h, ln2.weight, ln2.variance_epsilon), *gu_w)
+            h = h + layer.mlp.down_proj(glu(gu, self.inter, self.act))
+        norm = inner.norm
+        return self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon))[:, -1, :]
+
+
+def _fuse(*linears):
+    """One (weight, bias) for several Linear layers of the same input, whose own weights become
+    views of it (no second copy in memory; prefill still calls the modules)."""
+    weight = torch.cat([lin.weight.data for lin in linears])
+    biases = [lin.bias for lin in linears]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.data if b is not None else weight.new_zeros(lin.out_features)
+                          for b, lin in zip(biases, linears)])  # fmt: skip
+    start = 0
+    for lin in linears:
+        n = lin.out_features
+        lin.weight = torch.nn.Parameter(weight[start : start + n], requires_grad=False)
+        if lin.bias is not None:
+            lin.bias = torch.nn.Parameter(bias[start : start + n], requires_grad=False)
+        start += n
+    return weight, bias
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm's arithmetic (float32 inside, then the input dtype, then the weight)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rope(q, k, cos, sin):
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _glu(gu: torch.Tensor, inter: int, act) -> torch.Tensor:
+    return act(gu[..., :inter]) * gu[..., inter:]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
