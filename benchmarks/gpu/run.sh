@@ -11,6 +11,7 @@
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
 #   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
+#   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
 # Env: GPU_DIR (default .gpu), OUT (where logs and a results tarball are copied, if set),
@@ -62,7 +63,7 @@ collect() {
 }
 trap collect EXIT
 
-case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|table}" in
+case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|bandwidth|table}" in
 setup)
   CARRY=${2:?setup needs the folder prepare.sh filled}
   mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
@@ -108,9 +109,16 @@ raw)  # llama.cpp's own decode speed, no server (the floor of the engine's TPOT)
   ;;
 hf)
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  # CUDA graphs over a static KV cache (the engine's default on a GPU), then eager (--enforce-eager)
   bench hf-bf16-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --concurrency 1 --num-requests 8
   bench hf-bf16-c8-32 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --max-batch-size 32 \
     --concurrency 8,32 --num-requests 64
+  bench hf-eager-bf16-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --enforce-eager \
+    --concurrency 1 --num-requests 8
+  if [[ -n "${HF_EAGER_BATCH:-}" ]]; then
+    bench hf-eager-bf16-c8-32 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --enforce-eager \
+      --max-batch-size 32 --concurrency 8,32 --num-requests 64
+  fi
   ;;
 bnb)
   CARRY=${2:?bnb needs the folder holding the bitsandbytes wheel}
@@ -123,7 +131,7 @@ bnb)
 spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its first SPEC_LAYERS
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
   L=${SPEC_LAYERS:-2}
-  if (( $(df -P --output=avail -B1G "$GPU_DIR" | tail -1) < 20 )) && [[ -f "$GPU_DIR/gguf/f16.gguf" ]]; then
+  if (( $(df --output=avail -B1G "$GPU_DIR" | tail -1) < 20 )) && [[ -f "$GPU_DIR/gguf/f16.gguf" ]]; then
     log "disk: removing gguf/f16.gguf to make room for the speculative target"; rm -f "$GPU_DIR/gguf/f16.gguf"
   fi
   "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL-spec" --device "${MAKE_DEVICE:-cuda}" --identity-after "$L"
@@ -137,6 +145,9 @@ spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its
       --speculative "draft:$MODEL-draft$L" --num-speculative-tokens "${SPEC_K:-4}" --assistant-confidence-threshold 0 \
       --concurrency "$c" --num-requests $((c * 4)) "${NOBASE[@]}"
   done
+  ;;
+bandwidth)  # only the copy-bandwidth measurement setup makes (the roofline's denominator)
+  bandwidth > "$GPU_DIR/bandwidth_gbs" && log "copy bandwidth $(cat "$GPU_DIR/bandwidth_gbs") GB/s"
   ;;
 table) ;;
 *) echo "unknown stage $1" >&2; exit 2 ;;
