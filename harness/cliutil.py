@@ -133,6 +133,11 @@ def collect(params: dict) -> dict:
 
 
 def check_engine_flags(kind: str, engine: dict) -> None:
+    """An engine flag the chosen engine lacks is an error naming the engines that have it; an
+    unknown engine kind is the first thing said (not that its flags belong to other engines)."""
+    from backends import engine_class
+
+    engine_class(kind if isinstance(kind, str) else repr(kind))  # 'unknown engine ...' wins
     owners = engine_fields()
     for name in engine:
         if name != "kind" and kind not in owners.get(name, {kind}):

@@ -31,6 +31,37 @@ def test_unknown_engine(tmp_path):
     assert not any(tmp_path.iterdir())  # rejected before a run folder was made
 
 
+# every command that takes an engine kind: the unknown kind is what the one line says, even with
+# engine flags given (they used to be checked first: "--model is not an option of engine nope")
+ENGINE_KIND_COMMANDS = {
+    "bench": ["bench", "--engine", "nope"],
+    "serve": ["serve", "nope"],
+    "score": ["score", "--engine", "nope"],
+    "tune": ["tune", "--engine", "nope"],
+    "slurm": ["slurm", "--engine", "nope"],
+    "compare": ["compare", "--engines", "hf,nope"],
+    "agree": ["agree", "--engines", "hf,nope"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(ENGINE_KIND_COMMANDS))
+def test_unknown_engine_wins_over_its_flags(tmp_path, command):
+    out = tmp_path / "results"
+    args = [*ENGINE_KIND_COMMANDS[command], "--model", "tiny-llama"]
+    if command != "serve":
+        args += ["--results-dir", str(out)]
+    res = hb(*args)
+    assert_one_line_error(res, "unknown engine 'nope'")
+    assert not out.exists()
+
+
+def test_unknown_engine_in_a_config_file(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("engine:\n  kind: nope\n  model: tiny-llama\n")
+    res = hb("bench", "--config", str(cfg), "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(res, "unknown engine 'nope'")
+
+
 def test_negative_concurrency(tmp_path):
     res = hb("bench", "--concurrency", "1,-4", "--results-dir", str(tmp_path))
     assert_one_line_error(res, "concurrency")
