@@ -109,9 +109,11 @@ def label_of(engine: dict) -> str:
 
 def run(cfg: CompareConfig, progress=None) -> RunFolder:
     if cfg.runs:
-        runs = [RunFolder.open(p) for p in cfg.runs]
+        # every input read (a bench or a score run) before the comparison folder is made: a
+        # refused input leaves no empty folder behind
+        entries = [read_run(RunFolder.open(p)) for p in cfg.runs]
         folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "compare", "runs")
-        write_comparison(folder, runs, plots=cfg.output.plots)
+        write_comparison(folder, entries, plots=cfg.output.plots)
         return folder
     from harness.bench import run as bench_run
 
@@ -137,7 +139,7 @@ def run(cfg: CompareConfig, progress=None) -> RunFolder:
         path = folder.path / "runs" / name
         if (path / "summary.json").is_file():
             runs.append(RunFolder(path))
-    write_comparison(folder, runs, plots=cfg.output.plots)
+    write_comparison(folder, [read_run(r) for r in runs], plots=cfg.output.plots)
     return folder
 
 
@@ -253,8 +255,7 @@ def label_entries(entries: list[Entry]) -> None:
 # ---------------------------------------------------------------------------- the comparison
 
 
-def write_comparison(folder: RunFolder, runs: list[RunFolder], plots: bool = True) -> dict:
-    entries = [read_run(r) for r in runs]
+def write_comparison(folder: RunFolder, entries: list[Entry], plots: bool = True) -> dict:
     label_entries(entries)
     data = {
         "schema_version": SCHEMA_VERSION,

@@ -69,6 +69,33 @@ def test_compare_a_folder_that_is_no_run(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error: ")
 
 
+def synthetic_bench(tmp_path, name):
+    """A real bench run folder in seconds: the synthetic engine (tiny-llama's tokenizer)."""
+    res = hb("bench", "--engine", "synthetic", "--model", "tiny-llama", "--ttft-ms", "1", "--itl-ms", "1",
+             "--concurrency", "1", "--input-len", "8", "--output-len", "4", "--num-requests", "2",
+             "--results-dir", str(tmp_path), "--run-name", name, "--no-plots")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("summary, message", [
+    ('{"schema_version": 1, "kind": "tune", "status": "complete"}', "not 'tune' runs"),
+    ('{"schema_version": 1, "kind": "bench", "sta', "not valid JSON"),
+], ids=["tune-run", "torn-summary"])  # fmt: skip
+def test_compare_refused_input_leaves_no_run_folder(tmp_path, summary, message):
+    """Inputs are read before the comparison folder is made: a refused one leaves no empty X."""
+    good = synthetic_bench(tmp_path, "a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text(summary)
+    out = tmp_path / "out"
+    res = hb("compare", str(good), str(other), "--results-dir", str(out), "--run-name", "X")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (out / "X").exists() and not out.exists()
+
+
 @pytest.mark.llamacpp
 def test_compare_engines_in_turn_with_process_launcher(tmp_path, tiny_model):
     """hf and llama.cpp (f32 GGUF of the same weights) benched one after the other on one
