@@ -25,7 +25,8 @@ class Workload(_Strict):
     output_len: int = Field(64, ge=1, description="Tokens to generate per request.")
     num_requests: int = Field(32, ge=1, description="Requests per sweep point.")
     dataset: Path | None = Field(
-        None, description="JSONL prompt file ({'prompt': ...} or ShareGPT 'conversations')."
+        None, description="Prompt file: JSONL ({'prompt': ...}, ShareGPT 'conversations' or chat "
+        "'messages'; the first user turn), or a JSON array of them (ShareGPT as published)."
     )
     fixed_output: bool = Field(
         True, description="Force exactly output_len tokens (min_tokens + ignore_eos)."

@@ -40,24 +40,9 @@ def synthetic_prompts(tokenizer, n: int, input_len: int, seed: int) -> list[list
 
 
 def file_prompts(path: Path, n: int, seed: int) -> list[str]:
-    if not Path(path).is_file():
-        raise HyperbenchError(f"dataset {path} does not exist")
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise HyperbenchError(f"{path}:{lineno}: not valid JSON") from None
-            text = _prompt_of(row)
-            if text is None:
-                raise HyperbenchError(
-                    f"{path}:{lineno}: expected a 'prompt' field, ShareGPT 'conversations' "
-                    "or chat 'messages'"
-                )
-            rows.append(text)
+    """`n` prompts drawn (seeded) from a JSONL file, one JSON object a line, or a JSON array of
+    such objects (the ShareGPT dataset as published, e.g. ShareGPT_V3_unfiltered_cleaned_split.json)."""
+    rows = [_prompt_of(row, where) for where, row in _read_rows(Path(path))]
     if not rows:
         raise HyperbenchError(f"dataset {path} has no prompts")
     rng = np.random.default_rng(seed)
@@ -65,19 +50,46 @@ def file_prompts(path: Path, n: int, seed: int) -> list[str]:
     return [rows[i] for i in idx]
 
 
-def _prompt_of(row: dict) -> str | None:
-    if isinstance(row.get("prompt"), str):
-        return row["prompt"]
-    for key, role_key, text_key, user in (
-        ("conversations", "from", "value", ("human", "user")),
-        ("messages", "role", "content", ("user",)),
-    ):
-        turns = row.get(key)
-        if isinstance(turns, list):
-            for t in turns:
-                if isinstance(t, dict) and t.get(role_key) in user:
-                    return t.get(text_key)
-    return None
+def _read_rows(path: Path):
+    """(where, row) pairs: "FILE:LINE" for JSONL, "FILE: item I" for a JSON array."""
+    if not path.is_file():
+        raise HyperbenchError(f"dataset {path} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HyperbenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return [(f"{path}: item {i}", row) for i, row in enumerate(items)]
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError:
+            raise HyperbenchError(f"{path}:{lineno}: not valid JSON") from None
+    return rows
+
+
+def _prompt_of(row, where: str) -> str:
+    if isinstance(row, dict):
+        if isinstance(row.get("prompt"), str):
+            return row["prompt"]
+        for key, role_key, text_key, user in (
+            ("conversations", "from", "value", ("human", "user")),
+            ("messages", "role", "content", ("user",)),
+        ):
+            turns = row.get(key)
+            if isinstance(turns, list):
+                for t in turns:
+                    if isinstance(t, dict) and t.get(role_key) in user and isinstance(t.get(text_key), str):
+                        return t[text_key]
+    raise HyperbenchError(
+        f"{where}: expected an object with a 'prompt' string, ShareGPT 'conversations' or chat "
+        "'messages' with a user turn"
+    )
 
 
 def build_requests(w: Workload, tokenizer=None) -> list[GenRequest]:
