@@ -17,7 +17,7 @@ from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.metrics import summarize
 from harness.results import SCHEMA_VERSION, RunFolder
-from harness.workload import build_requests, load_tokenizer
+from harness.workload import build_requests, file_prompts, load_tokenizer
 
 
 def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
@@ -66,6 +66,8 @@ def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path |
 def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
+    if cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
+        file_prompts(cfg.workload.dataset, 1, cfg.workload.seed)
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
     spec_off = engine.without_speculation()  # None when the engine does not speculate
