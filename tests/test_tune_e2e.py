@@ -232,3 +232,20 @@ def test_speed_objectives_are_measured_right_on_an_engine_of_known_timing(staged
         # 2 streams of 8 tokens per ~72 ms
         assert m["output_tok_s"] == pytest.approx(2 * 8 / 0.072, rel=0.3), t
     assert s["holdout"]["why"]  # --test-limit 0: no held-out comparison, and it says so
+
+
+def test_tune_progress_lines_count_trials_like_the_report(staged, tmp_path):
+    """`--trials 3` prints trial 0 (the baseline) to trial 2, each with its place in the budget
+    (it used to print 'trial 2/2': the last index read as 'two of two'); the indices are those of
+    report.md and the terminal table. The synthetic engine answers in milliseconds."""
+    res = hb("tune", "--engine", "synthetic", "--model", "tiny-llama", "--ttft-ms", "1", "--itl-ms", "1",
+             "--params", "temperature", "--objectives", "accuracy", "--trials", "3", "--init-trials", "2",
+             "--dev-limit", "2", "--test-limit", "0", "--num-fewshot", "0", "--max-gen-toks", "4",
+             "--data-dir", str(staged), "--results-dir", str(tmp_path), "--run-name", "t", "--no-plots")
+    assert res.returncode == 0, res.stderr[-3000:]
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("trial ")]
+    assert [ln.split(":")[0] for ln in progress] == ["trial 0 (baseline, 1 of 3)", "trial 1 (2 of 3)",
+                                                     "trial 2 (3 of 3)"], res.stderr
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert "| 0 (baseline) |" in report
+    assert "0 (baseline)" in res.stdout  # the terminal table names trial 0 the same way

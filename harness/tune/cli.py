@@ -94,7 +94,7 @@ def print_result(run_dir) -> None:
     for i in [0] + list(sel.get("picks") or []):
         rec = by.get(i)
         if rec:
-            t.add_row(f"{i}{' baseline' if i == 0 else ''}", _params(rec["params"]),
+            t.add_row(f"{i}{' (baseline)' if i == 0 else ''}", _params(rec["params"]),
                       *[_ms((rec.get("metrics") or {}).get(m), m) for m in metrics])
     Console(width=None if sys.stdout.isatty() else 200).print(t)
     h = s.get("holdout") or {}

@@ -106,7 +106,9 @@ def optimize(study: Study, evaluate: Callable[[Path, dict], Measurement], store:
         rec.update(status="running", attempts=rec["attempts"] + 1,
                    started=rec.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         store.write(index, rec)
-        echo(f"trial {index}/{budget - 1}: {_fmt_params(params)}"
+        # the index is the one report.md, trials/<i>/ and Ax use (0 is the baseline); the count
+        # says how far along the budget is ("trial 2/2" read as "the last of two")
+        echo(f"trial {index} ({'baseline, ' if index == 0 else ''}{index + 1} of {budget}): {_fmt_params(params)}"
              + (f" (attempt {rec['attempts']})" if rec["attempts"] > 1 else ""))
         t0 = time.perf_counter()
         try:
