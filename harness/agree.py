@@ -12,7 +12,8 @@ of next-token distributions at every prompt position, against the reference (the
 or --reference).
 
 An engine spec is `kind[:quant][:option=value...]`: `llamacpp:q4_k_m`, `hf:int8`,
-`hf:dtype=bfloat16`, `llamacpp:q8_0:kv_cache_type=f16`. Engine flags (`--n-ctx 1024`) apply to
+`hf:dtype=bfloat16`, `llamacpp:q8_0:kv_cache_type=f16`; an option's value may hold ':'
+(`hf:speculative=draft:tiny-llama`). Engine flags (`--n-ctx 1024`) apply to
 every listed engine that has them. Unless a spec says otherwise every engine runs at full
 precision around its weights (`dtype=float32`, llama.cpp `kv_cache_type=f32`): what is measured
 is the weights' quantization, not a bf16 compute path or a half-precision KV cache.
@@ -25,6 +26,7 @@ distribution each engine returned: the numbers can be recomputed), logs/<engine>
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -142,18 +144,28 @@ def build_config(file_data: dict, cli_data: dict) -> AgreeConfig:
 # ---------------------------------------------------------------------------- engines
 
 
+_OPTION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=(.*)", re.S)
+
+
 def parse_spec(spec: str) -> dict:
-    """'llamacpp:q8_0:kv_cache_type=f16' -> {'kind': 'llamacpp', 'quant': 'q8_0', 'kv_cache_type': 'f16'}."""
-    kind, *parts = [p.strip() for p in spec.strip().split(":")]
-    out: dict = {"kind": kind}
+    """'llamacpp:q8_0:kv_cache_type=f16' -> {'kind': 'llamacpp', 'quant': 'q8_0', 'kv_cache_type': 'f16'}.
+
+    Once an `option=` part starts, the ':'-parts after it that are not `option=` themselves are
+    its value: 'hf:speculative=draft:tiny-llama' -> {'kind': 'hf', 'speculative': 'draft:tiny-llama'}
+    (a quant goes before the options)."""
+    kind, *parts = spec.strip().split(":")
+    out: dict = {"kind": kind.strip()}
+    key = None  # the option whose value is being read
     for part in parts:
-        key, eq, value = part.partition("=")
-        if eq:
-            out[key.strip().replace("-", "_")] = value.strip()
+        if m := _OPTION.fullmatch(part):
+            key = m.group(1).replace("-", "_")
+            out[key] = m.group(2).strip()
+        elif key is not None:
+            out[key] += ":" + part.strip()
         elif "quant" in out:
-            raise HyperbenchError(f"engine spec {spec!r}: two quantizations ({out['quant']}, {part})")
-        elif part:
-            out["quant"] = part
+            raise HyperbenchError(f"engine spec {spec!r}: two quantizations ({out['quant']}, {part.strip()})")
+        elif part.strip():
+            out["quant"] = part.strip()
     return out
 
 
@@ -194,9 +206,9 @@ def check_engines(cfg: AgreeConfig, engines: list[tuple[str, dict]]) -> list:
     for label, e in engines:
         try:
             engine = BenchConfig(engine=e, target=cfg.target).engine_config()
-        except HyperbenchError as err:
+            engine.check()
+        except HyperbenchError as err:  # which spec it is, with the engine's own reason
             raise HyperbenchError(f"{label}: {err}") from None
-        engine.check()
         if cfg.target.launcher == "process":
             ok, why = engine_class(e["kind"]).installed()
             if not ok:

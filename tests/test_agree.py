@@ -64,6 +64,26 @@ def test_parse_spec():
         parse_spec("llamacpp:q8_0:q4_0")
 
 
+def test_parse_spec_keeps_colons_inside_an_option_value():
+    """Once `option=` starts, later ':'-parts that are no `option=` belong to its value (a draft
+    model's name or path used to be split off as a quant)."""
+    assert parse_spec("hf:speculative=draft:tiny-llama") == {"kind": "hf", "speculative": "draft:tiny-llama"}
+    assert parse_spec("hf:int8:speculative=draft:/m/a:b:dtype=float32") == {
+        "kind": "hf", "quant": "int8", "speculative": "draft:/m/a:b", "dtype": "float32"}
+    assert parse_spec("llamacpp:q8_0:speculative=ngram:num-speculative-tokens=3") == {
+        "kind": "llamacpp", "quant": "q8_0", "speculative": "ngram", "num_speculative_tokens": "3"}
+
+
+def test_a_draft_model_for_llamacpp_is_llamacpps_own_one_line_error(tmp_path):
+    res = hb("agree", "--engines", "hf,llamacpp:speculative=draft:tiny-llama", "--model", "tiny-llama",
+             "--results-dir", str(tmp_path / "r"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line == ("error: llamacpp:speculative=draft:tiny-llama: speculative='draft:tiny-llama': the "
+                    "llamacpp engine supports none or ngram (a draft model: --engine hf or vllm)")
+    assert not (tmp_path / "r").exists()  # refused before a run folder was made
+
+
 def test_engines_run_at_full_precision_unless_told():
     cfg = AgreeConfig(engines=["hf", "llamacpp:q8_0", "vllm:dtype=bfloat16", "llamacpp:f16:kv_cache_type=f16"],
                       engine={"model": "tiny-llama", "n_ctx": 1024})
