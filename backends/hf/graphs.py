@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger("hf.graphs")
 
-COL_STEP = 256  # column buckets: multiples of this
+COL_STEP = 128  # column buckets: multiples of this (256: 2,139 instead of 2,279 tok/s at 32 streams on the H100)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 SUPPORTED = ("llama", "mistral", "qwen2")
 
