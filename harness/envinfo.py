@@ -29,12 +29,24 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+# credentials in a URL (https://user:PASSWORD@host, https://TOKEN@host) and secret-looking
+# query parameters (?token=...)
+URL_USERINFO = re.compile(r"(://)[^/\s@]+(@)")
+URL_SECRET_PARAM = re.compile(r"([?&][^=&\s]*(?:token|key|secret|password|passwd|sig|auth)[^=&\s]*=)[^&\s]+", re.I)
+
+
+def redact_value(v: str) -> str:
+    """A value with the secrets inside URLs replaced (e.g. HF_ENDPOINT=https://u:pw@mirror)."""
+    v = URL_USERINFO.sub(r"\1<redacted>\2", v)
+    return URL_SECRET_PARAM.sub(r"\1<redacted>", v)
+
+
 def redact_env(env: dict[str, str]) -> dict[str, str]:
     out = {}
     for k, v in sorted(env.items()):
         if not k.startswith(ENV_PREFIXES) and not SECRET.search(k):
             continue
-        out[k] = "<redacted>" if SECRET.search(k) else v
+        out[k] = "<redacted>" if SECRET.search(k) else redact_value(v)
     return out
 
 
