@@ -27,6 +27,15 @@ def check_port_free(host: str, port: int) -> None:
             raise HyperbenchError(f"port {port} is in use on {host}: choose another --port") from None
 
 
+def shown_command(cmd: list[str], env: dict[str, str]) -> str:
+    """The command line as the engine log records it, the API key (and secret-named
+    variables) replaced: the log is a file of the run folder, which people share."""
+    from harness.envinfo import SECRET
+
+    shown = ["<redacted>" if i and cmd[i - 1] == "--api-key" else a for i, a in enumerate(cmd)]
+    return "".join(f"{k}={'<redacted>' if SECRET.search(k) else v} " for k, v in env.items()) + " ".join(shown)
+
+
 def last_log_lines(path: Path, n: int = 20) -> list[str]:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -57,8 +66,7 @@ class ProcessLauncher(Launcher):
         engine_env = self.engine.server_env()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **engine_env, **(self.env or {})}
         with open(self.log_path, "ab") as log:
-            shown_env = "".join(f"{k}={v} " for k, v in engine_env.items())
-            log.write(("$ " + shown_env + " ".join(cmd) + "\n").encode())
+            log.write(("$ " + shown_command(cmd, engine_env) + "\n").encode())
             log.flush()
             # own session: teardown signals the whole group (engines may fork workers)
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
