@@ -57,7 +57,8 @@ def engines():
         cap = cls().capabilities()
         t.add_row(kind, "yes" if ok else f"no: {why}", ", ".join(cap.quantizations),
                   ", ".join(cap.sampling_params), ", ".join(cap.speculative) or "-")
-    Console().print(t)
+    # a pipe has no width: 80 columns cut 'repetition_penalty' to 'repetition_pena…'
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
 @cli.command()
