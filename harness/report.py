@@ -45,9 +45,15 @@ SPEC_COLUMNS = (
 )
 
 
+# with --slo: requests/s that met every SLO (harness/metrics.py)
+GOODPUT_COLUMN = ("goodput req/s", lambda p: p.get("goodput"))
+
+
 def terminal_columns(points: list[dict]) -> list:
-    """The columns of bench's terminal table: COLUMNS, then SPEC_COLUMNS when it speculated."""
-    return list(COLUMNS) + (list(SPEC_COLUMNS) if any("speculative" in p for p in points) else [])
+    """The columns of bench's terminal table: COLUMNS, goodput when SLOs were set (as report.md),
+    then SPEC_COLUMNS when it speculated."""
+    return (list(COLUMNS) + ([GOODPUT_COLUMN] if any("goodput" in p for p in points) else [])
+            + (list(SPEC_COLUMNS) if any("speculative" in p for p in points) else []))
 
 
 def spec_baseline_note(summary: dict) -> str | None:
@@ -84,7 +90,7 @@ def fmt(v) -> str:
 def points_table(points: list[dict], with_goodput: bool = False) -> str:
     cols = list(COLUMNS)
     if with_goodput:
-        cols.append(("goodput req/s", lambda p: p.get("goodput")))
+        cols.append(GOODPUT_COLUMN)
     head = "| point | ok/total | " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "---|" * (len(cols) + 2)
     rows = [

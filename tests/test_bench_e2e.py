@@ -96,3 +96,38 @@ def test_interrupted_bench_keeps_records_and_tears_down(tmp_path, tiny_model):
     time.sleep(1)
     assert engines and not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in engines)
     assert os.path.exists(tmp_path / "cut" / "report.md")
+
+
+def _table_rows(stdout: str) -> dict[str, list[str]]:
+    """bench's terminal table (rich, box drawing) as {first cell: cells}, the header under 'point'."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if cells:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_terminal_table_shows_goodput_when_slos_are_set(tmp_path):
+    """The synthetic engine's first token comes after 20 ms: an SLO of TTFT 5 ms is met by no
+    request (goodput 0), one of 5 s by every request (goodput = req/s)."""
+    common = ["bench", "--engine", "synthetic", "--model", "tiny-llama", "--ttft-ms", "20", "--itl-ms", "1",
+              "--input-len", "8", "--output-len", "4", "--num-requests", "4", "--no-plots",
+              "--results-dir", str(tmp_path)]
+    res = hb(*common, "--concurrency", "1,2", "--slo", "ttft=5", "--run-name", "slo")
+    assert res.returncode == 0, res.stderr
+    rows = _table_rows(res.stdout)
+    col = rows["point"].index("goodput req/s")
+    summary = json.loads((tmp_path / "slo" / "summary.json").read_text())
+    for p in summary["points"]:
+        assert p["goodput"] == 0 and rows[f"concurrency={p['concurrency']}"][col] == "0"
+
+    res = hb(*common, "--concurrency", "1", "--slo", "ttft=5000,e2e=5000", "--run-name", "met")
+    assert res.returncode == 0, res.stderr
+    rows = _table_rows(res.stdout)
+    req_s, goodput = (rows["concurrency=1"][rows["point"].index(c)] for c in ("req/s", "goodput req/s"))
+    assert goodput == req_s != "0"
+
+    from harness.report import terminal_columns  # without --slo a point has no goodput: no column
+
+    assert "goodput req/s" not in [name for name, _ in terminal_columns([{"concurrency": 1}])]
