@@ -422,9 +422,15 @@ def write_plots(folder: RunFolder, entries: list[Entry]) -> list[str]:
     def xs(pts):
         return [lk[1] if math.isfinite(lk[1]) else top for lk, _ in pts]
 
+    has_inf = any(not math.isfinite(lk[1]) for _, pts in series for lk, _ in pts)
+
     def scale(ax):  # concurrency 1, 8, 64...: evenly spaced on a log axis
         if finite and min(finite) > 0 and max(finite) / min(finite) >= 4:
             ax.set_xscale("log", base=2)
+        if has_inf:  # rate=inf sits at `top`: its tick says inf
+            from harness.report import tick_inf
+
+            tick_inf(ax, finite, top)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for label, pts in series:

@@ -228,7 +228,8 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     xs = [float("inf") if p[kind] == "inf" else float(p[kind]) for p in ok]
     finite = [x for x in xs if math.isfinite(x)]
     top = (max(finite) * 2) if finite else 1.0
-    xs = [x if math.isfinite(x) else top for x in xs]  # plot inf at the right edge
+    has_inf = any(not math.isfinite(x) for x in xs)
+    xs = [x if math.isfinite(x) else top for x in xs]  # plot inf at the right edge, ticked "inf"
     out_dir = run.path / "plots"
     out_dir.mkdir(exist_ok=True)
     made = []
@@ -238,6 +239,8 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
             ax.plot(xs, [_d(p, key, stat) for p in ok], marker="o", label=stat)
         ax.set_title(f"{title} (ms)")
         ax.set_xlabel(kind)
+        if has_inf:
+            tick_inf(ax, finite, top)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -248,6 +251,8 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     ax.plot(xs, [p.get("output_throughput") for p in ok], marker="o", label="output tok/s")
     ax.plot(xs, [p.get("total_token_throughput") for p in ok], marker="s", label="total tok/s")
     ax.set_xlabel(kind)
+    if has_inf:
+        tick_inf(ax, finite, top)
     ax.set_ylabel("tokens/s")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -256,3 +261,13 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     plt.close(fig)
     made.append("throughput.png")
     return made
+
+
+def tick_inf(ax, finite: list[float], at: float) -> None:
+    """rate=inf is drawn at `at` (beyond every finite rate): tick the rates swept, that one "inf",
+    so the point is not read as a rate of `at` requests/s."""
+    from matplotlib.ticker import NullLocator
+
+    ticks = sorted(set(finite))
+    ax.set_xticks(ticks + [at], [f"{v:g}" for v in ticks] + ["inf"])
+    ax.xaxis.set_minor_locator(NullLocator())  # a log axis would label its minor ticks otherwise

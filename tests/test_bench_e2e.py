@@ -131,3 +131,35 @@ def test_terminal_table_shows_goodput_when_slos_are_set(tmp_path):
     from harness.report import terminal_columns  # without --slo a point has no goodput: no column
 
     assert "goodput req/s" not in [name for name, _ in terminal_columns([{"concurrency": 1}])]
+
+
+def test_rate_inf_is_ticked_inf_in_the_plots(tmp_path, monkeypatch):
+    """rate=inf is drawn right of the highest finite rate (at 2x it): its tick must say "inf", in
+    bench's plots and in compare's. A real rate sweep (synthetic engine); the figures are caught
+    as the plot code closes them."""
+    res = hb("bench", "--engine", "synthetic", "--model", "tiny-llama", "--ttft-ms", "1", "--itl-ms", "1",
+             "--rate", "4,16,inf", "--input-len", "8", "--output-len", "4", "--num-requests", "3",
+             "--no-plots", "--results-dir", str(tmp_path), "--run-name", "r")
+    assert res.returncode == 0, res.stderr
+    import matplotlib.pyplot as plt
+
+    from harness.compare import read_run, write_plots as compare_plots
+    from harness.report import write_plots
+    from harness.results import RunFolder
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    run = RunFolder(tmp_path / "r")
+    assert write_plots(run, run.read_json("summary.json")["points"]) == ["latency.png", "throughput.png"]
+    entry = read_run(run)
+    entry.label = "synthetic"
+    assert compare_plots(run, [entry]) == ["compare_throughput.png", "compare_latency.png"]
+    axes = [ax for fig in figs for ax in fig.axes]
+    assert len(axes) == 3 + 1 + 2 + 3
+    for ax in axes:
+        ticks = dict(zip(ax.get_xticks(), (t.get_text() for t in ax.get_xticklabels())))
+        assert ticks == {4: "4", 16: "16", 32: "inf"}, (ax.get_title(), ticks)
+        assert ax.get_xaxis().get_minorticklabels() == [] or not any(
+            t.get_text() for t in ax.get_xaxis().get_minorticklabels())
+        plotted = {x for line in ax.get_lines() for x in line.get_xdata()}
+        assert plotted == {4, 16, 32}  # inf at 2x the highest finite rate, where its tick is
