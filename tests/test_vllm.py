@@ -450,3 +450,40 @@ def test_server_command_uses_the_vllm_interpreter(tmp_path):
     cmd = VLLMConfig(speculative="draft:" + model).server_command("127.0.0.1", 8123, model)
     assert cmd[:3] == [py, "-m", SERVER_MODULE]
     assert spec_json(cmd)["model"] == model
+
+
+# ------------------------------------------------------------------ API key (real server)
+
+VLLM_KEY = "vllm-test-key-51c9"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_api_key_required_and_passed_by_bench(tiny_model, tmp_path):
+    """vLLM started with --api-key: /v1 without or with a wrong bearer key is 401, the right one
+    works, /health stays open; `bench --url ... --api-key` sends it on every request; the key is in
+    neither the engine log nor any file of the bench's run folder. (One start-up, ~30 s on CPU.)"""
+    from conftest import start_server
+
+    with start_server("vllm", tiny_model, tmp_path, api_key=VLLM_KEY, **EAGER) as server:
+        url = server.base_url
+        right = {"Authorization": f"Bearer {VLLM_KEY}"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": VLLM_KEY}):
+            assert httpx.get(f"{url}/models", headers=headers, timeout=30).status_code == 401
+            r = httpx.post(f"{url}/completions", headers=headers, timeout=30,
+                           json={"model": server.model, "prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 401
+        assert httpx.get(f"{url}/models", headers=right, timeout=30).status_code == 200
+        assert httpx.get(url.removesuffix("/v1") + "/health", timeout=30).status_code == 200
+        res = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "bench", "--url", url, "--model", server.model,
+             "--tokenizer", str(tiny_model), "--api-key", VLLM_KEY, "--concurrency", "2", "--input-len", "8",
+             "--output-len", "4", "--num-requests", "4", "--no-plots", "--results-dir", str(tmp_path / "r"),
+             "--run-name", "keyed"], capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    run = tmp_path / "r" / "keyed"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["points"][0]["completed"] == 4
+    assert summary["engine_info"]["engine"] == "vllm"  # GET /v1/engine, behind the key too
+    for f in [server.log_path, *run.rglob("*")]:
+        assert not f.is_file() or VLLM_KEY.encode() not in f.read_bytes(), f
