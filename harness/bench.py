@@ -87,6 +87,7 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     }
     run_dir.write_json("summary.json", summary)
     baseline = telemetry.used_memory()  # idle GPU memory before the engine starts
+    current: dict = {}  # the sweep point in progress and its finished records
     try:
         with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
             summary["served_model"] = endpoint.model
@@ -99,16 +100,18 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
             tokenizer = load_tokenizer(tok_src) if (tok_src and cfg.workload.dataset is None) else None
             requests = build_requests(cfg.workload, tokenizer)
             asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
-                               progress))
+                               progress, current))
         if spec_off is not None:
             _spec_baseline(cfg, spec_off, run_dir, summary, progress)
         summary["status"] = "complete"
     except KeyboardInterrupt:
+        _keep_partial_point(cfg, summary, current)
         summary["status"] = "incomplete"
         summary["reason"] = "interrupted"
         raise Interrupted(f"bench interrupted: {len(run_dir.records())} finished request(s) kept in "
                           f"{run_dir.path}, marked incomplete") from None
     except HyperbenchError as e:
+        _keep_partial_point(cfg, summary, current)
         summary["status"] = "incomplete" if summary["points"] else "failed"
         summary["reason"] = str(e)
         raise
@@ -130,7 +133,18 @@ def _engine_info(endpoint) -> dict | None:
     return asyncio.run(get())
 
 
-async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline, progress) -> None:
+def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:
+    """The point a stop cut short: its finished requests summarized (they are in records.jsonl
+    too), marked `partial` with the number of requests it was to send, so summary.json does not
+    lose them. Over the finished requests only: the cut-off ones' work is not in the throughput."""
+    if not current.get("records") or len(summary["points"]) > current["index"]:
+        return  # nothing finished yet, or the point was summarized whole before the stop
+    summary["points"].append({current["kind"]: current["value"], "partial": True,
+                              "planned_requests": current["planned"], **summarize(current["records"], cfg.slo)})
+
+
+async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline, progress,
+                 current: dict) -> None:
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
                             timeout=cfg.load.timeout_s) as client:
         for i in range(cfg.workload.warmup):
@@ -139,11 +153,13 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
-        for kind, value in cfg.load.points():
+        for index, (kind, value) in enumerate(cfg.load.points()):
             task = progress.start(kind, value, len(requests)) if progress else None
+            current.update(index=index, kind=kind, value=value, planned=len(requests), records=[])
 
             def on_record(rec: RequestRecord) -> None:
                 run_dir.append_record(rec.to_json())
+                current["records"].append(rec)
                 if progress:
                     progress.advance(task)
 

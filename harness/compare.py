@@ -332,7 +332,8 @@ def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
             for name, f in SPEED_COLUMNS:
                 v = f(p)
                 cells.append(f"**{fmt(v)}**" if v is not None and best.get(name) == v else fmt(v))
-            lines.append(f"| {e.label} | {p.get('completed', 0)}/{p.get('requests', 0)} | " + " | ".join(cells) + " |")
+            ok = f"{p.get('completed', 0)}/{p.get('requests', 0)}" + (" (partial)" if p.get("partial") else "")
+            lines.append(f"| {e.label} | {ok} | " + " | ".join(cells) + " |")
     if bench:
         lines += ["", "Best per column in bold (highest throughput, lowest latency)."]
     if score:
@@ -394,7 +395,8 @@ def _find(e: Entry, point: dict) -> dict | None:
 def _best(entries: list[Entry], point: dict) -> dict:
     best = {}
     for name, f in SPEED_COLUMNS:
-        values = [v for e in entries if (p := _find(e, point)) and p.get("completed") and (v := f(p)) is not None]
+        values = [v for e in entries if (p := _find(e, point)) and p.get("completed") and not p.get("partial")
+                  and (v := f(p)) is not None]
         if len(values) > 1:
             best[name] = max(values) if ("tok/s" in name or "req/s" in name) else min(values)
     return best

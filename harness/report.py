@@ -79,6 +79,11 @@ def point_label(p: dict) -> str:
     return "?"
 
 
+def row_label(p: dict) -> str:
+    """A table row's point: its load, and "(partial)" when a stop cut it short (harness/bench.py)."""
+    return point_label(p) + (" (partial)" if p.get("partial") else "")
+
+
 def fmt(v) -> str:
     if v is None:
         return "-"
@@ -94,7 +99,7 @@ def points_table(points: list[dict], with_goodput: bool = False) -> str:
     head = "| point | ok/total | " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "---|" * (len(cols) + 2)
     rows = [
-        f"| {point_label(p)} | {p.get('completed', 0)}/{p.get('requests', 0)} | "
+        f"| {row_label(p)} | {p.get('completed', 0)}/{p.get('requests', 0)} | "
         + " | ".join(fmt(f(p)) for _, f in cols) + " |"
         for p in points
     ]
@@ -127,6 +132,10 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         points_table(points, with_goodput=any("goodput" in p for p in points)),
         "",
     ]
+    for p in points:
+        if p.get("partial"):
+            lines.append(f"- {row_label(p)}: cut short; {p.get('requests', 0)} of {p.get('planned_requests')} "
+                         "requests finished, and its numbers are over those only.")
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")

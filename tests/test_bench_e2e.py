@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -163,3 +164,45 @@ def test_rate_inf_is_ticked_inf_in_the_plots(tmp_path, monkeypatch):
             t.get_text() for t in ax.get_xaxis().get_minorticklabels())
         plotted = {x for line in ax.get_lines() for x in line.get_xdata()}
         assert plotted == {4, 16, 32}  # inf at 2x the highest finite rate, where its tick is
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_point_is_summarized_as_partial(tmp_path, sig):
+    """A stop during the second sweep point: the first point is summarized whole, the second over
+    its finished requests, marked partial with the requests it was to send; the run stays
+    incomplete. (It used to get no entry: `points` lacked what records.jsonl held.) The synthetic
+    engine: 20 streams at once finish in ~0.2 s, then one at a time take ~0.2 s each."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "bench", "--engine", "synthetic", "--model", "tiny-llama",
+         "--ttft-ms", "5", "--itl-ms", "20", "--concurrency", "20,1", "--input-len", "8", "--output-len", "10",
+         "--num-requests", "20", "--slo", "e2e=60000", "--results-dir", str(tmp_path), "--run-name", "cut",
+         "--no-plots"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's foreground job
+    records = tmp_path / "cut" / "records.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (records.exists() and records.read_text().count("\n") >= 23):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+    kept = [json.loads(x) for x in records.read_text().splitlines()]
+    second = [r for r in kept if r["point"] == "concurrency=1"]
+    assert len(kept) - len(second) == 20 and 3 <= len(second) < 20
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "incomplete" and summary["reason"] == "interrupted"
+    whole, partial = summary["points"]
+    assert whole["concurrency"] == 20 and whole["completed"] == 20 and "partial" not in whole
+    assert partial["concurrency"] == 1 and partial["partial"] is True and partial["planned_requests"] == 20
+    assert partial["requests"] == partial["completed"] == len(second) and partial["failed"] == 0
+    assert partial["output_tokens"] == 10 * len(second) and partial["output_throughput"] > 0
+    assert partial["e2e_ms"]["p50"] == pytest.approx(5 + 9 * 20, abs=60)
+    assert partial["goodput"] == partial["request_throughput"]  # the SLOs are applied to it too
+    report = (tmp_path / "cut" / "report.md").read_text()
+    assert f"| concurrency=1 (partial) | {len(second)}/{len(second)} |" in report
+    assert f"concurrency=1 (partial): cut short; {len(second)} of 20 requests finished" in report
