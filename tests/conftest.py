@@ -67,7 +67,22 @@ ENGINE_PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module", params=ENGINE_PARAMS)
+# the wire contract also on the real model (slow tier): the same tests on smollm2-135m, fp32
+# (hf: its bf16 weights upcast; llama.cpp: converted to an f32 GGUF), against transformers
+SMOLLM2_CONTRACT_PARAMS = [
+    pytest.param("hf:smollm2-135m", id="hf-smollm2", marks=pytest.mark.slow),
+    pytest.param("llamacpp:smollm2-135m", id="llamacpp-smollm2", marks=[pytest.mark.llamacpp, pytest.mark.slow]),
+]
+
+
+@pytest.fixture(scope="module", params=ENGINE_PARAMS + SMOLLM2_CONTRACT_PARAMS)
 def engine_server(request, tiny_model, tmp_path_factory):
-    with start_server(request.param, tiny_model, tmp_path_factory.mktemp("engine")) as server:
+    kind, _, model = request.param.partition(":")
+    if model:
+        from harness.models import resolve_model
+
+        model_path = Path(resolve_model(model).path)
+    else:
+        model_path = tiny_model
+    with start_server(kind, model_path, tmp_path_factory.mktemp("engine")) as server:
         yield server
