@@ -165,8 +165,9 @@ def test_chat_bench_on_the_hf_engine(tmp_path, tiny_model):
 
     n, input_len, seed = 4, 12, 3
     res = hb("bench", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--chat",
-             "--concurrency", "2", "--input-len", str(input_len), "--output-len", "5", "--num-requests",
-             str(n), "--seed", str(seed), "--no-plots", "--results-dir", str(tmp_path), "--run-name", "chat")  # fmt: skip
+             "--concurrency", "2", "--input-len", str(input_len), "--output-len", "5",
+             "--num-requests", str(n), "--seed", str(seed), "--no-plots", "--results-dir", str(tmp_path),
+             "--run-name", "chat")  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = tmp_path / "chat"
     summary = json.loads((run / "summary.json").read_text())
