@@ -75,14 +75,21 @@ SMOLLM2_CONTRACT_PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module", params=ENGINE_PARAMS + SMOLLM2_CONTRACT_PARAMS)
-def engine_server(request, tiny_model, tmp_path_factory):
-    kind, _, model = request.param.partition(":")
+def serve_param(param: str, tiny_model: Path, tmp_path_factory):
+    """'kind' (the tiny model) or 'kind:model' (a built-in model) -> a running server."""
+    kind, _, model = param.partition(":")
     if model:
         from harness.models import resolve_model
 
         model_path = Path(resolve_model(model).path)
     else:
         model_path = tiny_model
-    with start_server(kind, model_path, tmp_path_factory.mktemp("engine")) as server:
+    return start_server(kind, model_path, tmp_path_factory.mktemp("engine"))
+
+
+# every engine on the tiny model (tests of other areas that need a server); tests/contract
+# overrides it with the smollm2-135m parameters added
+@pytest.fixture(scope="module", params=ENGINE_PARAMS)
+def engine_server(request, tiny_model, tmp_path_factory):
+    with serve_param(request.param, tiny_model, tmp_path_factory) as server:
         yield server
