@@ -16,23 +16,11 @@ import httpx
 import pytest
 
 from conftest import start_server
+from tests.test_cli_errors import hb
+from tests.test_tune_errors import assert_one_line_error
 
 PROMPTS = ["Hello world", "The quick brown fox jumps over the lazy dog", "Once upon a time",
            "1 2 3 4", "a", "What is the capital of France? The capital is"]  # fmt: skip
-
-
-def hb(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def assert_one_line_error(res, *needles):
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr, res.stderr
-    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("error: "), res.stderr
-    for n in needles:
-        assert n in err[0], err[0]
 
 
 def greedy(base_url, prompt, max_tokens=24, **extra) -> dict:
