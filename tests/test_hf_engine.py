@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import start_server
+from tests.conftest import start_server
 from tests.test_cli_errors import hb
 from tests.test_tune_errors import assert_one_line_error
 

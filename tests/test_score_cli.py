@@ -109,7 +109,7 @@ def test_engine_without_prompt_logprobs_asked_for_mmlu(staged, tmp_path):
 
 @pytest.fixture(scope="module")
 def hf_server(tiny_model, tmp_path_factory):
-    from conftest import start_server
+    from tests.conftest import start_server
 
     with start_server("hf", tiny_model, tmp_path_factory.mktemp("engine")) as server:
         yield server

@@ -278,7 +278,7 @@ REPETITIVE = "one two three four five six seven eight " * 4
 
 @pytest.fixture(scope="module")
 def ngram_server(tiny_model, tmp_path_factory):
-    from conftest import start_server
+    from tests.conftest import start_server
 
     with start_server("vllm", tiny_model, tmp_path_factory.mktemp("vllm-ngram"), **NGRAM, **EAGER) as server:
         yield server
@@ -410,7 +410,7 @@ def make_w8a8_checkpoint(src: Path, dst: Path) -> Path:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_int8_w8a8_checkpoint_serves(tiny_model, tmp_path):
-    from conftest import start_server
+    from tests.conftest import start_server
 
     w8a8 = make_w8a8_checkpoint(tiny_model, tmp_path / "tiny-w8a8")
     with start_server("vllm", w8a8, tmp_path, quant="int8", **EAGER) as server:
@@ -463,7 +463,7 @@ def test_api_key_required_and_passed_by_bench(tiny_model, tmp_path):
     """vLLM started with --api-key: /v1 without or with a wrong bearer key is 401, the right one
     works, /health stays open; `bench --url ... --api-key` sends it on every request; the key is in
     neither the engine log nor any file of the bench's run folder. (One start-up, ~30 s on CPU.)"""
-    from conftest import start_server
+    from tests.conftest import start_server
 
     with start_server("vllm", tiny_model, tmp_path, api_key=VLLM_KEY, **EAGER) as server:
         url = server.base_url
