@@ -19,6 +19,7 @@ from backends.hf import graphs  # noqa: E402
 from backends.hf.engine import Scheduler  # noqa: E402
 from backends.hf.loading import LoadSettings, load  # noqa: E402
 from backends.hf.sampling import SamplingParams  # noqa: E402
+from backends.hf.speculative import Speculator  # noqa: E402
 from tests.test_hf_speculative import Engine, assert_same, prompts  # noqa: E402
 
 
@@ -79,6 +80,93 @@ def test_what_decodes_eagerly_says_why(target):
         cfg.model_type = old
 
 
+class SpecStaticEngine(Engine):
+    """Speculating with `draft`, the target verifying and the draft proposing through static
+    decoders (as the server builds them on a GPU: the target `k + 1` tokens wide, the draft 2)."""
+
+    def __init__(self, target, draft, k, target_cols, draft_cols, capture=False, device="cpu", **compiling):
+        self.target_decoder = graphs.StaticDecoder(target.model, max_batch=8, max_cols=target_cols,
+                                                   capture=capture, max_width=k + 1, **compiling)  # fmt: skip
+        self.draft_decoder = graphs.StaticDecoder(draft.model, max_batch=8, max_cols=draft_cols,
+                                                  capture=capture, max_width=2, **compiling)  # fmt: skip
+        self.spec = Speculator(draft.model, k=k, confidence_threshold=0.0, vocab_size=target.vocab_size,
+                               draft_vocab_size=draft.vocab_size, eos_ids=target.eos_ids,
+                               max_len=target.max_len, graphs=self.draft_decoder)  # fmt: skip
+        self.s = Scheduler(target.model, eos_ids=target.eos_ids, pad_id=target.pad_id,
+                           vocab_size=target.vocab_size, max_batch_size=8, max_len=target.max_len,
+                           device=device, speculator=self.spec, graphs=self.target_decoder)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def other_draft():
+    """tiny-llama of another seed: the same tokenizer, other weights (few drafts accepted)."""
+    from harness.models import ensure_tiny_llama
+
+    return load(LoadSettings(str(ensure_tiny_llama(seed=1).path), dtype="float32", device="cpu"))
+
+
+@pytest.mark.parametrize("stagger", [0, 3])
+def test_speculation_through_static_decoders_gives_the_target_tokens(target, other_draft, monkeypatch, stagger):
+    """Greedy speculation is the target's own greedy text: with a draft that is mostly wrong
+    (rejected drafts leave holes, compaction rebuilds the caches, rows join and leave), through
+    the target's k+1-wide verification step and the draft's 1- and 2-wide steps; 96 target
+    columns: the 64-token prompt's row outgrows them (eager verification), then leaves."""
+    monkeypatch.setattr(graphs, "COL_STEP", 32)
+    with Engine(target) as e:
+        want = e.run(prompts(), GREEDY, stagger=stagger)
+    with SpecStaticEngine(target, other_draft, k=3, target_cols=96, draft_cols=128) as e:
+        got = e.run(prompts(), GREEDY, stagger=stagger)
+    assert_same(got, want)
+    c, t, d = e.spec.counters, e.target_decoder, e.draft_decoder
+    assert c.compactions > 0 and c.draft_tokens > c.accepted_tokens, c.as_dict()
+    assert t.steps >= 5 and t.eager_steps > 0, t.info()  # both ways of verifying ran
+    groups = 1 if stagger == 0 else -(-len(prompts()) // stagger)  # a group's draft prefill is eager
+    assert d.steps + d.eager_steps == c.draft_forward_passes - groups and d.steps > 20, d.info()
+
+
+def test_self_draft_through_static_decoders_accepts_everything(target):
+    """The target as its own draft: every draft kept, the verification 5 tokens wide."""
+    with Engine(target) as e:
+        want = e.run(prompts(), GREEDY)
+    with SpecStaticEngine(target, target, k=4, target_cols=128, draft_cols=128) as e:
+        got = e.run(prompts(), GREEDY)
+    assert_same(got, want)
+    c = e.spec.counters
+    assert c.accepted_tokens == c.draft_tokens and c.verify_forward_passes == 8
+    assert e.target_decoder.eager_steps == 0 and e.draft_decoder.eager_steps == 0
+
+
+def test_sampled_speculation_through_static_decoders_matches_eager_speculation(target, other_draft):
+    params = [SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=7 + i, ignore_eos=True,
+                             repetition_penalty=1.3) for i in range(6)]  # fmt: skip
+    with Engine(target, draft=other_draft.model, k=3) as e:
+        want = e.run(prompts(6, seed=1), params)
+    with SpecStaticEngine(target, other_draft, k=3, target_cols=128, draft_cols=128) as e:
+        got = e.run(prompts(6, seed=1), params)
+    assert [o["ids"] for o in got] == [o["ids"] for o in want]
+    assert e.target_decoder.eager_steps == 0 and e.draft_decoder.eager_steps == 0
+
+
+def test_no_step_waits_for_the_compiler(target, monkeypatch):
+    """torch.compile specializes dimensions of size 1, so a step of 8 rows x 2 tokens after
+    start-up saw only 1-row, 1-token steps recompiled mid-run (7.5 s on the H100). Start-up
+    compiles every specialization; then no step of any rows x width compiles anything. (Dynamo
+    only traces here, backend "eager": the same guards and recompilations, no code generated.)"""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(graphs, "COL_STEP", 32)
+    torch._dynamo.reset()
+    compiling = {"compile": True, "compile_backend": "eager"}
+    with SpecStaticEngine(target, target, k=3, target_cols=128, draft_cols=128, **compiling) as e:
+        assert e.target_decoder.compiled is not None and e.draft_decoder.compiled is not None
+        compiled = counters["stats"]["unique_graphs"]
+        assert compiled >= 3
+        e.run(prompts(), GREEDY, stagger=3)  # 1 to 8 rows
+    assert set(e.target_decoder.info()["steps_by_width"]) >= {3, 4}  # verifying 2 or 3 drafts
+    assert set(e.draft_decoder.info()["steps_by_width"]) == {1, 2}
+    assert counters["stats"]["unique_graphs"] == compiled
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("stagger", [0, 3])
 def test_cuda_graphs_give_the_eager_tokens(tiny_model, monkeypatch, stagger):
@@ -103,3 +191,29 @@ def test_cuda_graphs_give_the_eager_tokens(tiny_model, monkeypatch, stagger):
     assert_same(got, want)
     assert_same(again, want)
     assert decoder.graphs and decoder.eager_steps > 0, decoder.info()
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_speculating_give_the_target_tokens(tiny_model, monkeypatch):
+    """Speculation with both models' steps captured and replayed (a GPU machine only)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from harness.models import ensure_tiny_llama
+
+    gpu = load(LoadSettings(str(tiny_model), dtype="float32", device="cuda"))
+    draft = load(LoadSettings(str(ensure_tiny_llama(seed=1).path), dtype="float32", device="cuda"))
+    monkeypatch.setattr(graphs, "COL_STEP", 32)
+
+    class CudaEngine(Engine):
+        def __init__(self):
+            self.spec = None
+            self.s = Scheduler(gpu.model, eos_ids=gpu.eos_ids, pad_id=gpu.pad_id, vocab_size=gpu.vocab_size,
+                               max_batch_size=8, max_len=gpu.max_len, device="cuda")  # fmt: skip
+
+    with CudaEngine() as e:
+        want = e.run(prompts(), GREEDY, stagger=3)
+    with SpecStaticEngine(gpu, draft, k=3, target_cols=96, draft_cols=128, capture=True, device="cuda") as e:
+        got = e.run(prompts(), GREEDY, stagger=3)
+    assert_same(got, want)
+    assert e.target_decoder.graphs and e.draft_decoder.graphs
+    assert any(w == 4 for _, _, w in e.target_decoder.graphs), e.target_decoder.info()

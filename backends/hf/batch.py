@@ -36,6 +36,7 @@ class Batch:
         self.draft_cache: DynamicCache | None = None  # the draft's KV: every column but the last
         self.pending = None  # [B] long, the token of the last target column (speculating only)
         self.homed = False  # cache layers are views of graphs.StaticDecoder's buffer
+        self.draft_homed = False  # the same for the draft's cache and the draft's decoder
         self.refresh()
 
     def __len__(self) -> int:
@@ -62,7 +63,7 @@ class Batch:
     def keep(self, keep: list[int]) -> None:
         """Only keep rows `keep` (in order), then trim columns that are padding everywhere."""
         index = torch.tensor(keep, device=self.mask.device)
-        self.homed = False
+        self.homed = self.draft_homed = False
         self.rows = [self.rows[i] for i in keep]
         self.mask = self.mask.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
@@ -93,7 +94,7 @@ class Batch:
         """Squeeze masked-out columns out of every row (left-padding again to the longest row).
         The last column stays, hole or not: the draft cache is defined as all columns but it."""
         length = self.kv_len
-        self.homed = False
+        self.homed = self.draft_homed = False
         valid = self.mask.bool()
         valid[:, -1] = True
         new_len = int(valid.sum(1).max())
@@ -118,7 +119,7 @@ class Batch:
     def merge(self, other: Batch) -> None:
         """Append the rows of `other` (a freshly prefilled group) to this batch."""
         length = max(self.kv_len, other.kv_len)
-        self.homed = False
+        self.homed = self.draft_homed = False
 
         def left_pad(x, to, dim):  # pad dimension `dim` (from the end) on the left with zeros
             missing = to - x.shape[dim]

@@ -371,15 +371,25 @@ class Scheduler:
         width = k + 1
         b.mask = torch.cat([b.mask, b.mask.new_ones((len(b), width))], dim=1)
         steps = torch.arange(width, device=self.device)
-        out = self.model(
-            input_ids=torch.cat([b.last[:, None], drafts.tokens], dim=1),
-            attention_mask=b.mask,
-            position_ids=(b.positions[:, None] + steps).clamp(max=self.max_len - 1),
-            past_key_values=b.cache,
-            use_cache=True,
-        )
-        logits = out.logits.float()
-        del out
+        ids = torch.cat([b.last[:, None], drafts.tokens], dim=1)
+        positions = (b.positions[:, None] + steps).clamp(max=self.max_len - 1)
+        logits = None
+        g = self.graphs
+        if g is not None and g.failed is None and g.fits(len(b), b.kv_len, width):
+            try:
+                logits = g.run(b.cache, b.homed, ids, positions, b.mask).float()
+                b.homed = True
+            except Exception as exc:  # as in _decode: eagerly from now on
+                log.exception("graphed verification step failed; decoding eagerly from now on")
+                g.failed = f"{type(exc).__name__}: {exc}"
+        if logits is None:
+            out = self.model(input_ids=ids, attention_mask=b.mask, position_ids=positions,
+                             past_key_values=b.cache, use_cache=True)  # fmt: skip
+            logits = out.logits.float()
+            del out
+            b.homed = False
+            if g is not None:
+                g.eager_steps += 1
         params = [s.params for s in b.rows]
         n_out = [len(s.out_ids) for s in b.rows]
         accepted, tokens = accept(logits, drafts, b.t, b.seen, b.flags, params, n_out, self.eos_ids)

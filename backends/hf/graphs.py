@@ -13,8 +13,11 @@ launches them all at once. Graphs need fixed shapes and fixed addresses, so:
 - one graph per (batch bucket, column bucket): rows are padded up to the next bucket size
   (padding rows compute garbage that nobody reads), columns to the next multiple of
   `COL_STEP` (attention over masked-out columns costs little next to reading the weights);
-- every step writes its new K/V at the same column for all rows (the batch's new last column),
-  so one `index_copy_` with a column index held in a static tensor serves every row;
+- every step writes its new K/V at the same columns for all rows (the batch's new last
+  columns), so one `index_copy_` with column indices held in a static tensor serves every row;
+- a step reads `width` new tokens per row (1 for plain decoding; with speculative decoding,
+  k + 1 when the target verifies `[last, d1 .. dk]`, and 2 when the draft reads the token it is
+  behind by with `last`), causal among themselves: graphs are keyed by width too;
 - the step itself is written out for the Llama layout (Llama, Mistral without a sliding window,
   Qwen2), with the model's own modules (norms, projections, MLP, rotary embedding) and
   `scaled_dot_product_attention`; other architectures decode eagerly (`unsupported()` says why).
@@ -58,7 +61,10 @@ def unsupported(model) -> str | None:
 
 
 class StaticDecoder:
-    def __init__(self, model, *, max_batch: int, max_cols: int, capture: bool, compile: bool = True):
+    def __init__(self, model, *, max_batch: int, max_cols: int, capture: bool, compile: bool | None = None,
+                 max_width: int = 1, compile_backend: str = "inductor"):  # fmt: skip
+        """`compile` (default: when capturing) fuses elementwise ops with torch.compile's
+        `compile_backend` ("eager" traces without generating code: tests count compilations)."""
         self.model = model
         inner = model.model
         self.layers = list(inner.layers[: model.config.num_hidden_layers])
@@ -70,18 +76,20 @@ class StaticDecoder:
         self.gqa = model.config.num_attention_heads != self.kv_heads
         self.max_batch = max_batch
         self.max_cols = max_cols
+        self.max_width = max_width
         self.capture = capture
         shape = (max_batch, self.kv_heads, max_cols, self.head_dim)
         self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         # static inputs (graphs read them at fixed addresses)
-        self.ids = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        self.col = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.mask = torch.zeros((max_batch, max_cols), dtype=torch.bool, device=self.device)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.ids = torch.zeros((max_batch, max_width), dtype=torch.long, device=self.device)
+        self.pos = torch.zeros((max_batch, max_width), dtype=torch.long, device=self.device)
+        self.cols = torch.zeros(max_width, dtype=torch.long, device=self.device)
+        self.mask = torch.zeros((max_batch, max_width, max_cols), dtype=torch.bool, device=self.device)
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.steps = 0
+        self.steps_by_width: dict[int, int] = {}  # tokens a row per step (speculating: > 1)
         self.eager_steps = 0  # steps the batch did not fit (fell back to the eager step)
         self.qkv, self.gate_up = [], []
         for layer in self.layers:
@@ -94,12 +102,13 @@ class StaticDecoder:
         self.act = self.layers[0].mlp.act_fn
         self.compiled = None
         self.failed: str | None = None  # set when a step failed: the engine decodes eagerly since
-        if capture and compile:
+        self.compile_backend = compile_backend
+        if capture if compile is None else compile:
             self._compile()
 
     @classmethod
     def for_model(cls, model, *, max_batch: int, max_len: int, device: str, capture: bool,
-                  memory_fraction: float = 0.4):  # fmt: skip
+                  memory_fraction: float = 0.4, max_width: int = 1):  # fmt: skip
         """A decoder sized to the memory free now (`memory_fraction` of it for the KV buffer),
         or (None, why not)."""
         why = unsupported(model)
@@ -117,25 +126,32 @@ class StaticDecoder:
         cols -= cols % COL_STEP
         if cols < COL_STEP:
             return None, f"no room for a {COL_STEP}-column KV buffer of {max_batch} rows"
-        return cls(model, max_batch=max_batch, max_cols=cols, capture=capture), None
+        return cls(model, max_batch=max_batch, max_cols=cols, capture=capture, max_width=max_width), None
 
     def _compile(self) -> None:
         """Fuse the small elementwise ops of a layer (norms, rotary, SiLU-and-multiply) with
         torch.compile: each is a handful of kernels that take longer to run one after another
-        than the matrix products around them at batch 1. Compiled once with a dynamic batch
-        dimension, here at start-up; without a working compiler (no triton), they stay eager."""
+        than the matrix products around them at batch 1. Compiled here at start-up for every
+        specialization a step can hit (torch.compile specializes dimensions of size 1: a batch of
+        1 or 2+ rows, times 1 or 2+ tokens a row when speculating), so no request waits for the
+        compiler (it took 7.5 s, mid-run, on the H100); without a working compiler (no triton),
+        they stay eager."""
         import time
 
         t = time.perf_counter()
         try:
-            fns = {n: torch.compile(f, dynamic=True) for n, f in (("rms", _rms), ("rope", _rope), ("glu", _glu))}
+            fns = {n: torch.compile(f, dynamic=True, backend=self.compile_backend)
+                   for n, f in (("rms", _rms), ("rope", _rope), ("glu", _glu))}  # fmt: skip
+            widths = (1, 2) if self.max_width > 1 else (1,)
             with torch.inference_mode():
                 for nb in (1, 2):  # two sizes: the batch dimension compiles as dynamic
-                    self.mask[:nb, 0] = True
-                    self.compiled = fns
-                    self._forward(nb, COL_STEP)
+                    for w in widths:
+                        self.mask[:nb, :w, 0] = True
+                        self.compiled = fns
+                        self._forward(nb, COL_STEP, w)
             self.mask.fill_(False)
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             log.info("compiled the decode step's elementwise ops in %.0f s", time.perf_counter() - t)
         except Exception as exc:  # noqa: BLE001 (any compiler failure: decode without it)
             self.compiled = None
@@ -150,94 +166,113 @@ class StaticDecoder:
             "compiled": self.compiled is not None,
             "max_batch": self.max_batch,
             "max_cols": self.max_cols,
-            "graphs": sorted(f"{b}x{c}" for b, c in self.graphs),
+            "max_width": self.max_width,
+            "graphs": [f"{b}x{c}" + (f"x{w}" if w > 1 else "") for b, c, w in sorted(self.graphs)],
             "buffer_bytes": 2 * sum(t.numel() * t.element_size() for t in self.k),
             "steps": self.steps,
+            "steps_by_width": dict(sorted(self.steps_by_width.items())),
             "eager_steps": self.eager_steps,
         }
 
     # --- the scheduler's side ---------------------------------------------------------------------
-    def fits(self, rows: int, cols: int) -> bool:
-        return rows <= self.max_batch and cols <= self.max_cols
+    def fits(self, rows: int, cols: int, width: int = 1) -> bool:
+        return rows <= self.max_batch and cols <= self.max_cols and width <= self.max_width
 
     def step(self, b) -> torch.Tensor:
         """One decode step of batch `b` (its mask already has the new column): writes the new
         K/V into the buffer, leaves `b.cache` as views of it, returns logits [rows, vocab]."""
-        rows, cols = b.mask.shape
-        if not getattr(b, "homed", False):
-            self._home(b, cols - 1)
+        logits = self.run(b.cache, b.homed, b.last[:, None], b.positions[:, None], b.mask)
+        b.homed = True
+        return logits[:, -1]
+
+    def run(self, cache, homed: bool, ids: torch.Tensor, positions: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """`ids`/`positions` [rows, width]: the new tokens of each row, which take the last
+        `width` columns of `mask` [rows, cols] (1 where a row's column is a real token). `cache`
+        (a DynamicCache of cols - width columns, already views of the buffer when `homed`) comes
+        back as views of the buffer's cols columns. Returns logits [rows, width, vocab]."""
+        rows, width = ids.shape
+        cols = mask.shape[1]
+        if not homed:
+            self._home(cache, rows, cols - width)
         nb = next(x for x in BATCH_BUCKETS + (self.max_batch,) if x >= rows and x <= self.max_batch)
         nc = min(-(-cols // COL_STEP) * COL_STEP, self.max_cols)
-        self.ids[:rows] = b.last
-        self.pos[:rows] = b.positions
-        self.col.fill_(cols - 1)
-        self.mask[:rows, :cols] = b.mask.bool()
-        self.mask[:rows, cols:nc] = False
+        self.ids[:rows, :width] = ids
+        self.pos[:rows, :width] = positions
+        dev = self.device
+        if width == 1:  # plain decoding: the step the engine takes most, kept to few kernels
+            self.cols[:1].fill_(cols - 1)
+            self.mask[:rows, 0, :cols] = mask.bool()
+        else:  # new token j of a row sees the row's columns up to its own (cols - width + j)
+            new = torch.arange(cols - width, cols, device=dev)
+            self.cols[:width] = new
+            self.mask[:rows, :width, :cols] = mask.bool()[:, None, :] & (torch.arange(cols, device=dev) <= new[:, None])
+        self.mask[:rows, :width, cols:nc] = False
         if nb > rows:  # padding rows: a valid column keeps their softmax finite
-            self.ids[rows:nb] = 0
-            self.pos[rows:nb] = 0
-            self.mask[rows:nb, :nc] = False
-            self.mask[rows:nb, 0] = True
+            self.ids[rows:nb, :width] = 0
+            self.pos[rows:nb, :width] = 0
+            self.mask[rows:nb, :width, :nc] = False
+            self.mask[rows:nb, :width, 0] = True
         if self.capture:
-            entry = self.graphs.get((nb, nc))
+            entry = self.graphs.get((nb, nc, width))
             if entry is None:
-                entry = self.graphs[(nb, nc)] = self._capture(nb, nc)
+                entry = self.graphs[(nb, nc, width)] = self._capture(nb, nc, width)
             entry[0].replay()
             logits = entry[1][:rows]
         else:
-            logits = self._forward(nb, nc)[:rows]
+            logits = self._forward(nb, nc, width)[:rows]
         self.steps += 1
-        for layer, k, v in zip(b.cache.layers, self.k, self.v):
+        self.steps_by_width[width] = self.steps_by_width.get(width, 0) + 1
+        for layer, k, v in zip(cache.layers, self.k, self.v):
             layer.keys, layer.values = k[:rows, :, :cols], v[:rows, :, :cols]
-        b.homed = True
         return logits
 
-    def _home(self, b, cols: int) -> None:
-        rows = len(b)
-        for layer, k, v in zip(b.cache.layers, self.k, self.v):
+    def _home(self, cache, rows: int, cols: int) -> None:
+        for layer, k, v in zip(cache.layers, self.k, self.v):
             k[:rows, :, :cols].copy_(layer.keys)
             v[:rows, :, :cols].copy_(layer.values)
 
-    def _capture(self, nb: int, nc: int):
+    def _capture(self, nb: int, nc: int, width: int):
         # warm-up on a side stream (cuBLAS/cuDNN workspaces), as torch's docs do; it computes
-        # exactly this step (same inputs, same column), so it disturbs nothing
+        # exactly this step (same inputs, same columns), so it disturbs nothing
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
-            self._forward(nb, nc)
+            self._forward(nb, nc, width)
         torch.cuda.current_stream(self.device).wait_stream(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._forward(nb, nc)
-        log.info("captured a decode graph for %d rows x %d columns (%d so far)", nb, nc, len(self.graphs) + 1)
+            out = self._forward(nb, nc, width)
+        log.info("captured a decode graph for %d rows x %d columns x %d tokens (%d so far)",
+                 nb, nc, width, len(self.graphs) + 1)  # fmt: skip
         return graph, out
 
-    def _forward(self, nb: int, nc: int) -> torch.Tensor:
+    def _forward(self, nb: int, nc: int, w: int) -> torch.Tensor:
         inner = self.model.model
         rms, rope, glu = (self.compiled[n] for n in ("rms", "rope", "glu")) if self.compiled else (_rms, _rope, _glu)
-        ids, pos, col = self.ids[:nb, None], self.pos[:nb, None], self.col
-        mask = self.mask[:nb, None, None, :nc]
+        ids, pos, col = self.ids[:nb, :w], self.pos[:nb, :w], self.cols[:w]
+        mask = self.mask[:nb, None, :w, :nc]
         h = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(h, pos)
-        cos, sin = cos[:, None], sin[:, None]  # [nb, 1, 1, head_dim]
+        cos, sin = cos[:, None], sin[:, None]  # [nb, 1, w, head_dim]
         hd, nq, nkv = self.head_dim, self.q_out, self.kv_out
         for layer, kbuf, vbuf, qkv_w, gu_w in zip(self.layers, self.k, self.v, self.qkv, self.gate_up):
             attn = layer.self_attn
             ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
             qkv = F.linear(rms(h, ln1.weight, ln1.variance_epsilon), *qkv_w)
-            q = qkv[..., :nq].view(nb, 1, -1, hd).transpose(1, 2)
-            k = qkv[..., nq : nq + nkv].view(nb, 1, -1, hd).transpose(1, 2)
-            v = qkv[..., nq + nkv :].view(nb, 1, -1, hd).transpose(1, 2)
+            q = qkv[..., :nq].view(nb, w, -1, hd).transpose(1, 2)
+            k = qkv[..., nq : nq + nkv].view(nb, w, -1, hd).transpose(1, 2)
+            v = qkv[..., nq + nkv :].view(nb, w, -1, hd).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
             kbuf[:nb].index_copy_(2, col, k)
             vbuf[:nb].index_copy_(2, col, v)
             o = F.scaled_dot_product_attention(q, kbuf[:nb, :, :nc], vbuf[:nb, :, :nc], attn_mask=mask,
                                                scale=attn.scaling, enable_gqa=self.gqa)  # fmt: skip
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(nb, 1, -1))
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(nb, w, -1))
             gu = F.linear(rms(h, ln2.weight, ln2.variance_epsilon), *gu_w)
             h = h + layer.mlp.down_proj(glu(gu, self.inter, self.act))
         norm = inner.norm
-        return self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon))[:, -1, :]
+        return self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon))  # [nb, w, vocab]
 
 
 def _fuse(*linears):

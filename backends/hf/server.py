@@ -65,14 +65,23 @@ class Runtime:
         self.max_len = loaded.max_len
         self.started = int(time.time())
         self.graphs, self.graphs_off = None, "--enforce-eager"
-        if speculator is not None:
-            self.graphs_off = "speculative decoding decodes eagerly"
-        elif not str(loaded.device).startswith("cuda"):
+        self.draft_graphs_off = None
+        if not str(loaded.device).startswith("cuda"):
             self.graphs_off = f"device {loaded.device} (CUDA graphs need a GPU)"
         elif not serve.enforce_eager:
+            # speculating, the target verifies k + 1 tokens a step and the draft reads 2 at most
+            width = serve.num_speculative_tokens + 1 if speculator is not None else 1
             self.graphs, self.graphs_off = StaticDecoder.for_model(
-                loaded.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda", capture=True
-            )
+                loaded.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda",
+                capture=True, max_width=width,
+            )  # fmt: skip
+            if speculator is not None:
+                speculator.graphs, self.draft_graphs_off = StaticDecoder.for_model(
+                    draft.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda",
+                    capture=True, max_width=2,
+                )  # fmt: skip
+                if self.draft_graphs_off:
+                    log.info("the draft decodes eagerly: %s", self.draft_graphs_off)
         if self.graphs_off:
             log.info("decoding eagerly: %s", self.graphs_off)
         self.scheduler = Scheduler(
@@ -127,6 +136,8 @@ class Runtime:
             "draft_dtype": self.draft.dtype,
             "draft_weight_bytes": self.draft.weight_bytes,
             "draft_model_info": self.draft.info,
+            "draft_decode_graphs": spec.graphs.info() if spec.graphs else {
+                "enabled": False, "reason": self.draft_graphs_off or self.graphs_off},
             "counters": spec.counters.as_dict(),
         }
 

@@ -28,7 +28,7 @@ class HFConfig(EngineConfig):
     max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together.")
     enforce_eager: bool = Field(
         False, description="Decode eagerly. Otherwise, on a GPU, a non-quantized Llama/Mistral/Qwen2 "
-        "model decodes through CUDA graphs over a static KV cache (speculation decodes eagerly).",
+        "model decodes through CUDA graphs over a static KV cache (with speculation, the draft too).",
     )
     speculative: str = Field(
         "none",

@@ -82,8 +82,9 @@ class Speculator:
     """The draft model and what it needs to propose tokens for a batch (scheduler thread only)."""
 
     def __init__(self, draft, *, k: int, confidence_threshold: float, vocab_size: int,
-                 draft_vocab_size: int, eos_ids, max_len: int):  # fmt: skip
+                 draft_vocab_size: int, eos_ids, max_len: int, graphs=None):  # fmt: skip
         self.draft = draft
+        self.graphs = graphs  # graphs.StaticDecoder of the draft model (None: it decodes eagerly)
         self.k = k
         self.threshold = confidence_threshold
         self.vocab = vocab_size  # the target's: draft logits are cut or padded to it
@@ -108,8 +109,19 @@ class Speculator:
             return torch.nn.functional.pad(logits, (0, extra), value=float("-inf"))
         return logits
 
-    def _forward(self, ids, mask, positions, cache):
+    def _forward(self, ids, mask, positions, cache, b=None):
+        """Draft logits [B, V] after `ids` [B, w]; `b`: the batch whose draft cache this is (its
+        steps can take the draft's graphs; a prefill's fresh cache cannot)."""
         self.counters.draft_forward_passes += 1
+        g = self.graphs
+        if b is not None and g is not None and g.failed is None and g.fits(len(b), mask.shape[1], ids.shape[1]):
+            try:
+                logits = g.run(cache, b.draft_homed, self._ids(ids), positions, mask)[:, -1]
+                b.draft_homed = True
+                return self._fit(logits.float())
+            except Exception as exc:  # the engine's rule: eagerly from now on
+                log.exception("graphed draft step failed; the draft decodes eagerly from now on")
+                g.failed = f"{type(exc).__name__}: {exc}"
         out = self.draft(
             input_ids=self._ids(ids),
             attention_mask=mask,
@@ -118,6 +130,10 @@ class Speculator:
             use_cache=True,
             logits_to_keep=1,
         )
+        if b is not None:
+            b.draft_homed = False
+            if g is not None:
+                g.eager_steps += 1
         return self._fit(out.logits[:, -1, :].float())
 
     # --- prefill ---------------------------------------------------------------------------------
@@ -135,7 +151,7 @@ class Speculator:
     def catch_up(self, b) -> None:
         """Before a plain decode step of a speculating batch: the draft reads the token it is
         behind by, and `last` becomes the one it will be behind by after the step."""
-        self._forward(b.pending[:, None], b.mask, (b.positions - 1).clamp(min=0)[:, None], b.draft_cache)
+        self._forward(b.pending[:, None], b.mask, (b.positions - 1).clamp(min=0)[:, None], b.draft_cache, b)
         b.pending = b.last.clone()
 
     # --- proposing -------------------------------------------------------------------------------
@@ -156,7 +172,7 @@ class Speculator:
         ids = torch.stack([b.pending, b.last], dim=1)
         positions = torch.stack([b.positions - 1, b.positions], dim=1).clamp(min=0)
         mask = torch.cat([b.mask, torch.ones_like(b.mask[:, :1])], dim=1)
-        logits = self._forward(ids, mask, positions, b.draft_cache)
+        logits = self._forward(ids, mask, positions, b.draft_cache, b)
         for j in range(k_max):
             if f.min_token_rows:
                 logits = ban_stop_tokens(logits, f.min_token_rows, params, [n + j for n in n_out],
@@ -184,7 +200,7 @@ class Speculator:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = (b.positions + j + 1).clamp(max=self.max_len - 1)[:, None]
-            logits = self._forward(tok[:, None], mask, pos, b.draft_cache)
+            logits = self._forward(tok[:, None], mask, pos, b.draft_cache, b)
         return Drafts(
             tokens=torch.stack(tokens, dim=1),
             probs=torch.stack(probs, dim=1) if probs else None,

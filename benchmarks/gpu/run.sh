@@ -11,6 +11,7 @@
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
 #   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
+#                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
@@ -138,12 +139,18 @@ spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its
   "$PY" benchmarks/gpu/make_dummy.py --draft-of "$MODEL-spec" --layers "$L" --out "$MODEL-draft$L"
   # the no-speculation run is measured here on its own (bench's own baseline run is skipped if it has one)
   NOBASE=(); "$PY" -m harness.cli bench --help | grep -q -- --no-spec-baseline && NOBASE=(--no-spec-baseline)
-  for c in ${SPEC_CONCURRENCY:-1 8}; do
-    bench "hf-nospec-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
-      --concurrency "$c" --num-requests $((c * 4))
-    bench "hf-spec-k${SPEC_K:-4}-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
-      --speculative "draft:$MODEL-draft$L" --num-speculative-tokens "${SPEC_K:-4}" --assistant-confidence-threshold 0 \
-      --concurrency "$c" --num-requests $((c * 4)) "${NOBASE[@]}"
+  # both models decode through CUDA graphs (the engine's default); SPEC_EAGER=1 adds --enforce-eager runs
+  modes=(graphs); [[ -n "${SPEC_EAGER:-}" ]] && modes+=(eager)
+  for mode in "${modes[@]}"; do
+    p=hf; EAGER=()
+    [[ $mode == eager ]] && { p=hf-eager; EAGER=(--enforce-eager); }
+    for c in ${SPEC_CONCURRENCY:-1 8}; do
+      bench "$p-nospec-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+        --concurrency "$c" --num-requests $((c * 4)) "${EAGER[@]}"
+      bench "$p-spec-k${SPEC_K:-4}-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+        --speculative "draft:$MODEL-draft$L" --num-speculative-tokens "${SPEC_K:-4}" --assistant-confidence-threshold 0 \
+        --concurrency "$c" --num-requests $((c * 4)) "${NOBASE[@]}" "${EAGER[@]}"
+    done
   done
   ;;
 bandwidth)  # only the copy-bandwidth measurement setup makes (the roofline's denominator)
