@@ -165,6 +165,8 @@ def test_no_step_waits_for_the_compiler(target, monkeypatch):
     assert set(e.target_decoder.info()["steps_by_width"]) >= {3, 4}  # verifying 2 or 3 drafts
     assert set(e.draft_decoder.info()["steps_by_width"]) == {1, 2}
     assert counters["stats"]["unique_graphs"] == compiled
+    one_row = graphs.StaticDecoder(target.model, max_batch=1, max_cols=32, capture=False, **compiling)
+    assert one_row.compiled is not None  # --max-batch-size 1 keeps its fused ops too
 
 
 @pytest.mark.gpu

@@ -86,6 +86,10 @@ class StaticDecoder:
         self.pos = torch.zeros((max_batch, max_width), dtype=torch.long, device=self.device)
         self.cols = torch.zeros(max_width, dtype=torch.long, device=self.device)
         self.mask = torch.zeros((max_batch, max_width, max_cols), dtype=torch.bool, device=self.device)
+        # static output: every graph copies its logits here, so a graph's own result is a
+        # temporary its memory pool reuses (kept per graph, they would add up to buckets x width)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.out = torch.empty((max_batch, max_width, vocab), dtype=self.dtype, device=self.device)
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.steps = 0
@@ -122,7 +126,10 @@ class StaticDecoder:
             free, _ = torch.cuda.mem_get_info(p.device)
         else:
             free = 1 << 30  # the CPU static path exists for tests: a small buffer
-        cols = min(max_len, int(free * memory_fraction // per_col))
+        # the logits buffer every graph writes into ([rows, width, vocab]) comes out of that share
+        vocab = model.get_output_embeddings().weight.shape[0]
+        out_bytes = max_batch * max_width * vocab * p.element_size()
+        cols = min(max_len, int((free * memory_fraction - out_bytes) // per_col))
         cols -= cols % COL_STEP
         if cols < COL_STEP:
             return None, f"no room for a {COL_STEP}-column KV buffer of {max_batch} rows"
@@ -143,8 +150,14 @@ class StaticDecoder:
             fns = {n: torch.compile(f, dynamic=True, backend=self.compile_backend)
                    for n, f in (("rms", _rms), ("rope", _rope), ("glu", _glu))}  # fmt: skip
             widths = (1, 2) if self.max_width > 1 else (1,)
+            # one cache per function, shared by every decoder in the process (a draft's shapes
+            # add their own): room for them all, not torch's default of 8
+            cfg = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, name):
+                    setattr(cfg, name, max(getattr(cfg, name), 64))
             with torch.inference_mode():
-                for nb in (1, 2):  # two sizes: the batch dimension compiles as dynamic
+                for nb in (1, 2) if self.max_batch > 1 else (1,):  # the batch dimension compiles as dynamic
                     for w in widths:
                         self.mask[:nb, :w, 0] = True
                         self.compiled = fns
@@ -272,7 +285,9 @@ class StaticDecoder:
             gu = F.linear(rms(h, ln2.weight, ln2.variance_epsilon), *gu_w)
             h = h + layer.mlp.down_proj(glu(gu, self.inter, self.act))
         norm = inner.norm
-        return self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon))  # [nb, w, vocab]
+        out = self.out.view(-1)[: nb * w * self.out.shape[-1]].view(nb, w, -1)  # contiguous
+        out.copy_(self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon)))
+        return out  # [nb, w, vocab]
 
 
 def _fuse(*linears):
