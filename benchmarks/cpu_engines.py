@@ -42,7 +42,8 @@ def main() -> None:
         print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            rows.append(f"| {entry} | skipped: {res.stderr.strip().splitlines()[-1][:120]} |||||||")
+            why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1][:120]
+            rows.append(f"| {entry} | skipped: {why} |||||||")
             continue
         summary = json.loads((args.out / name / "summary.json").read_text())
         for p in summary["points"]:

@@ -17,7 +17,7 @@ from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.metrics import summarize
 from harness.results import SCHEMA_VERSION, RunFolder
-from harness.workload import build_requests, file_prompts, load_tokenizer
+from harness.workload import build_requests, load_tokenizer
 
 
 def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
@@ -66,8 +66,9 @@ def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path |
 def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
+    requests = None
     if cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
-        file_prompts(cfg.workload.dataset, 1, cfg.workload.seed)
+        requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
     spec_off = engine.without_speculation()  # None when the engine does not speculate
@@ -96,9 +97,9 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
             summary["engine_info"] = _engine_info(endpoint)
             if summary["engine_info"]:
                 run_dir.write_json("engine.json", summary["engine_info"])
-            tok_src = resolve_tokenizer_source(cfg, model_path)
-            tokenizer = load_tokenizer(tok_src) if (tok_src and cfg.workload.dataset is None) else None
-            requests = build_requests(cfg.workload, tokenizer)
+            if requests is None:  # synthetic prompts, of the served model's tokenizer
+                tok_src = resolve_tokenizer_source(cfg, model_path)
+                requests = build_requests(cfg.workload, load_tokenizer(tok_src) if tok_src else None)
             asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
                                progress, current))
         if spec_off is not None:
@@ -137,7 +138,7 @@ def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:
     """The point a stop cut short: its finished requests summarized (they are in records.jsonl
     too), marked `partial` with the number of requests it was to send, so summary.json does not
     lose them. Over the finished requests only: the cut-off ones' work is not in the throughput."""
-    if not current.get("records") or len(summary["points"]) > current["index"]:
+    if not current.get("records"):
         return  # nothing finished yet, or the point was summarized whole before the stop
     summary["points"].append({current["kind"]: current["value"], "partial": True,
                               "planned_requests": current["planned"], **summarize(current["records"], cfg.slo)})
@@ -153,9 +154,9 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
-        for index, (kind, value) in enumerate(cfg.load.points()):
+        for kind, value in cfg.load.points():
             task = progress.start(kind, value, len(requests)) if progress else None
-            current.update(index=index, kind=kind, value=value, planned=len(requests), records=[])
+            current.update(kind=kind, value=value, planned=len(requests), records=[])
 
             def on_record(rec: RequestRecord) -> None:
                 run_dir.append_record(rec.to_json())
@@ -175,6 +176,7 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             if spec_before is not None:
                 point["speculative"] = _spec_result(spec_before, _spec_counters(engine, endpoint))
             summary["points"].append(point)
+            current.clear()  # summarized whole: nothing partial to keep from here
             run_dir.write_json("summary.json", summary)
             if not launcher.alive():
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")

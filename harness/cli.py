@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from harness.config import SLO, BenchConfig, Load, Output, Target, Workload, build, load_yaml
+from harness.config import BenchConfig, Load, Output, Target, Workload, build, load_yaml
 from harness.errors import HyperbenchError, Interrupted
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -20,38 +20,31 @@ from harness.errors import HyperbenchError
 SCHEMA_VERSION = 1
 
 
-def _umask() -> int:
-    # Linux says it without changing it; os.umask can only be read by setting it, and a file
-    # another thread creates in between would get the wrong mode
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """A new temporary file next to `path` (to be renamed over it), opened for writing, with the
+    mode open(path, "w") would leave: the file's own if it exists, else 0o666 & ~umask (the
+    kernel applies the umask). Not mkstemp's 0o600: renamed into a run folder, that would be
+    unreadable to the other users of a shared project folder."""
+    path = Path(path)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def open_mode(path: Path) -> int:
-    """The mode open(path, "w") leaves: the file's own if it exists, else 0o666 & ~umask.
-
-    mkstemp makes 0o600 files: renamed into a run folder they would be unreadable to the other
-    users of a shared project folder.
-    """
-    try:
-        return os.stat(path).st_mode & 0o7777
+        os.fchmod(fd, os.stat(path).st_mode & 0o7777)
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        pass
+    return fd, tmp
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), open_mode(path))
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

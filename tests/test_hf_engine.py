@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -96,6 +95,7 @@ KEY = "hb-test-key-7f3a"
 @pytest.fixture(scope="module")
 def keyed_server(tiny_model, tmp_path_factory):
     """`hyperbench serve hf --api-key KEY`, as a user starts it."""
+    from harness.launchers.base import wait_healthy
     from harness.launchers.process import free_port
 
     port = free_port()
@@ -107,16 +107,7 @@ def keyed_server(tiny_model, tmp_path_factory):
                                 start_new_session=True)  # fmt: skip
     root = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_healthy(root, 300, lambda: proc.poll() is None, log.read_text)
         yield root, log
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

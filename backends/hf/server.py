@@ -69,17 +69,15 @@ class Runtime:
         if not str(loaded.device).startswith("cuda"):
             self.graphs_off = f"device {loaded.device} (CUDA graphs need a GPU)"
         elif not serve.enforce_eager:
+            def decoder(model, width):
+                return StaticDecoder.for_model(model, max_batch=serve.max_batch_size, max_len=loaded.max_len,
+                                               device="cuda", capture=True, max_width=width)  # fmt: skip
+
             # speculating, the target verifies k + 1 tokens a step and the draft reads 2 at most
             width = serve.num_speculative_tokens + 1 if speculator is not None else 1
-            self.graphs, self.graphs_off = StaticDecoder.for_model(
-                loaded.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda",
-                capture=True, max_width=width,
-            )  # fmt: skip
+            self.graphs, self.graphs_off = decoder(loaded.model, width)
             if speculator is not None:
-                speculator.graphs, self.draft_graphs_off = StaticDecoder.for_model(
-                    draft.model, max_batch=serve.max_batch_size, max_len=loaded.max_len, device="cuda",
-                    capture=True, max_width=2,
-                )  # fmt: skip
+                speculator.graphs, self.draft_graphs_off = decoder(draft.model, 2)
                 if self.draft_graphs_off:
                     log.info("the draft decodes eagerly: %s", self.draft_graphs_off)
         if self.graphs_off:

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.errors import EngineError, HyperbenchError
+from harness.errors import HyperbenchError
 from harness.launchers.base import Endpoint, Launcher, wait_healthy
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from harness.errors import HyperbenchError
-from harness.results import open_mode
+from harness.results import temp_beside
 from harness.tune.objectives import Constraint, Objective
 from harness.tune.space import SearchSpace
 
@@ -99,10 +98,9 @@ class Study:
 
     def save(self) -> None:
         """Ax writes the file in place; write a temporary file beside it and rename it over."""
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(self.path)  # the mode open() would give: others may read the run folder
         os.close(fd)
         try:
-            os.chmod(tmp, open_mode(self.path))  # not mkstemp's 0o600: others may read the run folder
             with _quiet():
                 self.client.save_to_json_file(tmp)
             with open(tmp, "rb") as f:
