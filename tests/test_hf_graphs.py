@@ -80,6 +80,26 @@ def test_what_decodes_eagerly_says_why(target):
         cfg.model_type = old
 
 
+def test_nf4_weights_take_the_static_step_int8_does_not(tiny_model, monkeypatch):
+    """bitsandbytes NF4 layers decode through the static step too (their projections unfused:
+    packed 4-bit blocks do not concatenate), token-for-token the eager NF4 engine; LLM.int8()
+    stays eager (its outlier split has data-dependent shapes) and says so."""
+    pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(graphs, "COL_STEP", 32)
+    nf4 = load(LoadSettings(str(tiny_model), dtype="float32", device="cpu", quant="nf4"))
+    assert graphs.unsupported(nf4.model) is None
+    with Engine(nf4) as e:
+        want = e.run(prompts(), GREEDY, stagger=3)
+    decoder = graphs.StaticDecoder(nf4.model, max_batch=8, max_cols=128, capture=False)
+    assert not decoder.fused
+    with StaticEngine(nf4, decoder) as e:
+        got = e.run(prompts(), GREEDY, stagger=3)
+    assert_same(got, want)
+    assert decoder.steps > 20 and decoder.eager_steps == 0, decoder.info()
+    int8 = load(LoadSettings(str(tiny_model), dtype="float32", device="cpu", quant="int8"))
+    assert "8-bit bitsandbytes" in graphs.unsupported(int8.model)
+
+
 class SpecStaticEngine(Engine):
     """Speculating with `draft`, the target verifying and the draft proposing through static
     decoders (as the server builds them on a GPU: the target `k + 1` tokens wide, the draft 2)."""
@@ -219,3 +239,27 @@ def test_cuda_graphs_speculating_give_the_target_tokens(tiny_model, monkeypatch)
     assert_same(got, want)
     assert e.target_decoder.graphs and e.draft_decoder.graphs
     assert any(w == 4 for _, _, w in e.target_decoder.graphs), e.target_decoder.info()
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_over_nf4_give_the_eager_tokens(tiny_model, monkeypatch):
+    """NF4 (bitsandbytes' gemv kernels) captured and replayed (a GPU machine with bitsandbytes)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    pytest.importorskip("bitsandbytes")
+    gpu = load(LoadSettings(str(tiny_model), dtype="float32", device="cuda", quant="nf4"))
+    monkeypatch.setattr(graphs, "COL_STEP", 32)
+
+    class CudaEngine(Engine):
+        def __init__(self, decoder=None):
+            self.spec = None
+            self.s = Scheduler(gpu.model, eos_ids=gpu.eos_ids, pad_id=gpu.pad_id, vocab_size=gpu.vocab_size,
+                               max_batch_size=8, max_len=gpu.max_len, device="cuda", graphs=decoder)  # fmt: skip
+
+    with CudaEngine() as e:
+        want = e.run(prompts(), GREEDY, stagger=3)
+    decoder = graphs.StaticDecoder(gpu.model, max_batch=8, max_cols=128, capture=True)
+    with CudaEngine(decoder) as e:
+        got = e.run(prompts(), GREEDY, stagger=3)
+    assert_same(got, want)
+    assert decoder.graphs and decoder.eager_steps == 0, decoder.info()

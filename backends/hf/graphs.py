@@ -49,8 +49,12 @@ def unsupported(model) -> str | None:
         return f"architecture {kind} (graphed decoding covers {', '.join(SUPPORTED)})"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", kind == "mistral"):
         return "a sliding-window model"
-    if getattr(cfg, "quantization_config", None) is not None or getattr(model, "is_quantized", False):
-        return "a quantized model (bitsandbytes kernels synchronize with the CPU)"
+    if _bnb_bits(model) == 8:
+        # LLM.int8() splits outlier columns out of every activation: shapes that depend on the
+        # data, read back on the CPU, which a graph cannot hold
+        return "an 8-bit bitsandbytes model (LLM.int8() picks outlier columns per call)"
+    if _bnb_bits(model) not in (None, 4):
+        return "a quantized model of an unknown kind"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "an unexpected module layout"
@@ -95,11 +99,14 @@ class StaticDecoder:
         self.steps = 0
         self.steps_by_width: dict[int, int] = {}  # tokens a row per step (speculating: > 1)
         self.eager_steps = 0  # steps the batch did not fit (fell back to the eager step)
+        # the projections of one input as one matrix product each (bitsandbytes 4-bit weights are
+        # packed blocks with their own scales, not matrices to concatenate: its layers stay apart)
+        self.fused = _bnb_bits(model) is None
         self.qkv, self.gate_up = [], []
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
-            self.qkv.append(_fuse(a.q_proj, a.k_proj, a.v_proj))
-            self.gate_up.append(_fuse(m.gate_proj, m.up_proj))
+            self.qkv.append(_fuse(a.q_proj, a.k_proj, a.v_proj) if self.fused else None)
+            self.gate_up.append(_fuse(m.gate_proj, m.up_proj) if self.fused else None)
         self.q_out = self.layers[0].self_attn.q_proj.out_features
         self.kv_out = self.layers[0].self_attn.k_proj.out_features
         self.inter = self.layers[0].mlp.up_proj.out_features
@@ -272,22 +279,44 @@ class StaticDecoder:
         for layer, kbuf, vbuf, qkv_w, gu_w in zip(self.layers, self.k, self.v, self.qkv, self.gate_up):
             attn = layer.self_attn
             ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-            qkv = F.linear(rms(h, ln1.weight, ln1.variance_epsilon), *qkv_w)
-            q = qkv[..., :nq].view(nb, w, -1, hd).transpose(1, 2)
-            k = qkv[..., nq : nq + nkv].view(nb, w, -1, hd).transpose(1, 2)
-            v = qkv[..., nq + nkv :].view(nb, w, -1, hd).transpose(1, 2)
+            x = rms(h, ln1.weight, ln1.variance_epsilon)
+            if qkv_w is not None:
+                qkv = F.linear(x, *qkv_w)
+                q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.reshape(nb, w, -1, hd).transpose(1, 2)
+            k = k.reshape(nb, w, -1, hd).transpose(1, 2)
+            v = v.reshape(nb, w, -1, hd).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
             kbuf[:nb].index_copy_(2, col, k)
             vbuf[:nb].index_copy_(2, col, v)
             o = F.scaled_dot_product_attention(q, kbuf[:nb, :, :nc], vbuf[:nb, :, :nc], attn_mask=mask,
                                                scale=attn.scaling, enable_gqa=self.gqa)  # fmt: skip
             h = h + attn.o_proj(o.transpose(1, 2).reshape(nb, w, -1))
-            gu = F.linear(rms(h, ln2.weight, ln2.variance_epsilon), *gu_w)
-            h = h + layer.mlp.down_proj(glu(gu, self.inter, self.act))
+            x = rms(h, ln2.weight, ln2.variance_epsilon)
+            if gu_w is not None:
+                gu = glu(F.linear(x, *gu_w), self.inter, self.act)
+            else:
+                gu = self.act(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x)
+            h = h + layer.mlp.down_proj(gu)
         norm = inner.norm
         out = self.out.view(-1)[: nb * w * self.out.shape[-1]].view(nb, w, -1)  # contiguous
         out.copy_(self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon)))
         return out  # [nb, w, vocab]
+
+
+def _bnb_bits(model) -> int | None:
+    """4 or 8 for a bitsandbytes model, None for one not quantized (0: quantized otherwise)."""
+    q = getattr(model.config, "quantization_config", None)
+    if q is None and not getattr(model, "is_quantized", False):
+        return None
+    get = q.get if isinstance(q, dict) else lambda n, d=None: getattr(q, n, d)
+    if get("load_in_4bit", False):
+        return 4
+    if get("load_in_8bit", False):
+        return 8
+    return 0
 
 
 def _fuse(*linears):

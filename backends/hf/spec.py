@@ -27,8 +27,8 @@ class HFConfig(EngineConfig):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together.")
     enforce_eager: bool = Field(
-        False, description="Decode eagerly. Otherwise, on a GPU, a non-quantized Llama/Mistral/Qwen2 "
-        "model decodes through CUDA graphs over a static KV cache (with speculation, the draft too).",
+        False, description="Decode eagerly. Otherwise, on a GPU, a Llama/Mistral/Qwen2 model (16/32-bit "
+        "or NF4; not INT8) decodes through CUDA graphs over a static KV cache (with speculation, the draft too).",
     )
     speculative: str = Field(
         "none",

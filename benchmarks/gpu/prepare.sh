@@ -6,6 +6,7 @@
 #     (76 MB -> ~12 MB); it is built there with CUDA (benchmarks/gpu/run.sh setup) and its
 #     convert_hf_to_gguf.py makes the GGUFs.
 # Usage: benchmarks/gpu/prepare.sh DIR [--no-bnb]
+#   BNB_CUDA=130: keep only bitsandbytes' library for that CUDA (+ CPU): 43 MB -> 3.6 MB to carry
 set -euo pipefail
 DIR=${1:?usage: prepare.sh DIR [--no-bnb]}
 mkdir -p "$DIR"
@@ -17,6 +18,12 @@ PKGS=(pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-extensions t
       fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 opentelemetry-api diskcache gguf)
 [[ "${2:-}" == --no-bnb ]] || PKGS+=(bitsandbytes==0.50.2)
 python3 -m pip download -q --no-deps --only-binary=:all: "${PLAT[@]}" -d "$DIR" "${PKGS[@]}"
+if [[ -n "${BNB_CUDA:-}" ]] && ls "$DIR"/bitsandbytes-*.whl >/dev/null 2>&1; then
+  # a wheel is a zip: drop the other CUDA/ROCm/XPU builds (pip installs what is left)
+  drop=$(unzip -Z1 "$DIR"/bitsandbytes-*.whl | grep -E 'libbitsandbytes_(cuda|rocm|xpu)' \
+         | grep -v "libbitsandbytes_cuda${BNB_CUDA}\.so" || true)
+  [[ -z "$drop" ]] || zip -q -d "$DIR"/bitsandbytes-*.whl $drop
+fi
 
 SDIST=llama_cpp_python-0.3.36.tar.gz
 if [[ ! -f "$DIR/$SDIST" ]]; then

@@ -9,7 +9,7 @@
 #   benchmarks/gpu/run.sh llamacpp           # llama.cpp F16 / Q8_0 / Q4_K_M, batch 1 and 4
 #   benchmarks/gpu/run.sh raw                # llama.cpp decode speed without the server
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
-#   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 / INT8
+#   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 (graphs, eager) / INT8
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
 #                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
@@ -125,7 +125,12 @@ bnb)
   CARRY=${2:?bnb needs the folder holding the bitsandbytes wheel}
   "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/bitsandbytes-*.whl
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
-  bench hf-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 4
+  # NF4 decodes through CUDA graphs (the engine's default; bitsandbytes' gemv at one row, its
+  # dequantize + matmul above), then eagerly; INT8 always eagerly (graphs.py says why)
+  bench hf-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 8
+  bench hf-nf4-c8 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 8 --num-requests 16
+  bench hf-eager-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --enforce-eager \
+    --concurrency 1 --num-requests 4
   bench hf-int8-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant int8 --concurrency 1 \
     --num-requests 2 --output-len 64
   ;;
