@@ -74,13 +74,13 @@ def test_parse_spec_keeps_colons_inside_an_option_value():
         "kind": "llamacpp", "quant": "q8_0", "speculative": "ngram", "num_speculative_tokens": "3"}
 
 
-def test_a_draft_model_for_llamacpp_is_llamacpps_own_one_line_error(tmp_path):
-    res = hb("agree", "--engines", "hf,llamacpp:speculative=draft:tiny-llama", "--model", "tiny-llama",
+def test_eagle_for_llamacpp_is_llamacpps_own_one_line_error(tmp_path):
+    res = hb("agree", "--engines", "hf,llamacpp:speculative=eagle:tiny-llama", "--model", "tiny-llama",
              "--results-dir", str(tmp_path / "r"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     (line,) = res.stderr.strip().splitlines()
-    assert line == ("error: llamacpp:speculative=draft:tiny-llama: speculative='draft:tiny-llama': the "
-                    "llamacpp engine supports none or ngram (a draft model: --engine hf or vllm)")
+    assert line == ("error: llamacpp:speculative=eagle:tiny-llama: speculative='eagle:tiny-llama': the "
+                    "llamacpp engine supports none, ngram or draft:<model> (EAGLE: --engine vllm)")
     assert not (tmp_path / "r").exists()  # refused before a run folder was made
 
 

@@ -215,8 +215,8 @@ def test_quant_type_the_engine_lacks(tmp_path):
 def test_speculative_setting_on_an_engine_without_it(tmp_path):
     # every engine speculates, each its own way: a mode or a setting one engine lacks is refused
     # before anything starts, with a pointer to the engine that has it
-    res = hb("bench", "--engine", "llamacpp", "--speculative", "draft:tiny-llama", "--results-dir", str(tmp_path))
-    assert_one_line_error(res, "the llamacpp engine supports none or ngram", "--engine hf or vllm")
+    res = hb("bench", "--engine", "llamacpp", "--speculative", "eagle:tiny-llama", "--results-dir", str(tmp_path))
+    assert_one_line_error(res, "the llamacpp engine supports none, ngram or draft:<model>", "--engine vllm")
     # the HF engine's draft-model setting is not an option of llama.cpp's
     res = hb("bench", "--engine", "llamacpp", "--assistant-confidence-threshold", "0.4",
              "--results-dir", str(tmp_path))
@@ -226,7 +226,7 @@ def test_speculative_setting_on_an_engine_without_it(tmp_path):
     assert_one_line_error(res, "llamacpp has no option 'assistant_confidence_threshold'")
     # a speculative setting without speculation is refused, not silently ignored
     res = hb("bench", "--engine", "llamacpp", "--num-speculative-tokens", "3", "--results-dir", str(tmp_path))
-    assert_one_line_error(res, "needs speculative decoding (--speculative ngram)")
+    assert_one_line_error(res, "needs speculative decoding (--speculative ngram or draft:<model>)")
     assert not any(tmp_path.iterdir())
 
 

@@ -329,7 +329,7 @@ def hb(*args, timeout=600):
 
 @pytest.mark.parametrize("args, message", [
     (["--engine", "hf", "--speculative", "ngram"], "the hf engine supports none or draft:<model>"),
-    (["--engine", "llamacpp", "--speculative", "draft:tiny-llama"], "the llamacpp engine supports none or ngram"),
+    (["--engine", "llamacpp", "--speculative", "eagle:tiny-llama"], "the llamacpp engine supports none, ngram or"),
     (["--engine", "hf", "--num-speculative-tokens", "3"], "--num-speculative-tokens needs speculative decoding"),
 ])  # fmt: skip
 def test_bad_speculative_flags_are_one_line_errors(tmp_path, args, message):

@@ -1,7 +1,8 @@
-"""n-gram (prompt-lookup) speculative decoding in the llama.cpp engine: the drafter, the same
-output with and without speculation (greedy and seeded; stops, min_tokens, logprobs, echo, a
-full context), the counters in GET /v1/engine, `hyperbench bench --speculative ngram` reporting
-acceptance, and one-line errors for what the engine does not do.
+"""Speculative decoding in the llama.cpp engine, n-gram (prompt lookup) and a draft model: the
+drafters, the same output with and without speculation (greedy and seeded; stops, min_tokens,
+logprobs, echo, a full context), the counters in GET /v1/engine, `hyperbench bench
+--speculative ngram|draft:<model>` reporting acceptance, and one-line errors for what the
+engine does not do.
 
 tiny-llama's random weights fall into loops within a few dozen tokens, so n-gram drafts get
 proposed and accepted without a real model.
@@ -22,8 +23,9 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: scri
 
 from backends.llamacpp.gguf import ensure_gguf  # noqa: E402
 from backends.llamacpp.spec import LlamaCppConfig  # noqa: E402
-from backends.llamacpp.speculative import NgramSettings, propose  # noqa: E402
+from backends.llamacpp.speculative import DraftSettings, NgramSettings, propose  # noqa: E402
 from harness.errors import HyperbenchError  # noqa: E402
+from harness.models import ensure_tiny_llama  # noqa: E402
 
 PROMPTS = [
     "1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2,",
@@ -51,18 +53,29 @@ def test_propose_longest_ngram_then_recent_occurrence():
 
 def test_config_declares_and_checks_ngram():
     cfg = LlamaCppConfig(speculative="ngram", num_speculative_tokens=3, ngram_max=2)
-    assert cfg.capabilities().speculative == ["ngram"]
+    assert cfg.capabilities().speculative == ["ngram", "draft:<model>"]
     cfg.check()
     cmd = cfg.server_command("127.0.0.1", 9, "/m")
     assert cmd[cmd.index("--speculative") :][:8] == [
         "--speculative", "ngram", "--num-speculative-tokens", "3", "--ngram-min", "1", "--ngram-max", "2"
     ]  # fmt: skip
     assert "--speculative" not in LlamaCppConfig().server_command("127.0.0.1", 9, "/m")
+    draft = LlamaCppConfig(speculative="draft:tiny-llama", num_speculative_tokens=5)
+    draft.check()
+    cmd = draft.server_command("127.0.0.1", 9, "/m")
+    assert cmd[cmd.index("--speculative") :][:4] == [
+        "--speculative", f"draft:{ensure_tiny_llama().path}", "--num-speculative-tokens", "5"
+    ]  # fmt: skip
+    assert "--ngram-min" not in cmd
+    off = draft.without_speculation()
+    assert (off.speculative, off.num_speculative_tokens) == ("none", 4)
     assert LlamaCppConfig().spec_counters("http://x/v1") is None  # no speculation: no counters
     for kw, msg in [
-        (dict(speculative="draft:tiny-llama"), "supports none or ngram .a draft model: --engine hf or vllm"),
-        (dict(speculative="eagle:x"), "supports none or ngram .EAGLE: --engine vllm"),
-        (dict(speculative="lookahead"), "supports none or ngram$"),
+        (dict(speculative="eagle:x"), "supports none, ngram or draft:<model> .EAGLE: --engine vllm"),
+        (dict(speculative="lookahead"), "supports none, ngram or draft:<model>$"),
+        (dict(speculative="draft:"), "supports none, ngram or draft:<model>$"),
+        (dict(speculative="draft:./no/such/draft"), "draft model path ./no/such/draft does not exist"),
+        (dict(speculative="draft:tiny-llama", ngram_min=2), "--ngram-min applies to --speculative ngram"),
         (dict(ngram_max=3), "--ngram-max needs speculative decoding"),
         (dict(num_speculative_tokens=2), "--num-speculative-tokens needs speculative decoding"),
         (dict(speculative="ngram", ngram_min=4, ngram_max=2), "ngram_min=4 must be <= ngram_max=2"),
@@ -148,6 +161,65 @@ def test_stops_echo_and_a_full_context(engines):
     assert [t.id for t in got] == [t.id for t in want]
 
 
+# --- a draft model (in process) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def draft_engines(tiny_model, engines):
+    """The target (tiny-llama, f32) drafted by itself (every draft right) and by tiny-llama of
+    another seed (the same tokenizer, other weights: most drafts wrong)."""
+    from backends.llamacpp.engine import Engine
+
+    gguf = str(ensure_gguf(tiny_model, "f32"))
+    other = str(ensure_gguf(ensure_tiny_llama(seed=1).path, "f32"))
+    kw = dict(n_ctx=256, n_batch=64, n_gpu_layers=0, n_threads=2, flash_attn=False, kv_cache_type="f32")
+    return Engine(gguf, **kw, speculative=DraftSettings(k=4, model=gguf)), \
+        Engine(gguf, **kw, speculative=DraftSettings(k=3, model=other))  # fmt: skip
+
+
+@pytest.mark.parametrize("sampling", [
+    dict(max_tokens=64, temperature=0),
+    dict(max_tokens=48, temperature=0, logprobs=2),
+    dict(max_tokens=48, temperature=0.8, top_p=0.9, repetition_penalty=1.1, seed=5),
+    dict(max_tokens=40, temperature=0, min_tokens=40, ignore_eos=True),
+], ids=["greedy", "greedy-logprobs", "seeded", "min-tokens"])  # fmt: skip
+def test_a_draft_model_changes_no_token(engines, draft_engines, sampling):
+    base, _ = engines
+    for spec in draft_engines:
+        before = spec.counters.as_dict()
+        for prompt in PROMPTS:
+            want, res_want = generate(base, prompt, **sampling)
+            got, res_got = generate(spec, prompt, **sampling)
+            assert [t.id for t in got] == [t.id for t in want], prompt
+            assert (res_got.text, res_got.finish_reason, res_got.completion_tokens) == (
+                res_want.text, res_want.finish_reason, res_want.completion_tokens)
+            if sampling.get("logprobs"):
+                assert np.allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-3)
+        after = spec.counters.as_dict()
+        drafts, drafted = after["drafts"] - before["drafts"], after["draft_tokens"] - before["draft_tokens"]
+        accepted = after["accepted_tokens"] - before["accepted_tokens"]
+        assert drafts > 0 and drafted <= spec.spec.k * drafts
+        if spec.drafter.llm.model_path == spec.llm.model_path and sampling["temperature"] == 0:
+            assert accepted == drafted  # the target drafting for itself, greedily: all kept
+        elif spec.drafter.llm.model_path != spec.llm.model_path:
+            assert accepted < drafted / 2  # another model's guesses: mostly wrong, none harmful
+
+
+def test_the_draft_follows_the_target_across_requests(draft_engines):
+    """Its context keeps the common prefix (its own rejected drafts leave), so a request that
+    shares a prompt prefix with the last one, or none, drafts from the right context: a self-draft
+    keeps every draft on every request."""
+    spec, _ = draft_engines
+    for prompt in [PROMPTS[1], PROMPTS[1] + " jumps", PROMPTS[2], PROMPTS[1]]:
+        before = spec.counters.as_dict()
+        generate(spec, prompt, max_tokens=30, temperature=0)
+        after = spec.counters.as_dict()
+        assert after["accepted_tokens"] - before["accepted_tokens"] == after["draft_tokens"] - before["draft_tokens"]
+        assert after["drafts"] - before["drafts"] >= 6  # (30 - 1) tokens in steps of at most 5
+        have = spec.drafter.llm.input_ids[: spec.drafter.llm.n_tokens]
+        assert have.tolist()[: spec.llm.n_tokens] == spec.llm.input_ids[: spec.llm.n_tokens].tolist()
+
+
 # --- the server and the harness -----------------------------------------------------------------
 
 
@@ -192,8 +264,9 @@ def hb(*args, timeout=600):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--speculative", "draft:tiny-llama"], "the llamacpp engine supports none or ngram (a draft model"),
-    (["--ngram-max", "2"], "--ngram-max needs speculative decoding (--speculative ngram)"),
+    (["--speculative", "eagle:x"], "the llamacpp engine supports none, ngram or draft:<model> (EAGLE"),
+    (["--speculative", "draft:/no/such.gguf"], "draft model path /no/such.gguf does not exist"),
+    (["--ngram-max", "2"], "--ngram-max needs speculative decoding (--speculative ngram or draft:<model>)"),
     (["--speculative", "ngram", "--ngram-min", "3", "--ngram-max", "2"], "ngram_min=3 must be <= ngram_max=2"),
     (["--speculative", "ngram", "--assistant-confidence-threshold", "0.1"],
      "--assistant-confidence-threshold is not an option of engine llamacpp"),
@@ -207,10 +280,13 @@ def test_bad_speculative_flags_are_one_line_errors(tmp_path, args, message):
     assert not any(tmp_path.iterdir())  # refused before a run folder exists
 
 
-def test_bench_reports_acceptance(tmp_path, tiny_model):
-    res = hb("bench", "--engine", "llamacpp", "--model", str(tiny_model), "--speculative", "ngram",
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_bench_reports_acceptance(tmp_path, tiny_model, method):
+    # the draft: tiny-llama itself, by its built-in name (resolved and converted like the target)
+    spec = "ngram" if method == "ngram" else "draft:tiny-llama"
+    res = hb("bench", "--engine", "llamacpp", "--model", str(tiny_model), "--speculative", spec,
              "--concurrency", "1", "--input-len", "16", "--output-len", "48", "--num-requests", "4",
-             "--results-dir", str(tmp_path), "--run-name", "spec")  # fmt: skip
+             "--results-dir", str(tmp_path), "--run-name", "spec", "--no-spec-baseline")  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = tmp_path / "spec"
     summary = json.loads((run / "summary.json").read_text())
@@ -222,7 +298,10 @@ def test_bench_reports_acceptance(tmp_path, tiny_model):
         assert 0 < s["acceptance_rate"] <= 1 and s["mean_accepted_length"] > 1
         assert len(s["acceptance_by_position"]) == 4
     info = json.loads((run / "engine.json").read_text())["speculative"]
-    assert info["method"] == "ngram" and info["num_speculative_tokens"] == 4
+    assert info["method"] == method and info["num_speculative_tokens"] == 4
+    if method == "draft_model":
+        assert info["draft_model"].endswith(".gguf") and info["draft_weight_bytes"] > 0
+        assert all(p["speculative"]["acceptance_rate"] == 1 for p in summary["points"])  # itself, greedy
 
 
 @pytest.mark.slow

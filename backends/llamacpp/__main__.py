@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
     p.add_argument("--api-key", default=None)
-    p.add_argument("--speculative", default="none", help="none or ngram (prompt lookup)")
+    p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
     p.add_argument("--num-speculative-tokens", type=int, default=4)
     p.add_argument("--ngram-min", type=int, default=None)
     p.add_argument("--ngram-max", type=int, default=None)
@@ -62,9 +62,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def speculation(args):
-    """--speculative & co. -> NgramSettings (None: off), checked as the harness checks them."""
-    from backends.llamacpp.speculative import NgramSettings
-    from backends.llamacpp.spec import LlamaCppConfig, parse_speculative
+    """--speculative & co. -> NgramSettings or DraftSettings (None: off), checked as the harness
+    checks them. A draft model that is an HF folder is converted like the target (--quant); a
+    .gguf is used as it is."""
+    from backends.llamacpp.gguf import ensure_gguf
+    from backends.llamacpp.speculative import DraftSettings, NgramSettings
+    from backends.llamacpp.spec import LlamaCppConfig, draft_model, parse_speculative
 
     try:
         cfg = LlamaCppConfig(speculative=args.speculative, n_batch=args.n_batch,
@@ -77,6 +80,9 @@ def speculation(args):
     cfg.check()
     if parse_speculative(cfg.speculative) is None:
         return None
+    if (draft := draft_model(cfg.speculative)) is not None:
+        quant = "native" if draft.endswith(".gguf") else args.quant
+        return DraftSettings(k=cfg.num_speculative_tokens, model=str(ensure_gguf(draft, quant)))
     lo, hi = cfg.ngram_range()
     return NgramSettings(k=cfg.num_speculative_tokens, ngram_min=lo, ngram_max=hi)
 
@@ -98,7 +104,7 @@ def load(args):
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
                         kv_cache_type=args.kv_cache_type, speculative=spec)  # fmt: skip
-    except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
+    except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..." (target or draft)
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
     return engine, gguf, meta
@@ -150,6 +156,18 @@ def speculative_info(engine) -> dict | None:
     spec = engine.spec
     if spec is None:
         return None
+    if engine.drafter is not None:
+        import llama_cpp
+
+        model = engine.drafter.llm._model.model
+        return {
+            "method": "draft_model",
+            "num_speculative_tokens": spec.k,
+            "draft_model": spec.model,
+            "draft_n_params": int(llama_cpp.llama_model_n_params(model)),
+            "draft_weight_bytes": int(llama_cpp.llama_model_size(model)),
+            "counters": engine.counters.as_dict(),
+        }
     return {
         "method": "ngram",
         "num_speculative_tokens": spec.k,

@@ -11,9 +11,10 @@ and `Llama.create_completion` lacks or gets wrong:
   asked, repetition_penalty over prompt + output, presence/frequency over the output only.
 - token-id prompts, text stops that never leak into the stream, and an EOS that counts as a
   generated token (vLLM's usage counts it too).
-- n-gram (prompt-lookup) speculative decoding in the same loop (backends/llamacpp/speculative.py):
-  [token, drafts...] are evaluated in one batch with a logits row each, the sampler chain draws
-  at each row in turn while the draws equal the drafts, and the rejected drafts leave the cache.
+- speculative decoding in the same loop (backends/llamacpp/speculative.py), drafts from prompt
+  lookup (n-gram) or from a draft model in a second llama.cpp context: [token, drafts...] are
+  evaluated in one batch with a logits row each, the sampler chain draws at each row in turn
+  while the draws equal the drafts, and the rejected drafts leave the cache.
 
 Private `Llama` attributes (`_ctx`, `_batch`, `_model`) are used on purpose: they are the
 documented-by-source handles of llama-cpp-python 0.3.36, pinned in pyproject.toml.
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.llamacpp.speculative import NgramSettings, SpecCounters, propose
+from backends.llamacpp.speculative import DraftModel, DraftSettings, NgramSettings, SpecCounters, propose
 
 
 @dataclass
@@ -106,7 +107,7 @@ def load_error() -> str:
 class Engine:
     def __init__(self, model_path: str, *, n_ctx: int, n_batch: int, n_gpu_layers: int,
                  n_threads: int | None, flash_attn: bool, kv_cache_type: str,
-                 speculative: NgramSettings | None = None):
+                 speculative: NgramSettings | DraftSettings | None = None):
         import llama_cpp
 
         self.lib = llama_cpp
@@ -134,6 +135,27 @@ class Engine:
         )
         self.spec = speculative
         self.counters = SpecCounters(speculative.k if speculative else 0)
+        self.drafter = None
+        if isinstance(speculative, DraftSettings):
+            # the draft in a context of its own, placed and sized as the target's
+            from harness.errors import HyperbenchError
+
+            try:
+                draft = llama_cpp.Llama(
+                    speculative.model, n_ctx=self.n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+                    n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
+                    flash_attn=flash_attn, type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
+                )  # fmt: skip
+            except ValueError as e:
+                why = load_error()
+                raise HyperbenchError(
+                    f"llama.cpp cannot load the draft model {speculative.model}: {e}" + (f" ({why})" if why else "")
+                ) from None
+            if draft.n_vocab() != self.n_vocab:
+                raise HyperbenchError(
+                    f"the draft's vocabulary ({draft.n_vocab()} tokens) is not the target's ({self.n_vocab})"
+                )
+            self.drafter = DraftModel(draft, stop_ids=self.eog_ids)
         self.lock = FifoLock()  # one llama context: one sequence at a time, first come first served
 
     # ------------------------------------------------------------------------ tokens <-> text
@@ -249,15 +271,18 @@ class Engine:
             chain.free()
 
     def _draft(self, tok: int, room: int) -> list[int]:
-        """Draft tokens to follow `tok` (at most `room`: no more can be emitted), by prompt lookup
-        over prompt + output so far."""
+        """Draft tokens to follow `tok` (at most `room`: no more can be emitted), by the draft
+        model or by prompt lookup over prompt + output so far."""
         llm, spec = self.llm, self.spec
         k = min(spec.k, room, self.n_ctx - llm.n_tokens - 1)  # [tok, drafts...] must fit
         if k <= 0:
             return []
         llm.input_ids[llm.n_tokens] = tok
         context = llm.input_ids[: llm.n_tokens + 1]
-        drafts = [int(t) for t in propose(context, k, spec.ngram_min, spec.ngram_max)]
+        if self.drafter is not None:
+            drafts = self.drafter.propose(context, k)
+        else:
+            drafts = [int(t) for t in propose(context, k, spec.ngram_min, spec.ngram_max)]
         if drafts:
             self.counters.drafted(len(drafts))
         return drafts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -12,7 +13,7 @@ from harness.errors import EngineError, HyperbenchError
 # GGUF weight types we make from an HF folder (llama_model_quantize's names, lower case)
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")
 
-SPECULATIVE_FORMS = ["ngram"]
+SPECULATIVE_FORMS = ["ngram", "draft:<model>"]
 # n-gram sizes matched when ngram_min / ngram_max are not given
 NGRAM_MIN, NGRAM_MAX = 1, 3
 
@@ -46,12 +47,14 @@ class LlamaCppConfig(EngineConfig):
 
     speculative: str = Field(
         "none",
-        description="Speculative decoding: none, or ngram (prompt lookup: the tokens that "
-        "followed the context's last n-gram where it occurred before are drafted and verified "
-        "in one batch; output identical to no speculation).",
+        description="Speculative decoding: none; ngram (prompt lookup: the tokens that "
+        "followed the context's last n-gram where it occurred before); or draft:<model> (a "
+        "smaller GGUF or HF model with the target's vocabulary proposes greedily, in its own "
+        "llama.cpp context). The drafts are verified in one batch; output identical to no "
+        "speculation.",
     )
     num_speculative_tokens: int = Field(
-        4, ge=1, le=64, description="ngram: most tokens drafted per step."
+        4, ge=1, le=64, description="Most tokens drafted per step."
     )
     ngram_min: int | None = Field(
         None, ge=1, description=f"ngram: shortest n-gram matched (default {NGRAM_MIN})."
@@ -76,13 +79,24 @@ class LlamaCppConfig(EngineConfig):
 
     def check(self) -> None:
         spec = parse_speculative(self.speculative)
+        draft = draft_model(self.speculative)
+        if draft is not None:
+            if _looks_like_path(draft) and not Path(draft).expanduser().exists():
+                raise HyperbenchError(f"draft model path {draft} does not exist")
+            fields = type(self).model_fields
+            for name in ("ngram_min", "ngram_max"):
+                if getattr(self, name) != fields[name].default:
+                    flag = "--" + name.replace("_", "-")
+                    raise HyperbenchError(f"{flag} applies to --speculative ngram, not to a draft model")
         if spec is None:
             # (a default passed along, as the container launchers pass every field, is no request)
             fields = type(self).model_fields
             for name in ("num_speculative_tokens", "ngram_min", "ngram_max"):
                 if getattr(self, name) != fields[name].default:
                     flag = "--" + name.replace("_", "-")
-                    raise HyperbenchError(f"{flag} needs speculative decoding (--speculative ngram)")
+                    raise HyperbenchError(
+                        f"{flag} needs speculative decoding (--speculative ngram or draft:<model>)"
+                    )
         lo, hi = self.ngram_range()
         if lo > hi:
             raise HyperbenchError(f"ngram_min={lo} must be <= ngram_max={hi}")
@@ -118,7 +132,15 @@ class LlamaCppConfig(EngineConfig):
             args += ["--n-threads", str(self.n_threads)]
         if self.flash_attn:
             args.append("--flash-attn")
-        if parse_speculative(self.speculative) is not None:
+        if (draft := draft_model(self.speculative)) is not None:
+            from harness.models import resolve_model
+
+            resolved = resolve_model(draft)  # a built-in name or hub id -> a local folder / GGUF
+            args += [
+                "--speculative", f"draft:{resolved.path or resolved.gguf}",
+                "--num-speculative-tokens", str(self.num_speculative_tokens),
+            ]  # fmt: skip
+        elif parse_speculative(self.speculative) is not None:
             lo, hi = self.ngram_range()
             args += [
                 "--speculative", "ngram",
@@ -162,16 +184,28 @@ class LlamaCppConfig(EngineConfig):
 
 
 def parse_speculative(text: str) -> str | None:
-    """'none' -> None; 'ngram' -> 'ngram'. Anything else: a one-line error."""
+    """'none' -> None; 'ngram' -> 'ngram'; 'draft:<model>' -> 'draft'. Anything else: a
+    one-line error."""
     text = text.strip()
     if text == "none":
         return None
     if text == "ngram":
         return text
-    mode = text.partition(":")[0]
-    hint = {
-        "draft": " (a draft model: --engine hf or vllm)",
-        "eagle": " (EAGLE: --engine vllm)",
-        "eagle3": " (EAGLE: --engine vllm)",
-    }.get(mode, "")
-    raise HyperbenchError(f"speculative={text!r}: the llamacpp engine supports none or ngram{hint}")
+    mode, sep, model = text.partition(":")
+    if mode == "draft" and sep and model.strip():
+        return mode
+    hint = {"eagle": " (EAGLE: --engine vllm)", "eagle3": " (EAGLE: --engine vllm)"}.get(mode, "")
+    raise HyperbenchError(
+        f"speculative={text!r}: the llamacpp engine supports none, ngram or draft:<model>{hint}"
+    )
+
+
+def draft_model(text: str) -> str | None:
+    """The draft model of 'draft:<model>' (None for none / ngram); other text: a one-line error."""
+    if parse_speculative(text) != "draft":
+        return None
+    return text.strip().partition(":")[2].strip()
+
+
+def _looks_like_path(name: str) -> bool:
+    return name[:1] in "./~" or name.endswith(".gguf")

@@ -1,4 +1,4 @@
-"""Prompt-lookup (n-gram) drafting for the llama.cpp engine, and its counters.
+"""Drafting for the llama.cpp engine: prompt lookup (n-gram) or a draft model, and the counters.
 
 The drafts are verified in `Engine._generate`: the target samples each position of one batch
 with the request's own sampler chain, in order, and a draft token is kept while it equals what
@@ -38,6 +38,41 @@ def propose(context: np.ndarray, k: int, ngram_min: int, ngram_max: int) -> np.n
         end = int(full[-1]) if len(full) else int(ends[0])
         return context[end : end + k]
     return context[:0]
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    k: int  # tokens drafted per step
+    model: str  # the draft's GGUF
+
+
+class DraftModel:
+    """A smaller model with the target's vocabulary in its own llama.cpp context, proposing
+    greedily (llama.cpp's speculative example and llama-server do the same: argmax drafts, then
+    the target's own sampler decides). Its context follows the target's text: each call keeps
+    the common prefix of what it has evaluated (its own rejected drafts go), evaluates the rest
+    in one batch, then one token per draft."""
+
+    def __init__(self, llm, stop_ids=()) -> None:
+        self.llm = llm  # a llama_cpp.Llama (logits_all=False: the last row is all it reads)
+        self.n_vocab = llm.n_vocab()
+        self.stop_ids = frozenset(int(t) for t in stop_ids)  # nothing is drafted past these
+
+    def propose(self, context: np.ndarray, k: int) -> list[int]:
+        llm = self.llm
+        have = llm.input_ids[: llm.n_tokens]
+        n = min(len(have), len(context))
+        diff = np.flatnonzero(have[:n] != context[:n])
+        same = int(diff[0]) if len(diff) else n
+        llm.n_tokens = min(same, len(context) - 1)  # re-evaluate >= 1 token: it makes the logits
+        llm.eval(context[llm.n_tokens :].tolist())  # (eval drops the cache past n_tokens first)
+        out: list[int] = []
+        while True:
+            row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
+            out.append(int(row.argmax()))
+            if len(out) == k or out[-1] in self.stop_ids:
+                return out
+            llm.eval(out[-1:])
 
 
 class SpecCounters:

@@ -16,6 +16,12 @@ import llama_cpp  # before numpy (see backends/llamacpp/__main__.py)
 import numpy as np
 
 
+def last_argmax(llm) -> int:
+    """The greedy token from the last logits row (llama-cpp-python 0.3.36 leaves `scores` alone
+    without logits_all: llama.cpp's own buffer is read)."""
+    return int(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).argmax())
+
+
 def main() -> None:
     for path in sys.argv[1:]:
         llm = llama_cpp.Llama(path, n_gpu_layers=-1, n_ctx=4096, flash_attn=True, verbose=False)
@@ -24,11 +30,11 @@ def main() -> None:
         for _ in range(2):  # the second pass is the one timed (CUDA graphs captured by then)
             llm.reset()
             llm.eval(prompt)
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = last_argmax(llm)
             t0 = time.perf_counter()
             for _ in range(128):
                 llm.eval([tok])
-                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                tok = last_argmax(llm)
             dt = (time.perf_counter() - t0) / 128
         size = llama_cpp.llama_model_size(llm._model.model)
         print(f"{path}: {dt * 1e3:.2f} ms/token ({1 / dt:.0f} tok/s), weights {size / 2**30:.2f} GiB", flush=True)

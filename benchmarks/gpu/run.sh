@@ -12,6 +12,7 @@
 #   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 (graphs, eager) / INT8
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
 #                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
+#   benchmarks/gpu/run.sh llamacpp-spec      # llama.cpp with a draft model (the same target and draft, GGUF)
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
@@ -57,6 +58,28 @@ bench() {  # bench NAME ARGS... : one run folder named NAME (skipped when alread
   "$PY" -m harness.cli bench --run-name "$name" "${WORK[@]}" "$@" || log "$name FAILED (rc $?)"
 }
 
+spec_models() {  # the speculation target (layers >= $1 add nothing, at full cost) and its $1-layer draft
+  "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL-spec$1" --device "${MAKE_DEVICE:-cuda}" --identity-after "$1"
+  "$PY" benchmarks/gpu/make_dummy.py --draft-of "$MODEL-spec$1" --layers "$1" --out "$MODEL-draft$1"
+}
+
+gguf() {  # gguf HF_DIR OUT.gguf TYPE: convert (f16) and quantize with llama.cpp's own tools, once
+  "$PY" - "$@" <<'EOF'
+import sys, time
+from pathlib import Path
+from backends.llamacpp.gguf import convert_hf, quantize
+model, out, q = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+if not out.is_file():
+    t = time.perf_counter()
+    f16 = out.with_name(out.stem + "-f16.gguf") if q != "f16" else out
+    if not f16.is_file():
+        convert_hf(model, f16.with_suffix(".tmp"), "f16"); f16.with_suffix(".tmp").rename(f16)
+    if q != "f16":
+        quantize(f16, out.with_suffix(".tmp"), q); out.with_suffix(".tmp").rename(out); f16.unlink()
+    print(f"{out.name} in {time.perf_counter() - t:.0f} s", flush=True)
+EOF
+}
+
 collect() {
   [[ -n "${OUT:-}" ]] || return 0
   tar -C "$GPU_DIR" -czf "$OUT/gpu_results.tgz" --exclude='records.jsonl' results 2>/dev/null || true
@@ -64,7 +87,7 @@ collect() {
 }
 trap collect EXIT
 
-case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|bandwidth|table}" in
+case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|llamacpp-spec|bandwidth|table}" in
 setup)
   CARRY=${2:?setup needs the folder prepare.sh filled}
   mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
@@ -140,8 +163,7 @@ spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its
   if (( $(df --output=avail -B1G "$GPU_DIR" | tail -1) < 20 )) && [[ -f "$GPU_DIR/gguf/f16.gguf" ]]; then
     log "disk: removing gguf/f16.gguf to make room for the speculative target"; rm -f "$GPU_DIR/gguf/f16.gguf"
   fi
-  "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL-spec" --device "${MAKE_DEVICE:-cuda}" --identity-after "$L"
-  "$PY" benchmarks/gpu/make_dummy.py --draft-of "$MODEL-spec" --layers "$L" --out "$MODEL-draft$L"
+  spec_models "$L"
   # the no-speculation run is measured here on its own (bench's own baseline run is skipped if it has one)
   NOBASE=(); "$PY" -m harness.cli bench --help | grep -q -- --no-spec-baseline && NOBASE=(--no-spec-baseline)
   # both models decode through CUDA graphs (the engine's default); SPEC_EAGER=1 adds --enforce-eager runs
@@ -150,12 +172,26 @@ spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its
     p=hf; EAGER=()
     [[ $mode == eager ]] && { p=hf-eager; EAGER=(--enforce-eager); }
     for c in ${SPEC_CONCURRENCY:-1 8}; do
-      bench "$p-nospec-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+      bench "$p-nospec-c$c" --engine hf --model "$MODEL-spec$L" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
         --concurrency "$c" --num-requests $((c * 4)) "${EAGER[@]}"
-      bench "$p-spec-k${SPEC_K:-4}-c$c" --engine hf --model "$MODEL-spec" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
+      bench "$p-spec-k${SPEC_K:-4}-c$c" --engine hf --model "$MODEL-spec$L" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" \
         --speculative "draft:$MODEL-draft$L" --num-speculative-tokens "${SPEC_K:-4}" --assistant-confidence-threshold 0 \
         --concurrency "$c" --num-requests $((c * 4)) "${NOBASE[@]}" "${EAGER[@]}"
     done
+  done
+  ;;
+llamacpp-spec)  # llama.cpp with a draft model: the spec stage's target and draft as GGUFs of one type
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  L=${SPEC_LAYERS:-2}
+  spec_models "$L"
+  mkdir -p "$GPU_DIR/gguf-spec"
+  for q in ${SPEC_QUANTS:-q8_0}; do
+    gguf "$MODEL-spec$L" "$GPU_DIR/gguf-spec/target$L-$q.gguf" "$q"
+    gguf "$MODEL-draft$L" "$GPU_DIR/gguf-spec/draft$L-$q.gguf" "$q"
+    CPP=(--engine llamacpp --model "$GPU_DIR/gguf-spec/target$L-$q.gguf" --tokenizer "$MODEL-spec$L" --n-gpu-layers -1 --flash-attn)
+    bench "llamacpp-$q-nospec-c1" "${CPP[@]}" --concurrency 1 --num-requests 4
+    bench "llamacpp-$q-spec-k${SPEC_K:-4}-c1" "${CPP[@]}" --speculative "draft:$GPU_DIR/gguf-spec/draft$L-$q.gguf" \
+      --num-speculative-tokens "${SPEC_K:-4}" --concurrency 1 --num-requests 4 --no-spec-baseline
   done
   ;;
 bandwidth)  # only the copy-bandwidth measurement setup makes (the roofline's denominator)
