@@ -9,7 +9,7 @@
 #   benchmarks/gpu/run.sh llamacpp           # llama.cpp F16 / Q8_0 / Q4_K_M, batch 1 and 4
 #   benchmarks/gpu/run.sh raw                # llama.cpp decode speed without the server
 #   benchmarks/gpu/run.sh hf                 # HF engine bf16 at concurrency 1, 8, 32
-#   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 (graphs, eager) / INT8
+#   benchmarks/gpu/run.sh bnb     CARRY      # HF engine + bitsandbytes NF4 (graphs; BNB_EAGER=1 eager too) / INT8
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
 #                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
 #   benchmarks/gpu/run.sh llamacpp-spec      # llama.cpp with a draft model (the same target and draft, GGUF)
@@ -150,11 +150,15 @@ bnb)
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] && export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
   # NF4 decodes through CUDA graphs (the engine's default; bitsandbytes' gemv at one row, its
   # dequantize + matmul above), then eagerly; INT8 always eagerly (graphs.py says why)
-  bench hf-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 8
-  bench hf-nf4-c8 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 8 --num-requests 16
-  bench hf-eager-nf4-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --enforce-eager \
-    --concurrency 1 --num-requests 4
-  bench hf-int8-c1 --engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant int8 --concurrency 1 \
+  # (BNB_MODEL: another checkpoint of the shape, e.g. the spec stage's target: same bytes, same speed)
+  M=${BNB_MODEL:-$MODEL}
+  bench hf-nf4-c1 --engine hf --model "$M" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 1 --num-requests 8
+  bench hf-nf4-c8 --engine hf --model "$M" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --concurrency 8 --num-requests 16
+  if [[ -n "${BNB_EAGER:-}" ]]; then
+    bench hf-eager-nf4-c1 --engine hf --model "$M" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant nf4 --enforce-eager \
+      --concurrency 1 --num-requests 4
+  fi
+  bench hf-int8-c1 --engine hf --model "$M" --dtype bfloat16 --device "${HF_DEVICE:-cuda}" --quant int8 --concurrency 1 \
     --num-requests 2 --output-len 64
   ;;
 spec)  # target: SHAPE with layers >= SPEC_LAYERS zeroed (same cost); draft: its first SPEC_LAYERS
