@@ -301,6 +301,7 @@ def test_bench_reports_acceptance(tmp_path, tiny_model, method):
     assert info["method"] == method and info["num_speculative_tokens"] == 4
     if method == "draft_model":
         assert info["draft_model"].endswith(".gguf") and info["draft_weight_bytes"] > 0
+        assert info["draft_kv_cache_bytes"] == json.loads((run / "engine.json").read_text())["kv_cache_bytes"]
         assert all(p["speculative"]["acceptance_rate"] == 1 for p in summary["points"])  # itself, greedy
 
 

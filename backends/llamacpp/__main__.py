@@ -114,13 +114,7 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
     import llama_cpp
 
     lib, model = llama_cpp, engine.llm._model.model
-    n_layer, n_head = lib.llama_model_n_layer(model), lib.llama_model_n_head(model)
-    n_head_kv, n_embd = lib.llama_model_n_head_kv(model), lib.llama_model_n_embd(model)
-    md = engine.llm.metadata
-    arch = meta["architecture"]
-    k_dim = int(md.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
-    v_dim = int(md.get(f"{arch}.attention.value_length", n_embd // max(n_head, 1)))
-    kv_bytes = n_layer * engine.n_ctx * n_head_kv * (k_dim + v_dim) * KV_BYTES[args.kv_cache_type]
+    kv_bytes = kv_cache_bytes(engine.llm, engine.n_ctx, args.kv_cache_type)
     on_gpu = bool(lib.llama_supports_gpu_offload()) and args.n_gpu_layers != 0
     return {
         "engine": "llamacpp",
@@ -128,7 +122,7 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "model": args.served_model_name or Path(args.model).name,
         "model_path": str(gguf),
         "source_path": str(Path(args.model).resolve()),
-        "architecture": arch,
+        "architecture": meta["architecture"],
         "dtype": meta["file_type"],
         "quantization": meta["file_type"],
         "quant_requested": args.quant,
@@ -147,11 +141,25 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "prefix_cache": True,  # the KV of the previous request's common prefix is reused
         "device": "cuda" if on_gpu else "cpu",
         "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
-        "speculative": speculative_info(engine),
+        "speculative": speculative_info(engine, args.kv_cache_type),
     }
 
 
-def speculative_info(engine) -> dict | None:
+def kv_cache_bytes(llm, n_ctx: int, kv_cache_type: str) -> int:
+    """The KV cache llama.cpp allocates up front for n_ctx tokens of `llm` (a llama_cpp.Llama)."""
+    import llama_cpp as lib
+
+    model = llm._model.model
+    n_layer, n_head = lib.llama_model_n_layer(model), lib.llama_model_n_head(model)
+    n_head_kv, n_embd = lib.llama_model_n_head_kv(model), lib.llama_model_n_embd(model)
+    md = llm.metadata
+    arch = md.get("general.architecture", "llama")
+    k_dim = int(md.get(f"{arch}.attention.key_length", n_embd // max(n_head, 1)))
+    v_dim = int(md.get(f"{arch}.attention.value_length", n_embd // max(n_head, 1)))
+    return int(n_layer * n_ctx * n_head_kv * (k_dim + v_dim) * KV_BYTES[kv_cache_type])
+
+
+def speculative_info(engine, kv_cache_type: str = "f16") -> dict | None:
     """What GET /v1/engine says of speculation; server.py refreshes `counters` per call."""
     spec = engine.spec
     if spec is None:
@@ -166,6 +174,7 @@ def speculative_info(engine) -> dict | None:
             "draft_model": spec.model,
             "draft_n_params": int(llama_cpp.llama_model_n_params(model)),
             "draft_weight_bytes": int(llama_cpp.llama_model_size(model)),
+            "draft_kv_cache_bytes": kv_cache_bytes(engine.drafter.llm, engine.n_ctx, kv_cache_type),
             "counters": engine.counters.as_dict(),
         }
     return {
