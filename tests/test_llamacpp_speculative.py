@@ -205,6 +205,26 @@ def test_a_draft_model_changes_no_token(engines, draft_engines, sampling):
             assert accepted < drafted / 2  # another model's guesses: mostly wrong, none harmful
 
 
+def test_a_draft_of_another_vocabulary_or_no_gguf_is_refused(tmp_path, tiny_model):
+    """llama.cpp's own checks (tokenizer type, BOS/EOS, size within 128, same token texts):
+    smollm2's 49,152-token vocabulary cannot draft for tiny-llama's 1,000; and a file that is
+    not a GGUF is refused before any engine starts."""
+    from backends.llamacpp.engine import Engine
+    from harness.models import resolve_model
+
+    gguf = str(ensure_gguf(tiny_model, "f32"))
+    other = str(ensure_gguf(resolve_model("smollm2-135m").path, "native"))
+    kw = dict(n_ctx=256, n_batch=64, n_gpu_layers=0, n_threads=2, flash_attn=False, kv_cache_type="f32")
+    with pytest.raises(HyperbenchError, match="cannot draft for this target: its (tokenizer is of another type|BOS|EOS|vocabulary)"):
+        Engine(gguf, **kw, speculative=DraftSettings(k=4, model=other))
+    bad = tmp_path / "draft.gguf"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(HyperbenchError, match="is not a GGUF file"):
+        LlamaCppConfig(speculative=f"draft:{bad}").check()
+    with pytest.raises(HyperbenchError, match="no config.json"):
+        LlamaCppConfig(speculative=f"draft:{tmp_path}").check()
+
+
 def test_the_draft_follows_the_target_across_requests(draft_engines):
     """Its context keeps the common prefix (its own rejected drafts leave), so a request that
     shares a prompt prefix with the last one, or none, drafts from the right context: a self-draft

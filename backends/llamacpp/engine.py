@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.llamacpp.speculative import DraftModel, DraftSettings, NgramSettings, SpecCounters, propose
+from backends.llamacpp.speculative import (
+    DraftModel,
+    DraftSettings,
+    NgramSettings,
+    SpecCounters,
+    propose,
+    vocab_mismatch,
+)
 
 
 @dataclass
@@ -151,11 +158,10 @@ class Engine:
                 raise HyperbenchError(
                     f"llama.cpp cannot load the draft model {speculative.model}: {e}" + (f" ({why})" if why else "")
                 ) from None
-            if draft.n_vocab() != self.n_vocab:
-                raise HyperbenchError(
-                    f"the draft's vocabulary ({draft.n_vocab()} tokens) is not the target's ({self.n_vocab})"
-                )
-            self.drafter = DraftModel(draft, stop_ids=self.eog_ids)
+            why = vocab_mismatch(llama_cpp, vocab, draft._model.vocab)
+            if why:
+                raise HyperbenchError(f"the draft model {speculative.model} cannot draft for this target: {why}")
+            self.drafter = DraftModel(draft, stop_ids=self.eog_ids, target_vocab=self.n_vocab)
         self.lock = FifoLock()  # one llama context: one sequence at a time, first come first served
 
     # ------------------------------------------------------------------------ tokens <-> text

@@ -81,8 +81,15 @@ class LlamaCppConfig(EngineConfig):
         spec = parse_speculative(self.speculative)
         draft = draft_model(self.speculative)
         if draft is not None:
-            if _looks_like_path(draft) and not Path(draft).expanduser().exists():
+            path = Path(draft).expanduser()
+            if _looks_like_path(draft) and not path.exists():
                 raise HyperbenchError(f"draft model path {draft} does not exist")
+            if path.is_file():
+                with path.open("rb") as f:
+                    if f.read(4) != b"GGUF":
+                        raise HyperbenchError(f"draft model {draft} is not a GGUF file")
+            if path.is_dir() and not (path / "config.json").is_file():
+                raise HyperbenchError(f"draft model {draft} is neither an HF model folder (no config.json) nor a .gguf")
             fields = type(self).model_fields
             for name in ("ngram_min", "ngram_max"):
                 if getattr(self, name) != fields[name].default:

@@ -53,10 +53,12 @@ class DraftModel:
     the common prefix of what it has evaluated (its own rejected drafts go), evaluates the rest
     in one batch, then one token per draft."""
 
-    def __init__(self, llm, stop_ids=()) -> None:
+    def __init__(self, llm, stop_ids=(), target_vocab: int | None = None) -> None:
         self.llm = llm  # a llama_cpp.Llama (logits_all=False: the last row is all it reads)
         self.n_vocab = llm.n_vocab()
         self.stop_ids = frozenset(int(t) for t in stop_ids)  # nothing is drafted past these
+        # ids the target does not have end a draft before them (sizes may differ a little)
+        self.target_vocab = target_vocab or self.n_vocab
 
     def propose(self, context: np.ndarray, k: int) -> list[int]:
         llm = self.llm
@@ -69,10 +71,36 @@ class DraftModel:
         out: list[int] = []
         while True:
             row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(self.n_vocab,))
-            out.append(int(row.argmax()))
+            tok = int(row.argmax())
+            if tok >= self.target_vocab:
+                return out
+            out.append(tok)
             if len(out) == k or out[-1] in self.stop_ids:
                 return out
             llm.eval(out[-1:])
+
+
+VOCAB_SIZE_SLACK = 128  # llama.cpp's common/speculative.cpp: sizes may differ by this much
+
+
+def vocab_mismatch(lib, target_vocab, draft_vocab) -> str | None:
+    """Why the draft's tokens are not the target's (None: they are), with the checks of
+    llama.cpp's own speculative decoding: tokenizer type, BOS/EOS ids and whether BOS is added,
+    sizes within VOCAB_SIZE_SLACK, and the same text for every token id from 5 on that both have."""
+    t_n, d_n = lib.llama_vocab_n_tokens(target_vocab), lib.llama_vocab_n_tokens(draft_vocab)
+    if lib.llama_vocab_type(target_vocab) != lib.llama_vocab_type(draft_vocab):
+        return "its tokenizer is of another type"
+    for what, fn in (("BOS", lib.llama_vocab_bos), ("EOS", lib.llama_vocab_eos),
+                     ("add-BOS", lib.llama_vocab_get_add_bos)):  # fmt: skip
+        if fn(target_vocab) != fn(draft_vocab):
+            return f"its {what} differs ({fn(draft_vocab)} vs {fn(target_vocab)})"
+    if abs(t_n - d_n) > VOCAB_SIZE_SLACK:
+        return f"its vocabulary has {d_n} tokens, the target's {t_n}"
+    for i in range(5, min(t_n, d_n)):
+        if lib.llama_vocab_get_text(target_vocab, i) != lib.llama_vocab_get_text(draft_vocab, i):
+            return f"token {i} is {lib.llama_vocab_get_text(draft_vocab, i)!r}, the target's " \
+                f"{lib.llama_vocab_get_text(target_vocab, i)!r}"  # fmt: skip
+    return None
 
 
 class SpecCounters:

@@ -20,9 +20,12 @@ PKGS=(pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-extensions t
 python3 -m pip download -q --no-deps --only-binary=:all: "${PLAT[@]}" -d "$DIR" "${PKGS[@]}"
 if [[ -n "${BNB_CUDA:-}" ]] && ls "$DIR"/bitsandbytes-*.whl >/dev/null 2>&1; then
   # a wheel is a zip: drop the other CUDA/ROCm/XPU builds (pip installs what is left)
-  drop=$(unzip -Z1 "$DIR"/bitsandbytes-*.whl | grep -E 'libbitsandbytes_(cuda|rocm|xpu)' \
-         | grep -v "libbitsandbytes_cuda${BNB_CUDA}\.so" || true)
-  [[ -z "$drop" ]] || zip -q -d "$DIR"/bitsandbytes-*.whl $drop
+  whl=("$DIR"/bitsandbytes-*.whl)
+  (( ${#whl[@]} == 1 )) || { echo "prepare.sh: several bitsandbytes wheels in $DIR" >&2; exit 2; }
+  unzip -Z1 "$whl" | grep -qx "bitsandbytes/libbitsandbytes_cuda${BNB_CUDA}\.so" \
+    || { echo "prepare.sh: $whl has no libbitsandbytes_cuda${BNB_CUDA}.so (BNB_CUDA=130 for CUDA 13.0)" >&2; exit 2; }
+  drop=$(unzip -Z1 "$whl" | grep -E 'libbitsandbytes_(cuda|rocm|xpu)' | grep -v "libbitsandbytes_cuda${BNB_CUDA}\.so" || true)
+  [[ -z "$drop" ]] || zip -q -d "$whl" $drop
 fi
 
 SDIST=llama_cpp_python-0.3.36.tar.gz

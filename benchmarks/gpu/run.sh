@@ -190,11 +190,11 @@ llamacpp-spec)  # llama.cpp with a draft model: the spec stage's target and draf
   spec_models "$L"
   mkdir -p "$GPU_DIR/gguf-spec"
   for q in ${SPEC_QUANTS:-q8_0}; do
-    gguf "$MODEL-spec$L" "$GPU_DIR/gguf-spec/target$L-$q.gguf" "$q"
-    gguf "$MODEL-draft$L" "$GPU_DIR/gguf-spec/draft$L-$q.gguf" "$q"
-    CPP=(--engine llamacpp --model "$GPU_DIR/gguf-spec/target$L-$q.gguf" --tokenizer "$MODEL-spec$L" --n-gpu-layers -1 --flash-attn)
+    gguf "$MODEL-spec$L" "$GPU_DIR/gguf-spec/$SHAPE-target$L-$q.gguf" "$q"
+    gguf "$MODEL-draft$L" "$GPU_DIR/gguf-spec/$SHAPE-draft$L-$q.gguf" "$q"
+    CPP=(--engine llamacpp --model "$GPU_DIR/gguf-spec/$SHAPE-target$L-$q.gguf" --tokenizer "$MODEL-spec$L" --n-gpu-layers -1 --flash-attn)
     bench "llamacpp-$q-nospec-c1" "${CPP[@]}" --concurrency 1 --num-requests 4
-    bench "llamacpp-$q-spec-k${SPEC_K:-4}-c1" "${CPP[@]}" --speculative "draft:$GPU_DIR/gguf-spec/draft$L-$q.gguf" \
+    bench "llamacpp-$q-spec-k${SPEC_K:-4}-c1" "${CPP[@]}" --speculative "draft:$GPU_DIR/gguf-spec/$SHAPE-draft$L-$q.gguf" \
       --num-speculative-tokens "${SPEC_K:-4}" --concurrency 1 --num-requests 4 --no-spec-baseline
   done
   ;;
