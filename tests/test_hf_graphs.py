@@ -189,6 +189,15 @@ def test_no_step_waits_for_the_compiler(target, monkeypatch):
     assert one_row.compiled is not None  # --max-batch-size 1 keeps its fused ops too
 
 
+class CudaEngine(Engine):
+    """The engine on a GPU, decoding through `decoder` (None: eagerly)."""
+
+    def __init__(self, loaded, decoder=None):
+        self.spec = None
+        self.s = Scheduler(loaded.model, eos_ids=loaded.eos_ids, pad_id=loaded.pad_id, vocab_size=loaded.vocab_size,
+                           max_batch_size=8, max_len=loaded.max_len, device="cuda", graphs=decoder)  # fmt: skip
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("stagger", [0, 3])
 def test_cuda_graphs_give_the_eager_tokens(tiny_model, monkeypatch, stagger):
@@ -198,16 +207,10 @@ def test_cuda_graphs_give_the_eager_tokens(tiny_model, monkeypatch, stagger):
     gpu = load(LoadSettings(str(tiny_model), dtype="float32", device="cuda"))
     monkeypatch.setattr(graphs, "COL_STEP", 32)
 
-    class CudaEngine(Engine):
-        def __init__(self, decoder=None):
-            self.spec = None
-            self.s = Scheduler(gpu.model, eos_ids=gpu.eos_ids, pad_id=gpu.pad_id, vocab_size=gpu.vocab_size,
-                               max_batch_size=8, max_len=gpu.max_len, device="cuda", graphs=decoder)  # fmt: skip
-
-    with CudaEngine() as e:
+    with CudaEngine(gpu) as e:
         want = e.run(prompts(), GREEDY, stagger=stagger)
     decoder = graphs.StaticDecoder(gpu.model, max_batch=8, max_cols=96, capture=True)
-    with CudaEngine(decoder) as e:
+    with CudaEngine(gpu, decoder) as e:
         got = e.run(prompts(), GREEDY, stagger=stagger)
         again = e.run(prompts(), GREEDY, stagger=stagger)  # replays of graphs captured already
     assert_same(got, want)
@@ -226,13 +229,7 @@ def test_cuda_graphs_speculating_give_the_target_tokens(tiny_model, monkeypatch)
     draft = load(LoadSettings(str(ensure_tiny_llama(seed=1).path), dtype="float32", device="cuda"))
     monkeypatch.setattr(graphs, "COL_STEP", 32)
 
-    class CudaEngine(Engine):
-        def __init__(self):
-            self.spec = None
-            self.s = Scheduler(gpu.model, eos_ids=gpu.eos_ids, pad_id=gpu.pad_id, vocab_size=gpu.vocab_size,
-                               max_batch_size=8, max_len=gpu.max_len, device="cuda")  # fmt: skip
-
-    with CudaEngine() as e:
+    with CudaEngine(gpu) as e:
         want = e.run(prompts(), GREEDY, stagger=3)
     with SpecStaticEngine(gpu, draft, k=3, target_cols=96, draft_cols=128, capture=True, device="cuda") as e:
         got = e.run(prompts(), GREEDY, stagger=3)
@@ -250,16 +247,10 @@ def test_cuda_graphs_over_nf4_give_the_eager_tokens(tiny_model, monkeypatch):
     gpu = load(LoadSettings(str(tiny_model), dtype="float32", device="cuda", quant="nf4"))
     monkeypatch.setattr(graphs, "COL_STEP", 32)
 
-    class CudaEngine(Engine):
-        def __init__(self, decoder=None):
-            self.spec = None
-            self.s = Scheduler(gpu.model, eos_ids=gpu.eos_ids, pad_id=gpu.pad_id, vocab_size=gpu.vocab_size,
-                               max_batch_size=8, max_len=gpu.max_len, device="cuda", graphs=decoder)  # fmt: skip
-
-    with CudaEngine() as e:
+    with CudaEngine(gpu) as e:
         want = e.run(prompts(), GREEDY, stagger=3)
     decoder = graphs.StaticDecoder(gpu.model, max_batch=8, max_cols=128, capture=True)
-    with CudaEngine(decoder) as e:
+    with CudaEngine(gpu, decoder) as e:
         got = e.run(prompts(), GREEDY, stagger=3)
     assert_same(got, want)
     assert decoder.graphs and decoder.eager_steps == 0, decoder.info()

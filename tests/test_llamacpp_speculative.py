@@ -106,6 +106,18 @@ def generate(engine, prompt, **sampling):
     return [s.token for s in steps], result
 
 
+def assert_same_generation(base, spec, prompt, sampling):
+    """The speculating engine emits the plain engine's tokens, text, finish and logprobs."""
+    want, res_want = generate(base, prompt, **sampling)
+    got, res_got = generate(spec, prompt, **sampling)
+    assert [t.id for t in got] == [t.id for t in want], prompt
+    assert (res_got.text, res_got.finish_reason, res_got.completion_tokens) == (
+        res_want.text, res_want.finish_reason, res_want.completion_tokens)
+    if sampling.get("logprobs"):  # a batched forward pass: equal up to float rounding
+        assert np.allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-3)
+        assert [[i for i, _ in t.top] for t in got] == [[i for i, _ in t.top] for t in want]
+
+
 @pytest.mark.parametrize("sampling, accepts", [
     (dict(max_tokens=80, temperature=0), True),
     (dict(max_tokens=80, temperature=0, logprobs=2), True),
@@ -119,14 +131,7 @@ def test_same_tokens_with_and_without_speculation(engines, sampling, accepts):
     base, spec = engines
     before = spec.counters.as_dict()
     for prompt in PROMPTS:
-        want, res_want = generate(base, prompt, **sampling)
-        got, res_got = generate(spec, prompt, **sampling)
-        assert [t.id for t in got] == [t.id for t in want], prompt
-        assert (res_got.text, res_got.finish_reason, res_got.completion_tokens) == (
-            res_want.text, res_want.finish_reason, res_want.completion_tokens)
-        if sampling.get("logprobs"):  # a batched forward pass: equal up to float rounding
-            assert np.allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-3)
-            assert [[i for i, _ in t.top] for t in got] == [[i for i, _ in t.top] for t in want]
+        assert_same_generation(base, spec, prompt, sampling)
     after = spec.counters.as_dict()
     assert after["drafts"] > before["drafts"]
     assert (after["accepted_tokens"] > before["accepted_tokens"]) == accepts
@@ -188,13 +193,7 @@ def test_a_draft_model_changes_no_token(engines, draft_engines, sampling):
     for spec in draft_engines:
         before = spec.counters.as_dict()
         for prompt in PROMPTS:
-            want, res_want = generate(base, prompt, **sampling)
-            got, res_got = generate(spec, prompt, **sampling)
-            assert [t.id for t in got] == [t.id for t in want], prompt
-            assert (res_got.text, res_got.finish_reason, res_got.completion_tokens) == (
-                res_want.text, res_want.finish_reason, res_want.completion_tokens)
-            if sampling.get("logprobs"):
-                assert np.allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-3)
+            assert_same_generation(base, spec, prompt, sampling)
         after = spec.counters.as_dict()
         drafts, drafted = after["drafts"] - before["drafts"], after["draft_tokens"] - before["draft_tokens"]
         accepted = after["accepted_tokens"] - before["accepted_tokens"]
