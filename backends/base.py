@@ -102,6 +102,20 @@ def python_module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def looks_like_path(name: str) -> bool:
+    """A model name meant as a local path (not a built-in name or hub id)."""
+    return name[:1] in "./~" or name.endswith(".gguf")
+
+
+def resolve_draft(name: str) -> str:
+    """A draft model (built-in name, local folder or .gguf, hub id where the hub is reachable)
+    -> a local path (its HF folder where it has one), staged like the target model."""
+    from harness.models import resolve_model
+
+    resolved = resolve_model(name)
+    return str(resolved.path or resolved.gguf)
+
+
 SPEC_COUNTERS = ("drafts", "draft_tokens", "accepted_tokens")
 
 

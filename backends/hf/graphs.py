@@ -49,11 +49,12 @@ def unsupported(model) -> str | None:
         return f"architecture {kind} (graphed decoding covers {', '.join(SUPPORTED)})"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", kind == "mistral"):
         return "a sliding-window model"
-    if _bnb_bits(model) == 8:
+    bits = _bnb_bits(model)
+    if bits == 8:
         # LLM.int8() splits outlier columns out of every activation: shapes that depend on the
         # data, read back on the CPU, which a graph cannot hold
         return "an 8-bit bitsandbytes model (LLM.int8() picks outlier columns per call)"
-    if _bnb_bits(model) not in (None, 4):
+    if bits not in (None, 4):
         return "a quantized model of an unknown kind"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, python_module_cmd
+from backends.base import (
+    ALL_SAMPLING_PARAMS,
+    Capabilities,
+    EngineConfig,
+    looks_like_path,
+    python_module_cmd,
+    resolve_draft,
+)
 from harness.errors import EngineError, HyperbenchError
 
 SPECULATIVE_FORMS = ["draft:<model>"]
@@ -72,7 +79,7 @@ class HFConfig(EngineConfig):
             if given:
                 flag = "--" + given[0].replace("_", "-")
                 raise HyperbenchError(f"{flag} needs speculative decoding (--speculative draft:<model>)")
-        elif _looks_like_path(draft) and not Path(draft).expanduser().exists():
+        elif looks_like_path(draft) and not Path(draft).expanduser().exists():
             raise HyperbenchError(f"draft model path {draft} does not exist")
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
@@ -130,16 +137,3 @@ def parse_speculative(text: str) -> str | None:
         return model.strip()
     hint = " (n-gram and EAGLE speculation: --engine vllm)" if mode in ("ngram", "eagle", "eagle3") else ""
     raise HyperbenchError(f"speculative={text!r}: the hf engine supports none or draft:<model>{hint}")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name[:1] in "./~" or name.endswith(".gguf")
-
-
-def resolve_draft(name: str) -> str:
-    """A draft model (built-in name, local folder or .gguf, hub id where the hub is reachable)
-    -> a local path, staged like the target model."""
-    from harness.models import resolve_model
-
-    resolved = resolve_model(name)
-    return str(resolved.path or resolved.gguf)

@@ -120,14 +120,18 @@ class Engine:
         self.lib = llama_cpp
         capture_llama_log(llama_cpp)
         kv_type = getattr(llama_cpp, f"GGML_TYPE_{kv_cache_type.upper()}")
-        self.llm = llama_cpp.Llama(
-            model_path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
-            # one thread count for prompt and decode, as llama.cpp's -t (left alone, llama-cpp-python
-            # takes half the CPUs for decode and all of them for prompts)
-            n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
-            flash_attn=flash_attn,
-            type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
-        )  # fmt: skip
+
+        def open_model(path: str, n_ctx: int):  # the target, and a draft placed and sized alike
+            return llama_cpp.Llama(
+                path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+                # one thread count for prompt and decode, as llama.cpp's -t (left alone, llama-cpp-python
+                # takes half the CPUs for decode and all of them for prompts)
+                n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
+                flash_attn=flash_attn,
+                type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
+            )  # fmt: skip
+
+        self.llm = open_model(model_path, n_ctx)
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = self.llm.n_ctx()
         vocab = self.llm._model.vocab
@@ -148,11 +152,7 @@ class Engine:
             from harness.errors import HyperbenchError
 
             try:
-                draft = llama_cpp.Llama(
-                    speculative.model, n_ctx=self.n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
-                    n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
-                    flash_attn=flash_attn, type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
-                )  # fmt: skip
+                draft = open_model(speculative.model, self.n_ctx)
             except ValueError as e:
                 why = load_error()
                 raise HyperbenchError(

@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, python_module_cmd
+from backends.base import (
+    ALL_SAMPLING_PARAMS,
+    Capabilities,
+    EngineConfig,
+    looks_like_path,
+    python_module_cmd,
+    resolve_draft,
+)
 from harness.errors import EngineError, HyperbenchError
 
 # GGUF weight types we make from an HF folder (llama_model_quantize's names, lower case)
@@ -82,7 +89,7 @@ class LlamaCppConfig(EngineConfig):
         draft = draft_model(self.speculative)
         if draft is not None:
             path = Path(draft).expanduser()
-            if _looks_like_path(draft) and not path.exists():
+            if looks_like_path(draft) and not path.exists():
                 raise HyperbenchError(f"draft model path {draft} does not exist")
             if path.is_file():
                 with path.open("rb") as f:
@@ -140,11 +147,8 @@ class LlamaCppConfig(EngineConfig):
         if self.flash_attn:
             args.append("--flash-attn")
         if (draft := draft_model(self.speculative)) is not None:
-            from harness.models import resolve_model
-
-            resolved = resolve_model(draft)  # a built-in name or hub id -> a local folder / GGUF
             args += [
-                "--speculative", f"draft:{resolved.path or resolved.gguf}",
+                "--speculative", f"draft:{resolve_draft(draft)}",
                 "--num-speculative-tokens", str(self.num_speculative_tokens),
             ]  # fmt: skip
         elif parse_speculative(self.speculative) is not None:
@@ -213,6 +217,3 @@ def draft_model(text: str) -> str | None:
         return None
     return text.strip().partition(":")[2].strip()
 
-
-def _looks_like_path(name: str) -> bool:
-    return name[:1] in "./~" or name.endswith(".gguf")
