@@ -185,6 +185,7 @@ class StaticDecoder:
             "failed": self.failed,
             "cuda_graphs": self.capture,
             "compiled": self.compiled is not None,
+            "attention": "sdpa",  # the step's own, whatever --attn serves prefill and eager steps with
             "max_batch": self.max_batch,
             "max_cols": self.max_cols,
             "max_width": self.max_width,

@@ -83,6 +83,8 @@ def preflight(s: LoadSettings) -> None:
     if s.attn == "flash_attention_2":
         if resolve_device(s.device) != "cuda" or importlib.util.find_spec("flash_attn") is None:
             raise HyperbenchError(FLASH_ATTN_HINT)
+        if s.dtype == "float32":
+            raise HyperbenchError("flash_attention_2 runs in float16 or bfloat16, not float32: use --dtype bfloat16")
     if s.load_format == "dummy" and s.quant != "none":
         raise HyperbenchError("--load-format dummy cannot be combined with --quant")
     if s.quant != "none" and importlib.util.find_spec("bitsandbytes") is None:

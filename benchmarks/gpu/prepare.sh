@@ -5,6 +5,10 @@
 #   - llama-cpp-python's source tarball, slimmed of llama.cpp's models/docs/media/benches
 #     (76 MB -> ~12 MB); it is built there with CUDA (benchmarks/gpu/run.sh setup) and its
 #     convert_hf_to_gguf.py makes the GGUFs.
+#   - in DIR/fa2/: flash-attn's source tarball cut to a head-dim-128 inference build
+#     (slim_flash_attn.py: 8.4 -> 2.5 MB, minutes to compile) and the wheels its build needs
+#     (ninja, wheel, einops); built there by `run.sh fa2 DIR`. Reading flash-attn's metadata
+#     imports torch, so this part needs torch installed here (FA2=0 skips it).
 # Usage: benchmarks/gpu/prepare.sh DIR [--no-bnb]
 #   BNB_CUDA=130: keep only bitsandbytes' library for that CUDA (+ CPU): 43 MB -> 3.6 MB to carry
 set -euo pipefail
@@ -37,6 +41,16 @@ if [[ ! -f "$DIR/$SDIST" ]]; then
   rm -rf "$v/models" "$v/docs" "$v/media" "$v/benches" "$v/.git" "$tmp/llama_cpp_python-0.3.36/.git"
   mkdir -p "$v/models"  # CMake globs nothing there when tests/examples are off
   tar -C "$tmp" -czf "$DIR/$SDIST" llama_cpp_python-0.3.36
+  rm -rf "$tmp"
+fi
+FA=flash_attn-2.8.3.tar.gz
+if [[ "${FA2:-1}" != 0 && ! -f "$DIR/fa2/$FA" ]]; then
+  tmp=$(mktemp -d)
+  mkdir -p "$DIR/fa2"
+  FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+    -d "$tmp" flash-attn==2.8.3
+  python3 benchmarks/gpu/slim_flash_attn.py "$tmp/$FA" "$DIR/fa2/$FA"
+  python3 -m pip download -q --no-deps --only-binary=:all: "${PLAT[@]}" -d "$DIR/fa2" ninja wheel einops
   rm -rf "$tmp"
 fi
 du -sh "$DIR"/* | sort -h

@@ -13,6 +13,7 @@
 #   benchmarks/gpu/run.sh spec               # HF speculative decoding, a draft that agrees (make_dummy.py)
 #                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
 #   benchmarks/gpu/run.sh llamacpp-spec      # llama.cpp with a draft model (the same target and draft, GGUF)
+#   benchmarks/gpu/run.sh fa2     CARRY      # build flash-attn (slim, prepare.sh); HF engine FA2 vs SDPA
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
@@ -87,7 +88,7 @@ collect() {
 }
 trap collect EXIT
 
-case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|llamacpp-spec|bandwidth|table}" in
+case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|llamacpp-spec|fa2|bandwidth|table}" in
 setup)
   CARRY=${2:?setup needs the folder prepare.sh filled}
   mkdir -p "$SITE" "$GPU_DIR/wheels" "$HYPERBENCH_CACHE/wheels"
@@ -196,6 +197,54 @@ llamacpp-spec)  # llama.cpp with a draft model: the spec stage's target and draf
     bench "llamacpp-$q-nospec-c1" "${CPP[@]}" --concurrency 1 --num-requests 4
     bench "llamacpp-$q-spec-k${SPEC_K:-4}-c1" "${CPP[@]}" --speculative "draft:$GPU_DIR/gguf-spec/$SHAPE-draft$L-$q.gguf" \
       --num-speculative-tokens "${SPEC_K:-4}" --concurrency 1 --num-requests 4 --no-spec-baseline
+  done
+  ;;
+fa2)  # FlashAttention-2 against SDPA in the hf engine (bf16): flash-attn built here from prepare.sh's slim sdist
+  CARRY=${2:?fa2 needs the folder prepare.sh filled}
+  mkdir -p "$SITE" "$GPU_DIR/wheels"
+  # the harness's light dependencies (as setup installs them) and flash-attn's build tools (ninja, wheel, einops)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/*.whl "$CARRY"/fa2/{ninja,wheel,einops}-*.whl
+  # a wheel built here before (the stage copies it to $OUT: put it in CARRY/fa2/ to skip the build)
+  ls "$CARRY"/fa2/flash_attn-*.whl >/dev/null 2>&1 && cp "$CARRY"/fa2/flash_attn-*.whl "$GPU_DIR/wheels/"
+  if ! ls "$GPU_DIR"/wheels/flash_attn-*.whl >/dev/null 2>&1; then
+    log "building flash-attn (head dim 128, sm_${CUDA_ARCH:-90}, ${JOBS:-$(nproc)} jobs; log: $GPU_DIR/fa2_build.log)"
+    t=$SECONDS
+    if ! PATH="$SITE/bin:$PATH" FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTN_CUDA_ARCHS=${CUDA_ARCH:-90} \
+        MAX_JOBS=${JOBS:-$(nproc)} NVCC_THREADS=${NVCC_THREADS:-2} \
+        "$PY" -m pip wheel -v --no-deps --no-build-isolation -w "$GPU_DIR/wheels" "$CARRY"/fa2/flash_attn-*.tar.gz \
+        > "$GPU_DIR/fa2_build.log" 2>&1; then
+      grep -m 20 -E "error|Error" "$GPU_DIR/fa2_build.log" || true; tail -20 "$GPU_DIR/fa2_build.log"
+      [[ -n "${OUT:-}" ]] && cp "$GPU_DIR/fa2_build.log" "$OUT/"
+      log "flash-attn build FAILED"; exit 1
+    fi
+    log "flash-attn built in $((SECONDS - t)) s: $(ls "$GPU_DIR"/wheels/flash_attn-*.whl)"
+    [[ -n "${OUT:-}" ]] && cp "$GPU_DIR"/wheels/flash_attn-*.whl "$OUT/"
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$GPU_DIR"/wheels/flash_attn-*.whl
+  "$PY" -c "import flash_attn, flash_attn_2_cuda; print('flash_attn', flash_attn.__version__)"
+  [[ -n "${FA2_BUILD_ONLY:-}" ]] && exit 0
+  [[ -f "$MODEL/config.json" ]] || "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL" --device "${MAKE_DEVICE:-cuda}"
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] || bandwidth > "$GPU_DIR/bandwidth_gbs"
+  export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+  HF=(--engine hf --model "$MODEL" --dtype bfloat16 --device "${HF_DEVICE:-cuda}")
+  runs=" ${FA2_RUNS:-eager long graphs} "  # which of the three comparisons
+  for attn in sdpa flash_attention_2; do
+    a=sdpa; [[ $attn == flash_attention_2 ]] && a=fa2
+    # eager decoding: every step's attention is the chosen kernel
+    if [[ $runs == *" eager "* ]]; then
+      for c in ${FA2_CONCURRENCY:-1 8}; do
+        bench "hf-eager-$a-c$c" "${HF[@]}" --attn "$attn" --enforce-eager --concurrency "$c" --num-requests $((c * 4))
+      done
+    fi
+    # long prompts: prefill (always eager, the chosen kernel) dominates
+    if [[ $runs == *" long "* ]]; then
+      bench "hf-$a-long-c1" "${HF[@]}" --attn "$attn" --input-len "${FA2_LONG:-3968}" --output-len 32 \
+        --concurrency 1 --num-requests 4
+    fi
+    # the engine's default on a GPU: prefill by the chosen kernel, graphed decode steps by SDPA
+    if [[ $runs == *" graphs "* ]]; then
+      bench "hf-$a-c8" "${HF[@]}" --attn "$attn" --concurrency 8 --num-requests 32
+    fi
   done
   ;;
 bandwidth)  # only the copy-bandwidth measurement setup makes (the roofline's denominator)
