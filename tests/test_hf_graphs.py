@@ -292,8 +292,15 @@ def test_flash_attention_2_gives_the_sdpa_tokens(tiny_model, tmp_path, monkeypat
     decoder = graphs.StaticDecoder(fa2.model, max_batch=8, max_cols=128, capture=True)
     with CudaEngine(fa2, decoder) as e:
         graphed = e.run(prompts(), GREEDY, stagger=3)
+    # one request at a time: no padding anywhere, so flash-attn gets no mask (Scheduler._mask)
+    with CudaEngine(sdpa) as e:
+        alone_want = [e.run([p], GREEDY)[0] for p in prompts(3)]
+    with CudaEngine(fa2) as e:
+        assert e.s._unmask
+        alone = [e.run([p], GREEDY)[0] for p in prompts(3)]
     assert_same_up_to_near_ties(eager, want)
     assert_same_up_to_near_ties(graphed, want)
+    assert_same_up_to_near_ties(alone, alone_want)
     assert decoder.graphs, decoder.info()
 
 
