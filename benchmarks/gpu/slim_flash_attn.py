@@ -81,7 +81,7 @@ def main() -> None:
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(src) as t:
-            t.extractall(tmp, filter="data")
+            t.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # Pythons since mid-2023
         (root,) = Path(tmp).iterdir()
         slim(root)
         with tarfile.open(out, "w:gz") as t:
