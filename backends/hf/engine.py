@@ -128,13 +128,6 @@ class Scheduler:
             self.cv.notify()
         self._thread.join(timeout=10)
 
-    def _mask(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """The attention mask to give the model: None for flash-attn when no column of any row
-        is padding (then causal attention is the whole mask)."""
-        if self._unmask and bool(mask.all()):
-            return None
-        return mask
-
     def submit(self, seqs: list[Sequence]) -> None:
         with self.cv:
             self.waiting.extend(seqs)
@@ -149,6 +142,13 @@ class Scheduler:
         }
 
     # --- the scheduler thread ------------------------------------------------------------------
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """The attention mask to give the model: None for flash-attn when no column of any row
+        is padding (then causal attention is the whole mask)."""
+        if self._unmask and bool(mask.all()):
+            return None
+        return mask
+
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
