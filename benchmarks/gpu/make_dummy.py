@@ -4,6 +4,8 @@ for speed runs where the real weights cannot be had (a GPU node with no hub acce
     python benchmarks/gpu/make_dummy.py --shape llama2-7b --out DIR [--device cuda]
     python benchmarks/gpu/make_dummy.py --shape llama2-7b --out T --identity-after 2   # spec target
     python benchmarks/gpu/make_dummy.py --draft-of T --layers 2 --out D                 # its draft
+    python benchmarks/gpu/make_dummy.py --shape llama2-7b --out C --config-only \
+        --tokenizer SMOLLM2_DIR --vocab 49152     # vLLM --load-format dummy with a real tokenizer
 
 The folder is an ordinary checkpoint (config.json, bf16 safetensors, tokenizer): every engine
 loads it the normal way (HF from_pretrained, llama.cpp through the GGUF converter and quantizer),
@@ -56,6 +58,12 @@ def main() -> None:
     ap.add_argument("--draft-of", type=Path, default=None, metavar="DIR",
                     help="write a draft: the first --layers layers of the checkpoint in DIR")
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                    help="copy this folder's tokenizer instead of training the tiny one (a real "
+                         "tokenizer: text deltas as real models stream them)")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the shape's)")
+    ap.add_argument("--config-only", action="store_true",
+                    help="config and tokenizer, no weights (for vLLM --load-format dummy)")
     args = ap.parse_args()
     if args.draft_of is not None:
         return write_draft(args.draft_of, args.layers, args.out)
@@ -65,16 +73,25 @@ def main() -> None:
 
     from harness.models import _finish_hf_folder, _train_tiny_tokenizer
 
-    if (args.out / "config.json").is_file() and any(args.out.glob("*.safetensors")):
+    if (args.out / "config.json").is_file() and (args.config_only or any(args.out.glob("*.safetensors"))):
         print(f"{args.out}: already there")
         return
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tiny_tokenizer(args.out)
+    tok = copy_tokenizer(args.tokenizer, args.out) if args.tokenizer else _train_tiny_tokenizer(args.out)
     rope_theta = 10000.0
-    config = LlamaConfig(**SHAPES[args.shape], rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+    shape = {**SHAPES[args.shape], **({"vocab_size": args.vocab} if args.vocab else {})}
+    if len(tok) > shape["vocab_size"]:
+        sys.exit(f"make_dummy.py: the tokenizer has {len(tok)} pieces, the vocabulary {shape['vocab_size']}: set --vocab")
+    config = LlamaConfig(**shape, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          tie_word_embeddings=False, initializer_range=0.02)  # fmt: skip
+    if args.config_only:
+        config.save_pretrained(args.out)
+        _finish_hf_folder(args.out, rope_theta)
+        (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "config_only": True}))
+        print(f"{args.out}: {args.shape} config (vocab {shape['vocab_size']}), no weights")
+        return
     torch.manual_seed(args.seed)
     with torch.device(args.device):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -97,6 +114,18 @@ def main() -> None:
     (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "parameters": n, "seed": args.seed,
                                                              "identity_after": args.identity_after}))  # fmt: skip
     print(f"{args.out}: {args.shape}, {n / 1e9:.2f} B parameters, bf16, {time.perf_counter() - t0:.0f} s")
+
+
+def copy_tokenizer(src: Path, out: Path):
+    """The tokenizer files of `src` into `out`; the loaded tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    for f in src.iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja"):
+            shutil.copy(f, out / f.name)
+    return AutoTokenizer.from_pretrained(out)
 
 
 def write_draft(target: Path, layers: int, out: Path) -> None:

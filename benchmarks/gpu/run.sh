@@ -14,6 +14,11 @@
 #                                            # (SPEC_EAGER=1: the same again with --enforce-eager)
 #   benchmarks/gpu/run.sh llamacpp-spec      # llama.cpp with a draft model (the same target and draft, GGUF)
 #   benchmarks/gpu/run.sh fa2     CARRY      # build flash-attn (slim, prepare.sh); HF engine FA2 vs SDPA
+#   benchmarks/gpu/run.sh vllm               # vLLM 0.26 (stage_vllm.sh installs it): bf16 sweeps, Poisson rates,
+#                                            # FP8, INT8 W8A8 / AWQ (dummy weights), n-gram and draft speculation
+#   benchmarks/gpu/run.sh clients            # one vLLM server, `vllm bench serve` vs `hyperbench bench --url`
+#   benchmarks/gpu/run.sh ggufs              # the compare stage's GGUFs, into the engine's cache, ahead of time
+#   benchmarks/gpu/run.sh compare            # `hyperbench compare --engines hf,vllm,vllm:fp8,llamacpp:...` (one report)
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
 #   benchmarks/gpu/run.sh table              # markdown table of every run so far
 #
@@ -87,6 +92,35 @@ collect() {
   "$PY" benchmarks/gpu/table.py "$RESULTS" > "$OUT/gpu_table.md" 2>&1 || true
 }
 trap collect EXIT
+
+vllm_env() {  # the vLLM that stage_vllm.sh put in $SITE; no flashinfer carried: its sampler off
+  export HYPERBENCH_VLLM_PYTHON=$(command -v "$PY") VLLM_USE_FLASHINFER_SAMPLER=0
+  [[ -f "$GPU_DIR/bandwidth_gbs" ]] || bandwidth > "$GPU_DIR/bandwidth_gbs"
+  export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+}
+
+config_only() {  # config_only OUT [make_dummy args]: a config + tokenizer folder (vLLM --load-format dummy)
+  local out=$1; shift
+  "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$out" --config-only "$@"
+}
+
+quant_config() {  # quant_config DIR int8|awq: declare a quantized checkpoint (vLLM fills dummy weights of that format)
+  "$PY" - "$@" <<'EOF2'
+import json, sys
+from pathlib import Path
+cfg_path = Path(sys.argv[1]) / "config.json"
+cfg = json.loads(cfg_path.read_text())
+if sys.argv[2] == "int8":  # what llm-compressor writes for W8A8 INT8 (per-channel weights, per-token dynamic activations)
+    q = {"quant_method": "compressed-tensors", "format": "int-quantized", "quantization_status": "compressed",
+         "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"],
+         "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False},
+         "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}}}}
+else:  # AutoAWQ's GEMM format, 4-bit, group 128
+    q = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+cfg["quantization_config"] = q
+cfg_path.write_text(json.dumps(cfg, indent=2))
+EOF2
+}
 
 case "${1:?stage: setup|models|llamacpp|raw|hf|bnb|spec|llamacpp-spec|fa2|bandwidth|table}" in
 setup)
@@ -249,6 +283,70 @@ fa2)  # FlashAttention-2 against SDPA in the hf engine (bf16): flash-attn built 
   ;;
 bandwidth)  # only the copy-bandwidth measurement setup makes (the roofline's denominator)
   bandwidth > "$GPU_DIR/bandwidth_gbs" && log "copy bandwidth $(cat "$GPU_DIR/bandwidth_gbs") GB/s"
+  ;;
+vllm)
+  vllm_env
+  CFG="$MODEL-config"; config_only "$CFG"
+  V=(--engine vllm --model "$CFG" --load-format dummy --dtype bfloat16)
+  bench vllm-bf16-c1 "${V[@]}" --concurrency 1 --num-requests 16
+  bench vllm-bf16-c8-64 "${V[@]}" --concurrency 8,32,64 --num-requests 256
+  bench vllm-bf16-rate "${V[@]}" --rate 4,16,64,inf --num-requests 128
+  bench vllm-fp8-c1 "${V[@]}" --quant fp8 --concurrency 1 --num-requests 16
+  bench vllm-fp8-c8-64 "${V[@]}" --quant fp8 --concurrency 8,32,64 --num-requests 256
+  for q in ${VLLM_CHECKPOINT_QUANTS-int8 awq}; do
+    [[ -f "$CFG-$q/config.json" ]] || { config_only "$CFG-$q"; quant_config "$CFG-$q" "$q"; }
+    bench "vllm-$q-c1-32" --engine vllm --model "$CFG-$q" --load-format dummy --dtype bfloat16 --quant "$q" \
+      --concurrency 1,32 --num-requests 32
+  done
+  if [[ -z "${VLLM_NO_SPEC:-}" ]]; then
+    # n-gram: prompts of random ids have no repeats to look up; what it costs when nothing matches
+    bench vllm-ngram-c1 "${V[@]}" --speculative ngram --num-speculative-tokens 4 --concurrency 1 --num-requests 16
+    # a draft that agrees with its target (make_dummy --identity-after: real weight files, both)
+    L=${SPEC_LAYERS:-2}; spec_models "$L"
+    bench vllm-nospec-real-c1 --engine vllm --model "$MODEL-spec$L" --dtype bfloat16 --concurrency 1 --num-requests 16
+    bench vllm-draft-k4-c1 --engine vllm --model "$MODEL-spec$L" --dtype bfloat16 --speculative "draft:$MODEL-draft$L" \
+      --num-speculative-tokens 4 --concurrency 1 --num-requests 16 --no-spec-baseline
+  fi
+  ;;
+clients)  # the same vLLM server measured by both clients, with the tiny and with a real tokenizer
+  vllm_env
+  CFG="$MODEL-config"; config_only "$CFG"
+  "$PY" benchmarks/gpu/two_clients.py --model "$CFG" --load-format dummy --rounds "${ROUNDS:-2}" \
+    --work "$RESULTS/clients-tinytok" --out "${OUT:-$GPU_DIR}/clients-tinytok.json"
+  if [[ -n "${SMOL_TOKENIZER:-}" ]]; then  # e.g. a folder holding smollm2-135m's tokenizer files
+    config_only "$MODEL-smoltok" --tokenizer "$SMOL_TOKENIZER" --vocab 49152
+    "$PY" benchmarks/gpu/two_clients.py --model "$MODEL-smoltok" --load-format dummy --rounds "${ROUNDS:-2}" \
+      --work "$RESULTS/clients-smoltok" --out "${OUT:-$GPU_DIR}/clients-smoltok.json"
+  fi
+  ;;
+ggufs)  # the compare stage's GGUFs made ahead, into the engine's own cache (what compare looks up)
+  until [[ -f "$MODEL/DUMMY_WEIGHTS.json" ]]; do sleep 5; done  # make_dummy may still be writing it
+  "$PY" - "$MODEL" ${GGUF_QUANTS:-q8_0 q4_k_m} <<'EOF2'
+import sys, time
+from pathlib import Path
+from backends.llamacpp.gguf import ensure_gguf
+for q in sys.argv[2:]:
+    t = time.perf_counter()
+    out = ensure_gguf(sys.argv[1], q)
+    print(f"{out} in {time.perf_counter() - t:.0f} s", flush=True)
+for base in out.parent.glob("*16.gguf"):  # the 16-bit intermediate (13.5 GB): disk is 64 GB
+    if base.stem not in sys.argv[2:]:
+        base.unlink()
+EOF2
+  ;;
+compare)  # the command a user types: every engine on one GPU, in turn, one report
+  vllm_env
+  [[ -f "$MODEL/config.json" ]] || "$PY" benchmarks/gpu/make_dummy.py --shape "$SHAPE" --out "$MODEL" --device "${MAKE_DEVICE:-cuda}"
+  name=compare-${COMPARE_NAME:-all}
+  if [[ -f "$RESULTS/$name/summary.json" ]] && grep -q '"status": "complete"' "$RESULTS/$name/summary.json"; then
+    log "$name: done already"
+  else
+    rm -rf "${RESULTS:?}/$name"
+    "$PY" -m harness.cli compare --engines "${ENGINES:-hf,vllm,vllm:fp8,llamacpp:q8_0,llamacpp:q4_k_m}" \
+      --model "$MODEL" --run-name "$name" "${WORK[@]}" --dtype bfloat16 --n-gpu-layers -1 --flash-attn \
+      --concurrency "${COMPARE_CONCURRENCY:-1,8,32}" --num-requests "${COMPARE_REQUESTS:-64}" || log "$name FAILED (rc $?)"
+  fi
+  [[ -n "${OUT:-}" ]] && cp "$RESULTS/$name/report.md" "$OUT/compare-report.md" 2>/dev/null || true
   ;;
 table) ;;
 *) echo "unknown stage $1" >&2; exit 2 ;;
