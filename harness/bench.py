@@ -14,7 +14,7 @@ from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
-from harness.loadgen import run_point
+from harness.loadgen import rate_fields, run_point
 from harness.metrics import summarize
 from harness.results import SCHEMA_VERSION, RunFolder
 from harness.workload import build_requests, load_tokenizer, warmup_requests
@@ -168,6 +168,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                 records = await run_point(client, requests, kind, value, cfg.workload.seed, on_record,
                                           cfg.load.max_concurrency)
             point = {kind: value, **summarize(records, cfg.slo)}
+            if kind == "rate":
+                point.update(rate_fields(records, value, cfg.workload.seed))
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):
