@@ -172,31 +172,35 @@ class _TokenTimes:
         if data == b"[DONE]":
             rec.end = stamp
             return True  # read on to the end of the body, so the connection can be reused
-        msg = json.loads(data)
+        msg = _json_object(data)
         if "error" in msg:
             rec.error = f"stream error: {_error_message(json.dumps(msg))}"
             return False
         usage = msg.get("usage")
         choices = msg.get("choices")
         if choices:
-            n, source = 0, None
+            # cumulative usage on the chunk: its tokens are the difference, whatever the text
+            done = usage.get("completion_tokens") if usage else None
+            n, source = 0, "usage"
             for choice in choices:
                 piece = choice.get("text")
                 if piece is None:
                     delta = choice.get("delta") or {}
                     piece = delta.get("content")
-                    if "role" in delta and not piece and not choice.get("finish_reason"):
+                    if not piece and "role" in delta and not choice.get("finish_reason"):
                         continue  # the role announcement of a chat stream carries no token
                 if piece:
                     self.pieces.append(piece)
-                if choice.get("finish_reason"):
-                    rec.finish_reason = choice["finish_reason"]
+                reason = choice.get("finish_reason")
+                if reason:
+                    rec.finish_reason = reason
                 if self.first_content is None:
                     self.first_content = stamp
-                k, source = _tokens_of(choice, piece)
-                n += k
-            if usage and usage.get("completion_tokens") is not None:
-                n, source = usage["completion_tokens"] - self.counted, "usage"
+                if done is None:
+                    k, source = _tokens_of(choice, piece)
+                    n += k
+            if done is not None:
+                n = done - self.counted
             if n > 0:
                 if rec.first_token is None:
                     rec.first_token = stamp
@@ -220,6 +224,22 @@ class _TokenTimes:
             rec.first_token = at
             rec.token_times, rec.chunk_tokens = [at], [rec.output_tokens]
             rec.tokens_from = "usage_total"
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _json_object(data: bytes):
+    """json.loads for one event, at half its cost: the decoder's scanner called directly skips
+    the byte-encoding detection and whitespace handling around it (~1.4 µs of ~2.8 per event)."""
+    text = data.decode()
+    try:
+        obj, end = _scan_once(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing space, or not JSON: the full parser decides
+        return json.loads(text)
+    return obj
 
 
 def _tokens_of(choice: dict, piece: str | None) -> tuple[int, str]:
