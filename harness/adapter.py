@@ -1,9 +1,16 @@
 """The common generation adapter: one async client for every engine's OpenAI-compatible API.
 
 It streams and returns one `RequestRecord` per request: send time, first-token time, every
-chunk arrival (stamped at the socket read: harness/sse_http.py), end time, token counts from the
-server's `usage` (never by re-tokenizing the streamed text), and an error as data instead of an
-exception.
+chunk arrival (stamped at the socket read: harness/sse_http.py) with the number of tokens it
+carried, end time, token counts from the server's `usage` (never by re-tokenizing the streamed
+text), and an error as data instead of an exception.
+
+Tokens, not text, are timed: a token can decode to no text (a multi-byte character split across
+tokens, or a tokenizer whose ids often decode to ""), and a server then sends a chunk with empty
+text or no chunk at all, so the next chunk carries several tokens. Each chunk's token count comes
+from the server's cumulative usage (`stream_options.continuous_usage_stats`, which vLLM and the
+in-house engines honour), else from its token ids or logprobs, else one token for a chunk with
+text (servers that say nothing more).
 """
 
 from __future__ import annotations
@@ -24,8 +31,15 @@ class RequestRecord:
     point: str = ""  # the sweep point this request belongs to, e.g. "concurrency=4"
     send: float = 0.0  # perf_counter seconds; all times of a run share one clock
     first_token: float | None = None
-    token_times: list[float] = field(default_factory=list)  # arrival of every content chunk
+    # arrival of every chunk that carried at least one output token, and how many it carried
+    token_times: list[float] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    # where chunk_tokens came from: "usage" (cumulative, per chunk), "token_ids", "logprobs",
+    # "text" (one per chunk with text), "usage_total" (no chunk had text: all on the first)
+    tokens_from: str | None = None
     end: float | None = None
+    # closed loop: this send minus the end of the previous request of the same stream
+    send_gap: float | None = None
     prompt_tokens: int | None = None  # from the server's usage
     output_tokens: int | None = None  # from the server's usage
     expected_output_tokens: int | None = None
@@ -87,7 +101,8 @@ class EngineClient:
             body["ignore_eos"] = True
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            # cumulative usage on every chunk: the token count of each chunk, whatever its text
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         if req.messages is not None:
             body["messages"] = req.messages
             return "/chat/completions", body
@@ -102,40 +117,15 @@ class EngineClient:
         stamp of the socket read that completed that SSE event."""
         path, body = self.payload(req)
         rec.expected_output_tokens = req.max_tokens if req.fixed_output else None
-        chunks: list[str] = []
+        tokens = _TokenTimes(rec)
 
         def sent(t: float) -> None:
             rec.send = t
 
-        def on_event(stamp: float, data: bytes) -> bool:
-            if data == b"[DONE]":
-                rec.end = stamp
-                # read on to the end of the body, so the connection can be reused
-                return True
-            msg = json.loads(data)
-            if "error" in msg:
-                rec.error = f"stream error: {_error_message(json.dumps(msg))}"
-                return False
-            for choice in msg.get("choices") or []:
-                piece = choice.get("text")
-                if piece is None:
-                    piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    if rec.first_token is None:
-                        rec.first_token = stamp
-                    rec.token_times.append(stamp)
-                    chunks.append(piece)
-                if choice.get("finish_reason"):
-                    rec.finish_reason = choice["finish_reason"]
-            if msg.get("usage"):
-                rec.prompt_tokens = msg["usage"].get("prompt_tokens")
-                rec.output_tokens = msg["usage"].get("completion_tokens")
-            return True
-
         rec.send = time.perf_counter()  # kept if the request never leaves (connect error)
         try:
             status, detail, last = await self._streams.post_sse(
-                path, json.dumps(body).encode(), sent, on_event)
+                path, json.dumps(body).encode(), sent, tokens.on_event)
             if status != 200:
                 rec.error = f"HTTP {status}: {_error_message(detail.decode(errors='replace'))}"
             elif rec.end is None:  # no [DONE]: the end of the body ends it
@@ -147,7 +137,7 @@ class EngineClient:
         finally:
             if rec.end is None:
                 rec.end = time.perf_counter()
-            rec.text = "".join(chunks)
+            tokens.finish()
         if rec.error is None and rec.output_tokens is None:
             rec.error = "engine sent no usage (stream_options.include_usage unsupported?)"
         return rec
@@ -165,6 +155,105 @@ class EngineClient:
         resp = await self._http.get(self.base_url + path)
         resp.raise_for_status()
         return resp.json()
+
+
+class _TokenTimes:
+    """Reads one stream's SSE events into its record: text, and the stamp and token count of
+    every chunk that carried tokens (see the module docstring)."""
+
+    def __init__(self, rec: RequestRecord):
+        self.rec = rec
+        self.pieces: list[str] = []
+        self.counted = 0  # tokens assigned to chunks so far
+        self.first_content: float | None = None  # first chunk with a choice that is not a role
+
+    def on_event(self, stamp: float, data: bytes) -> bool:
+        rec = self.rec
+        if data == b"[DONE]":
+            rec.end = stamp
+            return True  # read on to the end of the body, so the connection can be reused
+        msg = _json_object(data)
+        if "error" in msg:
+            rec.error = f"stream error: {_error_message(json.dumps(msg))}"
+            return False
+        usage = msg.get("usage")
+        choices = msg.get("choices")
+        if choices:
+            # cumulative usage on the chunk: its tokens are the difference, whatever the text
+            done = usage.get("completion_tokens") if usage else None
+            n, source = 0, "usage"
+            for choice in choices:
+                piece = choice.get("text")
+                if piece is None:
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content")
+                    if not piece and "role" in delta and not choice.get("finish_reason"):
+                        continue  # the role announcement of a chat stream carries no token
+                if piece:
+                    self.pieces.append(piece)
+                reason = choice.get("finish_reason")
+                if reason:
+                    rec.finish_reason = reason
+                if self.first_content is None:
+                    self.first_content = stamp
+                if done is None:
+                    k, source = _tokens_of(choice, piece)
+                    n += k
+            if done is not None:
+                n = done - self.counted
+            if n > 0:
+                if rec.first_token is None:
+                    rec.first_token = stamp
+                rec.token_times.append(stamp)
+                rec.chunk_tokens.append(n)
+                self.counted += n
+                if rec.tokens_from != "usage":
+                    rec.tokens_from = source
+        if usage:
+            rec.prompt_tokens = usage.get("prompt_tokens")
+            rec.output_tokens = usage.get("completion_tokens")
+        return True
+
+    def finish(self) -> None:
+        rec = self.rec
+        rec.text = "".join(self.pieces)
+        if rec.first_token is None and rec.output_tokens and rec.error is None:
+            # tokens came, none with text, from a server that does not count them per chunk:
+            # they arrived no later than the first chunk after the role (or the end)
+            at = self.first_content if self.first_content is not None else rec.end
+            rec.first_token = at
+            rec.token_times, rec.chunk_tokens = [at], [rec.output_tokens]
+            rec.tokens_from = "usage_total"
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def _json_object(data: bytes):
+    """json.loads for one event, at half its cost: the decoder's scanner called directly skips
+    the byte-encoding detection and whitespace handling around it (~1.4 µs of ~2.8 per event)."""
+    text = data.decode()
+    try:
+        obj, end = _scan_once(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing space, or not JSON: the full parser decides
+        return json.loads(text)
+    return obj
+
+
+def _tokens_of(choice: dict, piece: str | None) -> tuple[int, str]:
+    """Tokens in one streamed choice when the chunk has no cumulative usage: its token ids or
+    logprobs where the server sent them, else one for a piece of text."""
+    ids = choice.get("token_ids")
+    if ids is not None:
+        return len(ids), "token_ids"
+    logprobs = choice.get("logprobs")
+    if logprobs:
+        listed = logprobs.get("tokens") if "tokens" in logprobs else logprobs.get("content")
+        if listed is not None:
+            return len(listed), "logprobs"
+    return (1 if piece else 0), "text"
 
 
 class EngineHTTPError(Exception):

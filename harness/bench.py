@@ -10,14 +10,14 @@ from pathlib import Path
 from backends.base import speculative_delta
 from harness import envinfo, telemetry
 from harness.roofline import point_roofline
-from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
-from harness.loadgen import run_point
+from harness.loadgen import rate_fields, run_point
 from harness.metrics import summarize
 from harness.results import SCHEMA_VERSION, RunFolder
-from harness.workload import build_requests, load_tokenizer
+from harness.workload import build_requests, load_tokenizer, warmup_requests
 
 
 def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
@@ -148,9 +148,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                  current: dict) -> None:
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
                             timeout=cfg.load.timeout_s) as client:
-        for i in range(cfg.workload.warmup):
-            warm = GenRequest(prompt=requests[i % len(requests)].prompt,
-                              messages=requests[i % len(requests)].messages, max_tokens=4)
+        # prompts of their own: one of the measured prompts would find the warm-up's prefix cached
+        for warm in warmup_requests(requests, cfg.workload.warmup, cfg.workload.seed):
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
@@ -169,6 +168,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                 records = await run_point(client, requests, kind, value, cfg.workload.seed, on_record,
                                           cfg.load.max_concurrency)
             point = {kind: value, **summarize(records, cfg.slo)}
+            if kind == "rate":
+                point.update(rate_fields(records, value, cfg.workload.seed))
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):

@@ -1,7 +1,10 @@
 """Metrics, defined once (DESIGN.md): computed from per-request records, never from engine logs.
 
-TTFT = first streamed token - send; ITL = gaps between chunk arrivals; TPOT = (E2E - TTFT) /
-(output tokens - 1), output tokens from the server's usage; throughput over the sweep point's
+TTFT = first streamed token - send (the first chunk that carried a token, whatever its text);
+ITL two ways, named so: `itl_ms` per chunk (gaps between arrivals of chunks that carried tokens,
+what vLLM's client reports) and `itl_token_ms` per token (each gap split evenly over the tokens
+its chunk carried: the same as `itl_ms` when every chunk carries one token); TPOT = (E2E - TTFT)
+/ (output tokens - 1), output tokens from the server's usage; throughput over the sweep point's
 wall time (first send to last end); goodput = requests/s that meet every stated SLO.
 """
 
@@ -48,8 +51,23 @@ def tpot(r: RequestRecord) -> float | None:
 
 
 def itls(r: RequestRecord) -> list[float]:
+    """Per chunk: the gaps between arrivals of chunks that carried tokens."""
     t = r.token_times
     return [b - a for a, b in zip(t, t[1:])]
+
+
+def token_itls(r: RequestRecord) -> list[float]:
+    """Per token: each chunk's gap split evenly over the tokens it carried (a chunk of n tokens
+    gives n values of gap / n). The extra tokens of the first chunk have no gap of their own."""
+    t, n = r.token_times, _chunk_tokens(r)
+    out: list[float] = []
+    for a, b, k in zip(t, t[1:], n[1:]):
+        out += [(b - a) / k] * k
+    return out
+
+
+def send_gaps(records: list[RequestRecord]) -> list[float]:
+    return [r.send_gap for r in records if r.send_gap is not None]
 
 
 def meets_slo(r: RequestRecord, slo: SLO) -> bool:
@@ -87,11 +105,29 @@ def summarize(records: list[RequestRecord], slo: SLO | None = None) -> dict:
         ttft_ms=distribution(v for r in ok if (v := ttft(r)) is not None),
         tpot_ms=distribution(v for r in ok if (v := tpot(r)) is not None),
         itl_ms=distribution(g for r in ok for g in itls(r)),
+        itl_token_ms=distribution(g for r in ok for g in token_itls(r)),
+        tokens_per_chunk=_tokens_per_chunk(ok),
         e2e_ms=distribution(v for r in ok if (v := e2e(r)) is not None),
         output_len_mismatch=len(short),
     )
+    if gaps := send_gaps(records):
+        # closed loop: a stream's finished request (its last read) to its next send, the client's
+        # own idle time between requests, which lowers the load it offers
+        out["send_gap_ms"] = distribution(gaps)
     if slo is not None and any(v is not None for v in slo.model_dump().values()):
         good = sum(1 for r in ok if meets_slo(r, slo))
         out["goodput"] = good / duration
         out["slo_attainment"] = good / len(records)
     return out
+
+
+def _tokens_per_chunk(ok: list[RequestRecord]) -> dict:
+    """Mean tokens per chunk and where the counts came from (see RequestRecord.tokens_from)."""
+    chunks = sum(len(r.token_times) for r in ok)
+    tokens = sum(sum(_chunk_tokens(r)) for r in ok)
+    return {"mean": tokens / chunks if chunks else None,
+            "counted_from": sorted({r.tokens_from for r in ok if r.tokens_from})}
+
+
+def _chunk_tokens(r: RequestRecord) -> list[int]:
+    return r.chunk_tokens or [1] * len(r.token_times)  # records from before tokens were counted

@@ -3,7 +3,12 @@
 It is not an LLM. It speaks the wire contract (OpenAI-compatible streaming `/v1/completions` and
 `/v1/chat/completions`, `/health`, `/v1/models`, `GET /v1/engine` -> {"engine": "synthetic"}) and
 emits exactly `max_tokens` tokens (whatever `min_tokens`/`ignore_eos` say), one per SSE chunk:
-token k is due `ttft_ms + k * itl_ms` after the request arrived. Deadlines are absolute, so timer
+token k is due `ttft_ms + k * itl_ms` after the request arrived. To test how a client times
+tokens rather than text, tokens can travel several to a chunk (`tokens_per_chunk`, the chunk due
+with its last token), every Nth token can decode to empty text (`empty_text_every`), and a chunk
+of empty text only can be sent or skipped (`empty_chunks`, skipped tokens ride in the next
+chunk); with `stream_options.continuous_usage_stats` every chunk carries the usage so far, as
+vLLM's do. Deadlines are absolute, so timer
 errors never accumulate. The request's arrival is stamped in the protocol callback, before any
 other connection's work, and tokens leave from timer callbacks (no coroutine per token; tokens
 due together go out in one write, so `itl_ms 0` streams as fast as the client reads). The loop
@@ -48,6 +53,14 @@ class SyntheticConfig(EngineConfig):
     jitter_ms: float = Field(0.0, ge=0, description="Add uniform [0, jitter] ms to each deadline.")
     fail_rate: float = Field(0.0, ge=0, le=1, description="Fraction of requests answered HTTP 500.")
     jitter_seed: int = Field(0, description="Seed of the synthetic jitter and failures.")
+    tokens_per_chunk: int = Field(1, ge=1, description=(
+        "Tokens sent together in one chunk, when the last of them is due (a multi-token chunk)."))
+    empty_text_every: int = Field(0, ge=0, description=(
+        "Every Nth token (0, N, 2N, ...) decodes to empty text, as split multi-byte characters "
+        "do; 0: none."))
+    empty_chunks: Literal["send", "skip"] = Field("send", description=(
+        "A chunk whose tokens all have empty text: send it with empty text, or skip it so its "
+        "tokens ride in the next chunk (the last chunk is always sent)."))
 
     probe_module = "harness"
 
@@ -64,7 +77,8 @@ class SyntheticConfig(EngineConfig):
         return python_module_cmd("harness.synthetic", *args)
 
 
-_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed")
+_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed", "tokens_per_chunk",
+          "empty_text_every", "empty_chunks")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             411: "Length Required", 431: "Request Header Fields Too Large",
             500: "Internal Server Error"}
@@ -130,14 +144,17 @@ class SyntheticEngine:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
                  "total_tokens": prompt_tokens + n}
         if req.get("stream"):
-            include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-            conn.stream = _Stream(self, conn, deadlines, head, usage, chat, include_usage)
+            options = req.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage"))
+            continuous = include_usage and bool(options.get("continuous_usage_stats"))
+            conn.stream = _Stream(self, conn, self.chunk_plan(deadlines), head, usage, chat,
+                                  include_usage, continuous)
             conn.stream.trace = {"prompt": str(req.get("prompt"))[:64], "arrived": t0,
                                  "first_token_due": deadlines[0]}
             self.trace.append(conn.stream.trace)
             conn.stream.start()
         else:
-            text = "".join(_token(k) for k in range(n))
+            text = "".join(self.token_text(k) for k in range(n))
             choice = ({"message": {"role": "assistant", "content": text}} if chat
                       else {"text": text, "logprobs": None})
             full = {**head, "object": "chat.completion" if chat else "text_completion",
@@ -145,6 +162,26 @@ class SyntheticEngine:
             self.counters["output_tokens"] += n
             conn.busy = True
             conn.loop.call_at(deadlines[-1], conn.send_json, 200, full)
+
+    def token_text(self, k: int) -> str:
+        every = self.cfg.empty_text_every
+        return "" if every and k % every == 0 else _token(k)
+
+    def chunk_plan(self, deadlines: list[float]) -> list[tuple[float, list[int]]]:
+        """(when it is due, its tokens) for each chunk: `tokens_per_chunk` tokens a chunk, due
+        with its last token; with `empty_chunks` skip, a chunk of empty text only joins the next."""
+        n, m, cfg = len(deadlines), self.cfg.tokens_per_chunk, self.cfg
+        plan, carry = [], []
+        for start in range(0, n, m):
+            toks = carry + list(range(start, min(start + m, n)))
+            last = toks[-1]
+            if (cfg.empty_chunks == "skip" and last < n - 1
+                    and not any(self.token_text(k) for k in toks)):
+                carry = toks
+                continue
+            plan.append((deadlines[last], toks))
+            carry = []
+        return plan
 
     def late(self, late: float, first: bool) -> None:
         c = self.counters
@@ -158,9 +195,12 @@ class SyntheticEngine:
 class _Stream:
     """One streamed answer: writes every token that is due, then sleeps until the next one."""
 
-    def __init__(self, engine, conn, deadlines, head, usage, chat, include_usage):
-        self.engine, self.conn, self.deadlines, self.chat = engine, conn, deadlines, chat
-        self.k = 0
+    def __init__(self, engine, conn, plan, head, usage, chat, include_usage, continuous):
+        self.engine, self.conn, self.plan, self.chat = engine, conn, plan, chat
+        self.k = 0  # the next chunk of the plan
+        self.n_tokens = plan[-1][1][-1] + 1
+        # continuous_usage_stats: every chunk carries the usage so far, as vLLM's do
+        self.usage = usage if continuous else None
         self.trace: dict = {}
         self.timer: asyncio.TimerHandle | None = None
         self.prefix = json.dumps(head)[:-1].encode() + b', "choices": [{"index": 0, '
@@ -175,23 +215,24 @@ class _Stream:
                                   + self.conn.close_header() + b"\r\n")
         if self.chat:  # the role comes first, at once: a client must not count it as a token
             self.conn.transport.write(_chunk(self.prefix + b'"delta": {"role": "assistant", '
-                                             b'"content": ""}, "finish_reason": null}]}'))
+                                             b'"content": ""}, "finish_reason": null}]'
+                                             + self.usage_so_far(0) + b"}"))
         self.pump()
 
     def pump(self) -> None:
         self.timer = None
-        conn, n, loop = self.conn, len(self.deadlines), self.conn.loop
+        conn, n, loop = self.conn, len(self.plan), self.conn.loop
         if conn.transport.is_closing():  # the client went away
             return
         now = loop.time()
         out = []
-        while self.k < n and self.deadlines[self.k] <= now and len(out) < _BURST:
-            self.engine.late(now - self.deadlines[self.k], first=self.k == 0)
-            out.append(self.token_chunk(self.k, last=self.k == n - 1))
+        while self.k < n and self.plan[self.k][0] <= now and len(out) < _BURST:
+            self.engine.late(now - self.plan[self.k][0], first=self.k == 0)
+            out.append(self.token_chunk(self.plan[self.k][1]))
             self.k += 1
         if self.k == n:
             out += [_chunk(event, sse=False) for event in self.tail] + [b"0\r\n\r\n"]
-            self.engine.counters["output_tokens"] += n
+            self.engine.counters["output_tokens"] += self.n_tokens
         if out:
             if "first_token_sent" not in self.trace:
                 self.trace["first_token_sent"] = time.monotonic()
@@ -200,17 +241,26 @@ class _Stream:
             conn.stream = None
             conn.finished()
         elif not conn.paused:  # else resume_writing pumps again
-            if self.deadlines[self.k] <= now:
+            if self.plan[self.k][0] <= now:
                 loop.call_soon(self.pump)
             else:
-                self.timer = loop.call_at(self.deadlines[self.k], self.pump)
+                self.timer = loop.call_at(self.plan[self.k][0], self.pump)
 
-    def token_chunk(self, k: int, last: bool) -> bytes:
-        piece = json.dumps(_token(k)).encode()
+    def token_chunk(self, toks: list[int]) -> bytes:
+        piece = json.dumps("".join(self.engine.token_text(k) for k in toks)).encode()
         content = (b'"delta": {"content": ' + piece + b"}" if self.chat
                    else b'"text": ' + piece + b', "logprobs": null')
+        last = toks[-1] == self.n_tokens - 1
         return _chunk(self.prefix + content + b', "finish_reason": '
-                      + (b'"length"' if last else b"null") + b"}]}")
+                      + (b'"length"' if last else b"null") + b"}]"
+                      + self.usage_so_far(toks[-1] + 1) + b"}")
+
+    def usage_so_far(self, done: int) -> bytes:
+        if self.usage is None:
+            return b""
+        p = self.usage["prompt_tokens"]
+        return b', "usage": {"prompt_tokens": %d, "completion_tokens": %d, "total_tokens": %d}' % (
+            p, done, p + done)
 
     def cancel(self) -> None:
         if self.timer is not None:

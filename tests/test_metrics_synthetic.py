@@ -6,19 +6,21 @@ payloads that need no server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 
-from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.adapter import EngineClient, GenRequest, RequestRecord, _TokenTimes
 from harness.config import SLO
 from harness.launchers.process import free_port
-from harness.loadgen import run_point
-from harness.metrics import distribution, e2e, itls, summarize, ttft, tpot
+from harness.loadgen import poisson_gaps, rate_fields, run_point
+from harness.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
 from harness.synthetic import launch, start_in_thread
 
 TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16
@@ -195,6 +197,91 @@ def test_engine_route_says_what_it_is(synthetic):
     assert models["data"][0]["id"] == synthetic.model == "synthetic"
 
 
+# --- tokens, not text: empty-text and multi-token chunks (issue 15) ----------------------------
+
+# knobs of the synthetic engine -> (TTFT, ITL per chunk, ITL per token, tokens per chunk) in ms
+# as the client must report them (TTFT_MS 100, ITL_MS 20, 16 tokens). Token 0 is one of the
+# empty ones, so a client that timed the first text would report TTFT 120 and per-chunk ITL 40.
+CHUNKING = {
+    "empty-text chunks": (dict(empty_text_every=2), (100, 20, 20, 1)),
+    "no chunk for empty text": (dict(empty_text_every=2, empty_chunks="skip"), (120, 40, 20, 2)),
+    "four tokens a chunk": (dict(tokens_per_chunk=4), (160, 80, 20, 4)),
+    "only empty text": (dict(empty_text_every=1), (100, 20, 20, 1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHUNKING))
+def test_tokens_are_timed_not_text(case, tmp_path):
+    knobs, (want_ttft, want_chunk_itl, want_token_itl, per_chunk) = CHUNKING[case]
+    with launch(log_path=tmp_path / "engine.log", ttft_ms=TTFT_MS, itl_ms=ITL_MS, **knobs) as ep:
+        records, _, _ = asyncio.run(_bench(ep, 1, 3))
+    s = summarize(records)
+    assert s["completed"] == 3 and s["output_tokens"] == 3 * OUT, s.get("first_error")
+    for r in records:
+        assert sum(r.chunk_tokens) == OUT and r.tokens_from == "usage"
+        assert set(r.chunk_tokens) == {per_chunk} and r.first_token is not None
+    if case == "only empty text":
+        assert all(r.text == "" for r in records)  # and still a TTFT, at the first token
+    assert s["tokens_per_chunk"] == {"mean": per_chunk, "counted_from": ["usage"]}
+    # within 2 ms or 2 %; a busy 2-core machine delays single requests, never hastens them: the
+    # best TTFT of the 3, and the ITLs' p50
+    assert s["ttft_ms"]["min"] == pytest.approx(want_ttft, abs=tolerance(want_ttft) + 1)
+    assert s["itl_ms"]["p50"] == pytest.approx(want_chunk_itl, abs=tolerance(want_chunk_itl) + 1)
+    assert s["itl_token_ms"]["p50"] == pytest.approx(want_token_itl, abs=tolerance(want_token_itl) + 1)
+
+
+def _events(*msgs) -> list[bytes]:
+    return [json.dumps(m).encode() for m in msgs] + [b"[DONE]"]
+
+
+def _read(events) -> RequestRecord:
+    """The adapter's reading of a stream's events, stamped 1.0, 2.0, ...; no server."""
+    rec = RequestRecord(request_id=0)
+    tokens = _TokenTimes(rec)
+    for t, data in enumerate(events, 1):
+        tokens.on_event(float(t), data)
+    tokens.finish()
+    return rec
+
+
+def _choice(text, **extra):
+    return {"choices": [{"index": 0, "text": text, "finish_reason": None, **extra}]}
+
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 5}}
+
+
+def test_token_counts_without_usage_per_chunk():
+    """A server without continuous usage: token ids, else logprobs, else one per text chunk."""
+    rec = _read(_events(_choice("", token_ids=[7, 8]), _choice("ab", token_ids=[9, 10, 11]), USAGE))
+    assert (rec.token_times, rec.chunk_tokens, rec.tokens_from) == ([1.0, 2.0], [2, 3], "token_ids")
+    rec = _read(_events(_choice("a", logprobs={"tokens": ["a", ""], "token_logprobs": [0, 0]}),
+                        _choice("b", logprobs={"tokens": ["b"]}), USAGE))
+    assert (rec.chunk_tokens, rec.tokens_from) == ([2, 1], "logprobs")
+    rec = _read(_events(_choice("a"), _choice(""), _choice("b"), USAGE))
+    assert (rec.token_times, rec.chunk_tokens, rec.tokens_from) == ([1.0, 3.0], [1, 1], "text")
+    assert rec.output_tokens == 5 and rec.text == "ab"
+
+
+def test_only_empty_text_without_usage_per_chunk_still_has_a_ttft():
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    empty = {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]}
+    rec = _read(_events(role, empty, empty, USAGE))
+    assert rec.first_token == 2.0  # the first chunk after the role, not the role itself
+    assert (rec.chunk_tokens, rec.tokens_from) == ([5], "usage_total")
+    assert tpot(rec) == pytest.approx((5.0 - 2.0) / 4)  # [DONE] at 5.0
+
+
+def test_usage_per_chunk_counts_tokens_of_chunks_without_text():
+    def chunk(text, done):
+        return {**_choice(text), "usage": {"prompt_tokens": 2, "completion_tokens": done}}
+
+    rec = _read(_events(chunk("", 0), chunk("", 2), chunk("x", 3), chunk("yz", 7), USAGE))
+    assert (rec.token_times, rec.chunk_tokens, rec.tokens_from) == ([2.0, 3.0, 4.0], [2, 1, 4], "usage")
+    assert rec.first_token == 2.0 and rec.output_tokens == 5  # the last usage is the server's word
+    assert itls(rec) == [1.0, 1.0] and token_itls(rec) == [1.0] + [0.25] * 4
+
+
 # --- errors are data ---------------------------------------------------------------------------
 
 
@@ -348,6 +435,50 @@ def test_closed_loop_keeps_exactly_n_streams():
     assert client.peak == 3
 
 
+def test_closed_loop_reports_each_streams_gap_before_its_next_send():
+    client = _InstantClient(hold_s=0.002)
+    written = []
+    records = asyncio.run(run_point(client, [GenRequest()] * 12, "concurrency", 3, 0,
+                                    written.append))
+    gaps = [r.send_gap for r in records]
+    assert gaps[:3] == [None] * 3 and all(g is not None and 0 <= g < 0.05 for g in gaps[3:])
+    # on_record sees each record after its stream's next send, with its gap already set
+    assert sorted((r.request_id, r.send_gap) for r in written) == list(enumerate(gaps))
+    assert summarize(records)["send_gap_ms"]["max"] < 50
+    rate = asyncio.run(run_point(_InstantClient(), [GenRequest()] * 4, "rate", 100.0, 0,
+                                 lambda r: None))
+    assert all(r.send_gap is None for r in rate) and "send_gap_ms" not in summarize(rate)
+
+
+def test_rate_fields_say_what_the_seeded_schedule_drew():
+    sends, _ = _sends("rate", 50.0, 20, seed=3)
+    records = [RequestRecord(request_id=i, send=t) for i, t in enumerate(sends)]
+    f = rate_fields(records, 50.0, seed=3)
+    drawn = poisson_gaps(20, 50.0, seed=3)
+    assert f["schedule_rate"] == pytest.approx(20 / drawn.sum())
+    assert f["send_rate"] == pytest.approx(f["schedule_rate"], rel=0.2)  # the client kept up
+    assert rate_fields(records, math.inf, seed=3)["schedule_rate"] == math.inf
+
+
+def test_summary_has_the_schedule_rate_of_every_rate_point(tmp_path):
+    """`hyperbench bench --rate`: each point says its target, the seeded schedule's own rate and
+    the rates sent and completed, so a short draw is not read as client lag."""
+    with start_in_thread(ttft_ms=0, itl_ms=0) as srv:
+        res = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "bench", "--url", srv.base_url, "--model",
+             "tiny-llama", "--rate", "40,80", "--num-requests", "12", "--output-len", "2",
+             "--warmup", "0", "--no-plots", "--results-dir", str(tmp_path), "--run-name", "r"],
+            capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    points = json.loads((tmp_path / "r" / "summary.json").read_text())["points"]
+    assert [p["rate"] for p in points] == [40, 80]
+    for p in points:
+        drawn = poisson_gaps(12, p["rate"], seed=0)  # the workload's default seed
+        assert p["schedule_rate"] == pytest.approx(12 / drawn.sum())
+        assert p["send_rate"] == pytest.approx(p["schedule_rate"], rel=0.25)
+        assert p["request_throughput"] > 0
+
+
 # --- request payloads, without a server (STYLE #7) ----------------------------------------------
 
 
@@ -358,19 +489,23 @@ def client():
     asyncio.run(c.__aexit__(None, None, None))
 
 
+# every chunk carries the usage so far: tokens are counted per chunk whatever their text
+STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
+
+
 def test_completions_payload(client):
     path, body = client.payload(GenRequest(prompt="Hello", max_tokens=8,
                                            sampling={"temperature": 0.0, "seed": 1}))
     assert path == "/completions"
     assert body == {"model": "tiny", "max_tokens": 8, "temperature": 0.0, "seed": 1,
-                    "stream": True, "stream_options": {"include_usage": True}, "prompt": "Hello"}
+                    "stream": True, "stream_options": STREAM_OPTIONS, "prompt": "Hello"}
     assert client.base_url == "http://engine:8000/v1"
 
 
 def test_fixed_output_payload_forces_the_length(client):
     _, body = client.payload(GenRequest(prompt=[1, 2, 3], max_tokens=32, fixed_output=True))
     assert body == {"model": "tiny", "max_tokens": 32, "min_tokens": 32, "ignore_eos": True,
-                    "stream": True, "stream_options": {"include_usage": True},
+                    "stream": True, "stream_options": STREAM_OPTIONS,
                     "prompt": [1, 2, 3]}
 
 

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
-from harness.sse_http import _SSE
+from harness.sse_http import _SSE, TransportError, _Answer
 from harness.synthetic import SyntheticConfig, SyntheticEngine, _Conn, start_in_thread
 
 
@@ -36,6 +36,61 @@ def test_stop_reading_when_asked():
     sse = _SSE(lambda stamp, data: got.append(data) or data != b"stop")
     assert sse.feed(b"data: a\n\ndata: stop\n\ndata: b\n\n", 0.0) is False
     assert got == [b"a", b"stop"]
+
+
+def _answer_events(raw: bytes, cuts) -> tuple[list, _Answer]:
+    """`raw` fed to the response parser in pieces cut at `cuts`, each read stamped by its index."""
+    got = []
+    answer = _Answer(_SSE(lambda stamp, data: got.append((stamp, data))))
+    bounds = [0, *cuts, len(raw)]
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        answer.feed(raw[a:b], float(i))
+    return got, answer
+
+
+def _http_chunk(data: bytes, ext: bytes = b"") -> bytes:
+    return b"%X%s\r\n%s\r\n" % (len(data), ext, data)
+
+
+CHUNKED = (b"HTTP/1.1 100 Continue\r\n\r\n"  # an informational answer first: skipped
+           b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+           + _http_chunk(b'data: {"a":1}\n\n')  # one event, one chunk (the fast path)
+           + _http_chunk(b"data: {", b";ext=1")  # an event over two chunks, a chunk extension
+           + _http_chunk(b'"b": 2}\n\n')
+           + _http_chunk(b"data: x\r\ndata: y\r\n\r\ndata: z\n\n")  # several events, two lines
+           + b"0\r\nX-Trailer: 1\r\n\r\n")
+
+
+def test_chunked_answer_split_anywhere_gives_the_same_events():
+    """The HTTP/1.1 parser (no h11): whatever the reads' boundaries, the same events, each with
+    the stamp of the read that completed it, and the message ends at the last chunk's trailer."""
+    whole, answer = _answer_events(CHUNKED, [])
+    assert [d for _, d in whole] == [b'{"a":1}', b'{"b": 2}', b"x\ny", b"z"]
+    assert answer.status == 200 and answer.done and answer.keep_alive
+    for cut in range(1, len(CHUNKED)):
+        got, answer = _answer_events(CHUNKED, [cut])
+        assert [d for _, d in got] == [d for _, d in whole] and answer.done, cut
+        end = CHUNKED.index(b"data: {\"a\":1}\n\n") + len(b'data: {"a":1}\n\n')
+        assert got[0][0] == (0.0 if cut >= end else 1.0), cut
+    got, answer = _answer_events(CHUNKED, range(1, len(CHUNKED)))  # a byte a read
+    assert [d for _, d in got] == [d for _, d in whole] and answer.done
+
+
+def test_content_length_close_and_error_answers():
+    body = b"data: one\n\ndata: two\n\n"
+    got, answer = _answer_events(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                 + body, [30])
+    assert [d for _, d in got] == [b"one", b"two"] and answer.done and answer.keep_alive
+    got, answer = _answer_events(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, [])
+    assert answer.mode == "close" and not answer.keep_alive and not answer.done
+    answer.end(9.0)  # the close ends it
+    assert [d for _, d in got] == [b"one", b"two"] and answer.done
+    got, answer = _answer_events(b"HTTP/1.0 503 Busy\r\nContent-Length: 4\r\n\r\nbusy", [])
+    assert (answer.status, bytes(answer.error_body), got, answer.keep_alive) == (503, b"busy", [], False)
+    for bad in (b"HTTP/1.1 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        with pytest.raises(TransportError) as e:
+            _answer_events(bad, [])
+        assert e.value.kind == "RemoteProtocolError"
 
 
 # --- a scripted server, to misbehave on purpose -------------------------------------------------

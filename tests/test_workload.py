@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 
 import httpx
+import numpy as np
 import pytest
 
 from harness.synthetic import start_in_thread
@@ -219,3 +220,53 @@ def test_same_seed_same_prompts_across_runs(synthetic, tmp_path, tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     assert first == synthetic_prompts(tok, n, input_len, 11)
     assert not set(x for p in first + other for x in p) & set(tok.all_special_ids)
+
+
+# --- the warm-up prompt -------------------------------------------------------------------------
+
+
+def _shares_a_prefix(a, b) -> bool:
+    return len(a) > 0 and len(b) > 0 and a[0] == b[0]
+
+
+@pytest.mark.parametrize("kind", ["ids", "text", "chat"])
+def test_warmup_prompts_share_no_prefix_with_any_measured_prompt(kind):
+    """A warm-up with request 0's own prompt filled the prefix cache that request 0 then hit."""
+    from harness.adapter import GenRequest
+    from harness.workload import WARMUP_MAX_TOKENS, warmup_requests
+
+    rng = np.random.default_rng(0)
+    if kind == "ids":  # a small vocabulary, so first ids collide unless chosen on purpose
+        measured = [GenRequest(prompt=rng.integers(0, 40, 16).tolist()) for _ in range(30)]
+    elif kind == "text":
+        measured = [GenRequest(prompt=p) for p in FILE_PROMPTS + [" ~tilde", "#hash", "|bar"]]
+    else:
+        measured = [GenRequest(messages=[{"role": "user", "content": p}]) for p in FILE_PROMPTS]
+    warm = warmup_requests(measured, 3, seed=0)
+    assert len(warm) == 3 and all(w.max_tokens == WARMUP_MAX_TOKENS for w in warm)
+    for w in warm:
+        if kind == "chat":
+            assert w.prompt is None and len(w.messages) == 1
+            prompt, others = w.messages[0]["content"], [m.messages[0]["content"] for m in measured]
+        else:
+            prompt, others = w.prompt, [m.prompt for m in measured]
+        assert type(prompt) is type(others[0])  # the same kind of prompt as the measured ones
+        assert not any(_shares_a_prefix(prompt, o) or _shares_a_prefix(prompt, o.lstrip()
+                       if isinstance(o, str) else o) for o in others), (prompt, others)
+        if kind == "ids":
+            assert len(prompt) == 16 and set(prompt) <= {t for m in measured for t in m.prompt}
+    assert warmup_requests(measured, 0, seed=0) == []
+
+
+def test_bench_warms_up_with_a_prompt_of_its_own(synthetic, tmp_path):
+    """Through `hyperbench bench`: the first prompt the engine saw (the warm-up) starts with a
+    token id that starts no measured prompt."""
+    before = len(sent_prompts(synthetic))
+    res = hb("bench", "--url", synthetic.base_url, "--model", "tiny-llama", "--concurrency", "1",
+             "--output-len", "2", "--warmup", "1", "--input-len", "10", "--num-requests", "4",
+             "--no-plots", "--results-dir", str(tmp_path), "--run-name", "w")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    warm, *measured = [json.loads(p) for p in sent_prompts(synthetic)[before:]]
+    assert len(measured) == 4 and len(warm) == 10
+    assert warm[0] not in {p[0] for p in measured}
+    assert warm not in measured
