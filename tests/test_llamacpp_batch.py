@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -105,52 +104,50 @@ def test_echo_and_stop_strings_beside_others(batched):
     assert cut["text"] == full[: full.index(stop)]
 
 
-def test_a_request_joins_while_others_decode(batched):
-    url = batched.base_url
-    long_alone = complete(url, PROMPTS[0], 200)
-    short_alone = complete(url, PROMPTS[1], 10)
-    first_token = threading.Event()
-    got = {}
-
-    def long_stream():
-        body = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 200, "temperature": 0,
-                "ignore_eos": True, "stream": True}  # fmt: skip
-        text = ""
-        with httpx.stream("POST", f"{url}/completions", json=body, timeout=120) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: {"):
-                    import json
-
-                    text += json.loads(line[6:])["choices"][0]["text"]
-                    first_token.set()
-        got["long"], got["long_end"] = text, time.monotonic()
-
-    t = threading.Thread(target=long_stream)
-    t.start()
-    assert first_token.wait(60)
-    got["short"] = complete(url, PROMPTS[1], 10)
-    got["short_end"] = time.monotonic()
-    t.join(120)
-    assert got["long"] == long_alone["text"] and got["short"]["tokens"] == short_alone["tokens"]
-    assert got["short_end"] < got["long_end"]  # it joined the running batch: no queueing behind
-
-
-def test_a_request_that_leaves_frees_its_slot(tiny_model):
-    """In-process engine: two slots, both taken by requests whose consumers stop after two
-    tokens; their slots and KV cells are free again, and a third request runs."""
-    from backends.llamacpp.engine import Engine, Result, Sampling
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """The engine in-process, two slots, where the tests look at its slots directly."""
+    from backends.llamacpp.engine import Engine
 
     gguf = ensure_gguf(tiny_model, "f32")
-    engine = Engine(str(gguf), n_ctx=1024, n_batch=64, n_gpu_layers=0, n_threads=None,
-                    flash_attn=False, kv_cache_type="f32", parallel=2)  # fmt: skip
+    return Engine(str(gguf), n_ctx=2 * 1024, n_batch=64, n_gpu_layers=0, n_threads=None,
+                  flash_attn=False, kv_cache_type="f32", parallel=2)  # fmt: skip
+
+
+def greedy(n: int, **extra):
+    from backends.llamacpp.engine import Sampling
+
+    return Sampling(max_tokens=n, temperature=0, ignore_eos=True, **extra)
+
+
+def test_a_request_joins_while_others_decode(engine):
+    from backends.llamacpp.engine import Result
+
+    a_ids, b_ids = engine.tokenize(PROMPTS[0]), engine.tokenize(PROMPTS[2])
+    a_alone = [s.token.id for s in engine.generate(a_ids, greedy(900), Result([]))]
+    b_alone = [s.token.id for s in engine.generate(b_ids, greedy(10), Result([]))]
+    a = engine.generate(a_ids, greedy(900), Result([]))
+    a_tokens = [next(a).token.id]  # A decodes...
+    b_tokens = [s.token.id for s in engine.generate(b_ids, greedy(10), Result([]))]
+    # ...B came, ran its 10 tokens and left while A, 900 tokens long, still decodes: it joined
+    # the running batch instead of queueing behind A
+    assert len(engine.batcher.running) == 1
+    a_tokens += [s.token.id for s in a]
+    assert a_tokens == a_alone and b_tokens == b_alone
+
+
+def test_a_request_that_leaves_frees_its_slot(engine):
+    """Both slots taken by requests whose consumers stop after two tokens (what the server does
+    when a client disconnects); their slots and KV cells are free again, and the next runs."""
+    from backends.llamacpp.engine import Result
+
     ids = engine.tokenize(PROMPTS[0])
-    gens = [engine.generate(ids, Sampling(max_tokens=500, temperature=0, ignore_eos=True), Result([]))
-            for _ in range(2)]  # fmt: skip
+    gens = [engine.generate(ids, greedy(900), Result([])) for _ in range(2)]
     for gen in gens:
         next(gen), next(gen)
     assert not engine.batcher.free  # both slots taken
     for gen in gens:
-        gen.close()  # what the server does when a client disconnects
+        gen.close()
     deadline = time.monotonic() + 10
     while len(engine.batcher.free) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -158,7 +155,7 @@ def test_a_request_that_leaves_frees_its_slot(tiny_model):
     mem = engine.lib.llama_get_memory(engine.ctx.ctx)
     assert [engine.lib.llama_memory_seq_pos_max(mem, s) for s in (0, 1)] == [-1, -1]  # cells freed
     result = Result([])
-    steps = list(engine.generate(ids, Sampling(max_tokens=5, temperature=0, ignore_eos=True), result))
+    steps = list(engine.generate(ids, greedy(5), result))
     assert len(steps) == 5 and result.finish_reason == "length"
 
 

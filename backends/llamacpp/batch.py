@@ -61,6 +61,11 @@ class BatchScheduler:
         self.lib, self.engine, self.ctx = llama_cpp, engine, ctx  # ctx: an internals.LlamaContext
         self.n_seq, self.n_batch = n_seq, n_batch
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        b = self.batch  # numpy views of its arrays: a prompt chunk is filled in a few calls
+        self.token = np.ctypeslib.as_array(b.token, shape=(n_batch,))
+        self.pos = np.ctypeslib.as_array(b.pos, shape=(n_batch,))
+        self.n_seq_id = np.ctypeslib.as_array(b.n_seq_id, shape=(n_batch,))
+        self.logits = np.ctypeslib.as_array(b.logits, shape=(n_batch,))
         self.waiting: deque[_Request] = deque()
         self.running: list[_Slot] = []
         self.free = list(range(n_seq))
@@ -161,19 +166,26 @@ class BatchScheduler:
                 slot.rows, slot.echo_rows = [], False
                 continue
             chunk = slot.pending[:room]
+            m = len(chunk)
             echo = slot.req.sampling.prompt_logprobs and slot.n_past < len(slot.req.ids)
-            last_of_prompt = slot.n_past + len(chunk) >= len(slot.req.ids)
-            slot.rows, slot.echo_rows = [], echo
-            for j, tok in enumerate(chunk):
-                b.token[n] = tok
-                b.pos[n] = slot.n_past + j
-                b.n_seq_id[n] = 1
-                b.seq_id[n][0] = slot.seq
-                want = echo or (last_of_prompt and j == len(chunk) - 1)
-                b.logits[n] = want
-                if want:
-                    slot.rows.append(n)
-                n += 1
+            last_of_prompt = slot.n_past + m >= len(slot.req.ids)
+            self.token[n : n + m] = chunk
+            self.pos[n : n + m] = np.arange(slot.n_past, slot.n_past + m)
+            self.n_seq_id[n : n + m] = 1
+            seq_ids = b.seq_id
+            for i in range(n, n + m):
+                seq_ids[i][0] = slot.seq
+            # logits rows: every prompt position for echo, else the prompt's last / the new token
+            self.logits[n : n + m] = echo
+            if echo:
+                slot.rows = list(range(n, n + m))
+            elif last_of_prompt:
+                self.logits[n + m - 1] = 1
+                slot.rows = [n + m - 1]
+            else:
+                slot.rows = []
+            slot.echo_rows = echo
+            n += m
             slot.pending = slot.pending[len(chunk) :]
             slot.n_past += len(chunk)
         b.n_tokens = n
