@@ -87,7 +87,7 @@ def test_spec_declares_what_it_honours():
     assert {"min_tokens", "ignore_eos", "min_p", "repetition_penalty"} <= set(caps.sampling_params)
     assert cfg.quant == "native" and "q4_k_m" in caps.quantizations
     with pytest.raises(HyperbenchError, match="one sequence at a time"):
-        LlamaCppConfig(parallel=4).check()
+        LlamaCppConfig(parallel=4, speculative="ngram").check()
     with pytest.raises(HyperbenchError, match="flash_attn"):
         LlamaCppConfig(kv_cache_type="q8_0").check()
     cmd = LlamaCppConfig(quant="q8_0", n_threads=2, api_key="k").server_command("127.0.0.1", 9, "/m")

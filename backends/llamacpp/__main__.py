@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-threads", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
+    p.add_argument("--parallel", type=int, default=1, help="sequences decoded at once (continuous batching)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
     p.add_argument("--num-speculative-tokens", type=int, default=4)
@@ -71,6 +72,7 @@ def speculation(args):
 
     try:
         cfg = LlamaCppConfig(speculative=args.speculative, n_batch=args.n_batch,
+                             parallel=args.parallel, n_ctx=args.n_ctx,
                              num_speculative_tokens=args.num_speculative_tokens,
                              ngram_min=args.ngram_min, ngram_max=args.ngram_max)  # fmt: skip
     except ValueError as e:  # pydantic's range checks
@@ -96,14 +98,16 @@ def load(args):
     meta = gguf_info(gguf)
     n_ctx = args.n_ctx
     trained = meta["context_length"]
-    if trained and n_ctx > trained:
-        log(f"n_ctx {n_ctx} is beyond the model's trained context {trained}: using {trained}")
-        n_ctx = int(trained)
+    if trained and n_ctx > trained * args.parallel:  # (a sequence gets n_ctx / parallel)
+        log(f"n_ctx {n_ctx} is beyond the model's trained context {trained} x {args.parallel} "
+            f"sequences: using {trained * args.parallel}")
+        n_ctx = int(trained) * args.parallel
     log(f"loading {gguf} ({meta['file_type']}, n_ctx {n_ctx}, n_gpu_layers {args.n_gpu_layers})")
     try:
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
-                        kv_cache_type=args.kv_cache_type, speculative=spec)  # fmt: skip
+                        kv_cache_type=args.kv_cache_type, speculative=spec,
+                        parallel=args.parallel)  # fmt: skip
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..." (target or draft)
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
@@ -114,7 +118,7 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
     import llama_cpp
 
     lib, model = llama_cpp, engine.llm._model.model
-    kv_bytes = kv_cache_bytes(engine.llm, engine.n_ctx, args.kv_cache_type)
+    kv_bytes = kv_cache_bytes(engine.llm, engine.n_ctx_total, args.kv_cache_type)
     on_gpu = bool(lib.llama_supports_gpu_offload()) and args.n_gpu_layers != 0
     return {
         "engine": "llamacpp",
@@ -130,15 +134,17 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "weight_bytes": int(lib.llama_model_size(model)),  # GGUF tensor data
         "kv_cache_bytes": int(kv_bytes),  # allocated up front for n_ctx
         "kv_cache_type": args.kv_cache_type,
-        "n_ctx": engine.n_ctx,
+        "n_ctx": engine.n_ctx_total,
+        "n_ctx_per_sequence": engine.n_ctx,
         "n_ctx_train": meta["context_length"],
         "n_batch": args.n_batch,
         "n_threads": engine.llm.n_threads,  # decode; llama-cpp-python's default: half the CPUs
         "n_threads_batch": engine.llm.n_threads_batch,  # prompts; default: all CPUs
         "n_gpu_layers": args.n_gpu_layers if on_gpu else 0,
         "flash_attn": args.flash_attn,
-        "parallel": 1,
-        "prefix_cache": True,  # the KV of the previous request's common prefix is reused
+        "parallel": engine.parallel,
+        # with one sequence, the KV of the previous request's common prefix is reused
+        "prefix_cache": engine.parallel == 1,
         "device": "cuda" if on_gpu else "cpu",
         "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
         "speculative": speculative_info(engine, args.kv_cache_type),

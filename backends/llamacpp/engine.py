@@ -1,5 +1,7 @@
-"""Generation over `llama_cpp.Llama`, one sequence at a time, with what the wire contract needs
-and `Llama.create_completion` lacks or gets wrong:
+"""Generation over `llama_cpp.Llama`, with what the wire contract needs and
+`Llama.create_completion` lacks or gets wrong. With parallel=1 one sequence at a time (below);
+with parallel > 1 the requests are batched together by backends/llamacpp/batch.py, which uses
+this module's sampling and per-token steps (`Engine.draw`, `Engine.step`).
 
 - prompt logprobs (`echo` + `logprobs`) without `logits_all=True`: only an echo request asks
   for logits at every prompt position, so ordinary requests keep llama.cpp's fast path (and no
@@ -40,6 +42,7 @@ from backends.llamacpp.speculative import (
     propose,
     vocab_mismatch,
 )
+from backends.llamacpp.release import TextRelease
 
 
 @dataclass
@@ -111,17 +114,20 @@ def load_error() -> str:
     return LLAMA_LOG[-1].split(": ", 1)[-1] if LLAMA_LOG else ""
 
 
+SMALLEST_CTX = 256  # the Llama that only holds the model, with parallel > 1
+
+
 class Engine:
     def __init__(self, model_path: str, *, n_ctx: int, n_batch: int, n_gpu_layers: int,
                  n_threads: int | None, flash_attn: bool, kv_cache_type: str,
-                 speculative: NgramSettings | DraftSettings | None = None):
+                 speculative: NgramSettings | DraftSettings | None = None, parallel: int = 1):
         import llama_cpp
 
         self.lib = llama_cpp
         capture_llama_log(llama_cpp)
         kv_type = getattr(llama_cpp, f"GGML_TYPE_{kv_cache_type.upper()}")
 
-        def open_model(path: str, n_ctx: int):  # the target, and a draft placed and sized alike
+        def open_model(path: str, n_ctx: int, n_batch: int = n_batch):  # the target, and a draft placed and sized alike
             return llama_cpp.Llama(
                 path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
                 # one thread count for prompt and decode, as llama.cpp's -t (left alone, llama-cpp-python
@@ -131,9 +137,19 @@ class Engine:
                 type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
             )  # fmt: skip
 
-        self.llm = open_model(model_path, n_ctx)
+        self.parallel = parallel
+        self.batcher = None
+        if parallel == 1:
+            self.llm = open_model(model_path, n_ctx)
+            self.n_ctx_total = self.n_ctx = self.llm.n_ctx()
+        else:
+            # Llama holds the model, tokenizer and metadata (its own context is kept minimal);
+            # the sequences share a context of their own with n_seq_max slots
+            self.llm = open_model(model_path, SMALLEST_CTX, min(n_batch, SMALLEST_CTX))
+            self.ctx = self._batch_context(n_ctx, n_batch, parallel)
+            self.n_ctx_total = self.ctx.n_ctx()
+            self.n_ctx = self.n_ctx_total // parallel  # a sequence's share: it never runs out
         self.n_vocab = self.llm.n_vocab()
-        self.n_ctx = self.llm.n_ctx()
         vocab = self.llm._model.vocab
         self.eog_ids = np.array(
             [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)], dtype=np.intp
@@ -163,6 +179,23 @@ class Engine:
                 raise HyperbenchError(f"the draft model {speculative.model} cannot draft for this target: {why}")
             self.drafter = DraftModel(draft, stop_ids=self.eog_ids, target_vocab=self.n_vocab)
         self.lock = FifoLock()  # one llama context: one sequence at a time, first come first served
+        if parallel > 1:
+            from backends.llamacpp.batch import BatchScheduler
+
+            self.batcher = BatchScheduler(self, self.ctx, parallel, n_batch)
+
+    def _batch_context(self, n_ctx: int, n_batch: int, parallel: int):
+        """A llama context for `parallel` sequences in one unified KV cache of n_ctx cells, with
+        the Llama's own settings otherwise (threads, offload, flash attention, KV type)."""
+        from llama_cpp import _internals, llama_context_params
+
+        params = llama_context_params.from_buffer_copy(self.llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, parallel, True
+        params.n_batch, params.n_ubatch = n_batch, min(n_batch, 512)
+        try:
+            return _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        except ValueError as e:  # "Failed to create llama_context"
+            raise ValueError(f"{e} for {parallel} sequences") from None
 
     # ------------------------------------------------------------------------ tokens <-> text
 
@@ -190,7 +223,12 @@ class Engine:
 
     def generate(self, ids: list[int], s: Sampling, result: Result,
                  cancelled: Callable[[], bool] = lambda: False) -> Iterator[Step]:
-        """Yield one Step per generated token; fills `result` (prompt logprobs, finish)."""
+        """Yield one Step per generated token; fills `result` (prompt logprobs, finish). Safe to
+        call from several threads at once: with parallel > 1 the requests decode together in
+        one batch per step, else they queue for the one sequence in arrival order."""
+        if self.batcher is not None:
+            yield from self.batcher.generate(ids, s, result, cancelled)
+            return
         with self.lock:
             yield from self._generate(ids, s, result, cancelled)
 
@@ -204,9 +242,7 @@ class Engine:
             result.finish_reason = "length"
             return
         chain = _SamplerChain(self.lib, s, self.n_ctx, self.n_vocab, ids)
-        out = bytearray()  # all generated bytes so far
-        released = 0  # characters of text already handed out
-        stops = [x for x in s.stop if x]
+        release = TextRelease(s.stop)
         # speculation: the logits row of the last batch to sample next (-1: its last one), and
         # the drafted tokens evaluated after that row's token (their rows follow it)
         row_at, drafts, n_drafted = -1, [], 0
@@ -215,48 +251,18 @@ class Engine:
                 if cancelled():
                     result.finish_reason = "abort"
                     return
-                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(row_at), shape=(self.n_vocab,))
-                token_lp = top = None
-                if s.logprobs is not None:
-                    lps = _log_softmax(row)
-                token_mask = s.ignore_eos or n < s.min_tokens
-                if token_mask and len(self.eog_ids):
-                    row[self.eog_ids] = -np.inf
-                tok = chain.sample(llm._ctx.ctx, row_at)
-                if s.logprobs is not None:
-                    token_lp, top = float(lps[tok]), _top(lps, s.logprobs)
+                tok, token_lp, top = self.draw(llm._ctx.ctx, row_at, chain, s, n)
                 hit = bool(drafts) and tok == drafts[0]
                 if hit:
                     self.counters.accepted(n_drafted - len(drafts))  # its position in the draft
                 result.completion_tokens += 1
-                eog = self.lib.llama_vocab_is_eog(llm._model.vocab, tok)
-                if eog:
-                    tk = Token(tok, b"", token_lp, top)
-                    tail = _decode(bytes(out))[released:]
-                    result.finish_reason = "stop"
-                    result.text += tail
-                    yield Step(tail, tk)
-                    return
-                piece = self.piece(tok, special=False)
-                out += piece
                 # (drafts past the sampled row are in the cache but not part of the text)
                 last = n + 1 == s.max_tokens or llm.n_tokens - len(drafts) >= self.n_ctx
-                # an incomplete UTF-8 tail waits for its next bytes, unless nothing follows
-                text = _decode(bytes(out if last else out[: _complete_len(out)]))
-                # a stop not seen yet cannot start before `released` (see _held_back)
-                hit_stop = min((i for i in (text.find(x, released) for x in stops) if i >= 0), default=-1)
-                if hit_stop >= 0:
-                    result.finish_reason = "stop"
-                    result.text += text[released:hit_stop]
-                    yield Step(text[released:hit_stop], Token(tok, piece, token_lp, top))
-                    return
-                keep = len(text) if last else len(text) - _held_back(text, stops)
-                new = text[released:keep] if keep > released else ""
-                released = max(released, keep)
-                result.text += new
-                yield Step(new, Token(tok, piece, token_lp, top))
-                if last:
-                    result.finish_reason = "length"
+                step, finish = self.step(tok, token_lp, top, release, last)
+                result.text += step.text
+                yield step
+                if finish:
+                    result.finish_reason = finish
                     return
                 if hit:  # the draft's token is in the cache already, and so is its logits row
                     drafts.pop(0)
@@ -275,6 +281,28 @@ class Engine:
             # the cache holds prompt + output up to the last token sampled (not evaluated)
             llm.n_tokens -= len(drafts)
             chain.free()
+
+    def draw(self, ctx, row: int, chain: "_SamplerChain", s: Sampling, n: int):
+        """Sample the next token of a sequence from logits row `row` of the last batch (`n`
+        tokens generated so far): (token, its logprob, top logprobs), logprobs from the raw
+        logits, before end-of-generation is masked for min_tokens / ignore_eos."""
+        logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+        lps = _log_softmax(logits) if s.logprobs is not None else None
+        if (s.ignore_eos or n < s.min_tokens) and len(self.eog_ids):
+            logits[self.eog_ids] = -np.inf  # in llama.cpp's own buffer, which its sampler reads
+        tok = chain.sample(ctx, row)
+        if lps is None:
+            return tok, None, None
+        return tok, float(lps[tok]), _top(lps, s.logprobs)
+
+    def step(self, tok: int, lp, top, release: TextRelease, last: bool) -> tuple[Step, str | None]:
+        """The Step of a sampled token and the finish reason it brings (None: go on). An EOS
+        counts as a generated token (vLLM's usage counts it too) but has no text."""
+        if self.lib.llama_vocab_is_eog(self.llm._model.vocab, tok):
+            return Step(release.rest(), Token(tok, b"", lp, top)), "stop"
+        piece = self.piece(tok, special=False)
+        text, stopped = release.push(piece, last)
+        return Step(text, Token(tok, piece, lp, top)), "stop" if stopped else "length" if last else None
 
     def _draft(self, tok: int, room: int) -> list[int]:
         """Draft tokens to follow `tok` (at most `room`: no more can be emitted), by the draft
@@ -412,28 +440,3 @@ def _top(lps: np.ndarray, k: int) -> list[tuple[int, float]]:
     idx = np.argpartition(-lps, k - 1)[:k] if k < len(lps) else np.arange(len(lps))
     idx = idx[np.argsort(-lps[idx], kind="stable")]
     return [(int(i), float(lps[i])) for i in idx]
-
-
-def _decode(b: bytes) -> str:
-    return b.decode("utf-8", errors="replace")
-
-
-def _complete_len(b: bytearray) -> int:
-    """Length of `b` without a trailing, still incomplete UTF-8 sequence."""
-    for back in range(1, min(4, len(b)) + 1):
-        c = b[-back]
-        if c & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
-            return len(b) - back if need > back else len(b)
-    return len(b)
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still be the start of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best

@@ -23,6 +23,7 @@ QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")
 SPECULATIVE_FORMS = ["ngram", "draft:<model>"]
 # n-gram sizes matched when ngram_min / ngram_max are not given
 NGRAM_MIN, NGRAM_MAX = 1, 3
+MIN_CTX_PER_SEQUENCE = 16  # n_ctx / parallel below this leaves a sequence no room for a prompt
 
 
 class LlamaCppConfig(EngineConfig):
@@ -47,9 +48,10 @@ class LlamaCppConfig(EngineConfig):
     parallel: int = Field(
         1,
         ge=1,
-        description="Sequences decoded at once. llama-cpp-python's Llama holds one sequence, so "
-        "only 1 is possible: concurrent requests queue (llama.cpp's C++ llama-server has slots; "
-        "this engine is not it).",
+        description="Sequences decoded at once (llama-server's --parallel): with N > 1 the "
+        "requests share one batch per step (continuous batching) and one unified KV cache of "
+        "n_ctx cells, n_ctx / N per sequence; with 1 they queue and the previous request's "
+        "prefix cache is reused.",
     )
 
     speculative: str = Field(
@@ -119,15 +121,26 @@ class LlamaCppConfig(EngineConfig):
                 f"num_speculative_tokens={self.num_speculative_tokens} needs n_batch > it "
                 f"(n_batch={self.n_batch}: the drafts are verified in one batch)"
             )
-        if self.parallel != 1:
-            raise HyperbenchError(
-                f"parallel={self.parallel}: llama-cpp-python decodes one sequence at a time "
-                "(requests queue); use parallel=1"
-            )
+        self.check_parallel(spec)
         if self.kv_cache_type not in ("f16", "f32", "bf16") and not self.flash_attn:
             raise HyperbenchError(
                 f"kv_cache_type={self.kv_cache_type} needs flash_attn=true "
                 "(llama.cpp quantizes the V cache only with flash attention)"
+            )
+
+
+    def check_parallel(self, spec: str | None) -> None:
+        """parallel=N: every sequence needs room, and speculation runs one sequence at a time."""
+        if self.parallel > 1 and spec is not None:
+            raise HyperbenchError(
+                f"parallel={self.parallel}: speculative decoding runs one sequence at a time "
+                "in this engine; use parallel=1 with --speculative"
+            )
+        if self.n_ctx // self.parallel < MIN_CTX_PER_SEQUENCE:
+            raise HyperbenchError(
+                f"n_ctx={self.n_ctx} is too small for parallel={self.parallel}: each sequence gets "
+                f"n_ctx / parallel = {self.n_ctx // self.parallel} tokens (at least "
+                f"{MIN_CTX_PER_SEQUENCE}); raise n_ctx or lower parallel"
             )
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
@@ -141,6 +154,7 @@ class LlamaCppConfig(EngineConfig):
             "--n-ctx", str(self.n_ctx),
             "--n-batch", str(self.n_batch),
             "--kv-cache-type", self.kv_cache_type,
+            "--parallel", str(self.parallel),
         ]  # fmt: skip
         if self.n_threads is not None:
             args += ["--n-threads", str(self.n_threads)]
