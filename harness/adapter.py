@@ -238,7 +238,9 @@ def _json_object(data: bytes):
     except StopIteration:
         end = -1
     if end != len(text):  # leading or trailing space, or not JSON: the full parser decides
-        return json.loads(text)
+        obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"an event that is not a JSON object: {text[:80]!r}")
     return obj
 
 

@@ -282,6 +282,12 @@ def test_usage_per_chunk_counts_tokens_of_chunks_without_text():
     assert itls(rec) == [1.0, 1.0] and token_itls(rec) == [1.0] + [0.25] * 4
 
 
+def test_an_event_that_is_not_a_json_object_is_refused():
+    for bad in (b"[1, 2]", b"{not json", b" 7 "):
+        with pytest.raises(ValueError):  # generate() makes it the record's error
+            _read([bad])
+
+
 # --- errors are data ---------------------------------------------------------------------------
 
 
