@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -72,6 +72,8 @@ class EngineClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 600):
         self.base_url = base_url.rstrip("/")
         self.model = model
+        # asked for until the server refuses the option (then chunks are counted without it)
+        self.continuous_usage = True
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # no connection cap: the load generator, not the HTTP pool, decides concurrency
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -102,7 +104,9 @@ class EngineClient:
         if stream:
             body["stream"] = True
             # cumulative usage on every chunk: the token count of each chunk, whatever its text
-            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+            body["stream_options"] = {"include_usage": True}
+            if self.continuous_usage:
+                body["stream_options"]["continuous_usage_stats"] = True
         if req.messages is not None:
             body["messages"] = req.messages
             return "/chat/completions", body
@@ -115,6 +119,19 @@ class EngineClient:
         `send` is when the request goes on the wire (not when this task asked for it: with many
         streams the event loop runs other tasks between the two), and every arrival time is the
         stamp of the socket read that completed that SSE event."""
+        asked = self.continuous_usage
+        await self._generate(req, rec)
+        if asked and _refused_continuous_usage(rec.error):
+            # a server that rejects an option it does not know (OpenAI-strict ones do): without
+            # it from now on, and this request again
+            self.continuous_usage = False
+            fresh = RequestRecord(request_id=rec.request_id, point=rec.point)
+            for f in fields(RequestRecord):
+                setattr(rec, f.name, getattr(fresh, f.name))
+            await self._generate(req, rec)
+        return rec
+
+    async def _generate(self, req: GenRequest, rec: RequestRecord) -> RequestRecord:
         path, body = self.payload(req)
         rec.expected_output_tokens = req.max_tokens if req.fixed_output else None
         tokens = _TokenTimes(rec)
@@ -155,6 +172,11 @@ class EngineClient:
         resp = await self._http.get(self.base_url + path)
         resp.raise_for_status()
         return resp.json()
+
+
+def _refused_continuous_usage(error: str | None) -> bool:
+    return bool(error) and error.startswith(("HTTP 400", "HTTP 422")) and \
+        "continuous_usage_stats" in error
 
 
 class _TokenTimes:
@@ -238,7 +260,9 @@ def _json_object(data: bytes):
     except StopIteration:
         end = -1
     if end != len(text):  # leading or trailing space, or not JSON: the full parser decides
-        return json.loads(text)
+        obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"an event that is not a JSON object: {text[:80]!r}")
     return obj
 
 

@@ -13,7 +13,8 @@ COLUMNS = (
     ("TTFT p99", lambda p: _d(p, "ttft_ms", "p99")),
     ("TPOT p50", lambda p: _d(p, "tpot_ms", "p50")),
     ("TPOT p99", lambda p: _d(p, "tpot_ms", "p99")),
-    ("ITL p50", lambda p: _d(p, "itl_ms", "p50")),
+    ("ITL/chunk p50", lambda p: _d(p, "itl_ms", "p50")),
+    ("ITL/token p50", lambda p: _d(p, "itl_token_ms", "p50")),
     ("E2E p50", lambda p: _d(p, "e2e_ms", "p50")),
     ("E2E p99", lambda p: _d(p, "e2e_ms", "p99")),
 )
@@ -127,7 +128,8 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         + f"; hyperbench {env.get('hyperbench')} ({env.get('git_commit')})",
         "",
         "Latencies in ms. TTFT = first token - send; TPOT = (E2E - TTFT)/(output tokens - 1); "
-        "ITL = gaps between streamed chunks.",
+        "ITL/chunk = gaps between streamed chunks that carried tokens; ITL/token = each gap split "
+        "over its chunk's tokens (the same where every chunk carries one).",
         "",
         points_table(points, with_goodput=any("goodput" in p for p in points)),
         "",

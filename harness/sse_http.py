@@ -5,7 +5,7 @@ Why not httpx for this: its stream is read by the coroutine that parses it, so a
 stamped when that coroutine gets to run, after every other stream that was ready first has been
 parsed (~100 µs of CPU each). When 64 first tokens arrive together, the last was stamped ~6 ms
 late. Here each read is stamped in `asyncio.Protocol.data_received`, which the event loop calls
-for every ready socket before any task resumes; the parsing (h11 for HTTP/1.1, then SSE lines,
+for every ready socket before any task resumes; the parsing (HTTP/1.1 framing, then SSE lines,
 then JSON in the caller) happens later in the coroutine, and each SSE event carries the stamp of
 the read that completed its terminating blank line.
 

@@ -212,22 +212,28 @@ CHUNKING = {
 
 @pytest.mark.parametrize("case", sorted(CHUNKING))
 def test_tokens_are_timed_not_text(case, tmp_path):
-    knobs, (want_ttft, want_chunk_itl, want_token_itl, per_chunk) = CHUNKING[case]
+    knobs, want = CHUNKING[case]
+    per_chunk = want[3]
+    misses = []
     with launch(log_path=tmp_path / "engine.log", ttft_ms=TTFT_MS, itl_ms=ITL_MS, **knobs) as ep:
-        records, _, _ = asyncio.run(_bench(ep, 1, 3))
-    s = summarize(records)
-    assert s["completed"] == 3 and s["output_tokens"] == 3 * OUT, s.get("first_error")
-    for r in records:
-        assert sum(r.chunk_tokens) == OUT and r.tokens_from == "usage"
-        assert set(r.chunk_tokens) == {per_chunk} and r.first_token is not None
-    if case == "only empty text":
-        assert all(r.text == "" for r in records)  # and still a TTFT, at the first token
-    assert s["tokens_per_chunk"] == {"mean": per_chunk, "counted_from": ["usage"]}
-    # within 2 ms or 2 %; a busy 2-core machine delays single requests, never hastens them: the
-    # best TTFT of the 3, and the ITLs' p50
-    assert s["ttft_ms"]["min"] == pytest.approx(want_ttft, abs=tolerance(want_ttft) + 1)
-    assert s["itl_ms"]["p50"] == pytest.approx(want_chunk_itl, abs=tolerance(want_chunk_itl) + 1)
-    assert s["itl_token_ms"]["p50"] == pytest.approx(want_token_itl, abs=tolerance(want_token_itl) + 1)
+        for _ in range(ATTEMPTS):  # a busy shared machine delays single runs; a bias shows in all
+            records, _, _ = asyncio.run(_bench(ep, 1, 3))
+            s = summarize(records)
+            assert s["completed"] == 3 and s["output_tokens"] == 3 * OUT, s.get("first_error")
+            for r in records:
+                assert sum(r.chunk_tokens) == OUT and r.tokens_from == "usage"
+                assert set(r.chunk_tokens) == {per_chunk} and r.first_token is not None
+            if case == "only empty text":
+                assert all(r.text == "" for r in records)  # and still a TTFT, at the first token
+            assert s["tokens_per_chunk"] == {"mean": per_chunk, "counted_from": ["usage"]}
+            # the best TTFT of the 3 (a delay never hastens one) and the ITLs' p50, each within
+            # max(1 ms, 2%) + 1 ms
+            got = (s["ttft_ms"]["min"], s["itl_ms"]["p50"], s["itl_token_ms"]["p50"])
+            if all(abs(g - w) <= tolerance(w) + 1 for g, w in zip(got, want)):
+                return
+            misses.append([round(g, 2) for g in got])
+    pytest.fail(f"TTFT min, ITL per chunk p50, ITL per token p50 (ms) per attempt: {misses}, "
+                f"wanted {want[:3]}; load average {os.getloadavg()}")
 
 
 def _events(*msgs) -> list[bytes]:
@@ -280,6 +286,12 @@ def test_usage_per_chunk_counts_tokens_of_chunks_without_text():
     assert (rec.token_times, rec.chunk_tokens, rec.tokens_from) == ([2.0, 3.0, 4.0], [2, 1, 4], "usage")
     assert rec.first_token == 2.0 and rec.output_tokens == 5  # the last usage is the server's word
     assert itls(rec) == [1.0, 1.0] and token_itls(rec) == [1.0] + [0.25] * 4
+
+
+def test_an_event_that_is_not_a_json_object_is_refused():
+    for bad in (b"[1, 2]", b"{not json", b" 7 "):
+        with pytest.raises(ValueError):  # generate() makes it the record's error
+            _read([bad])
 
 
 # --- errors are data ---------------------------------------------------------------------------
@@ -463,10 +475,13 @@ def test_rate_fields_say_what_the_seeded_schedule_drew():
 def test_summary_has_the_schedule_rate_of_every_rate_point(tmp_path):
     """`hyperbench bench --rate`: each point says its target, the seeded schedule's own rate and
     the rates sent and completed, so a short draw is not read as client lag."""
+    data = tmp_path / "prompts.jsonl"  # text prompts: no tokenizer to load
+    data.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(12)))
     with start_in_thread(ttft_ms=0, itl_ms=0) as srv:
         res = subprocess.run(
             [sys.executable, "-m", "harness.cli", "bench", "--url", srv.base_url, "--model",
-             "tiny-llama", "--rate", "40,80", "--num-requests", "12", "--output-len", "2",
+             "synthetic", "--dataset", str(data), "--rate", "40,80", "--num-requests", "12",
+             "--output-len", "2",
              "--warmup", "0", "--no-plots", "--results-dir", str(tmp_path), "--run-name", "r"],
             capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

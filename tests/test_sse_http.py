@@ -128,12 +128,13 @@ class _Scripted(asyncio.Protocol):
         self.buf = rest[length:]
         self.requests += 1
         self.server.heads.append(head.decode())
+        self.server.bodies.append(json.loads(rest[:length]) if length else None)
         self.server.script(self.server, self.conn_no, self.requests, self.transport)
 
 
 class ScriptedServer:
     def __init__(self, script):
-        self.script, self.connections, self.heads = script, 0, []
+        self.script, self.connections, self.heads, self.bodies = script, 0, [], []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -275,3 +276,31 @@ def test_https(tmp_path, monkeypatch):
         loop.call_soon_threadsafe(srv.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_a_server_that_refuses_continuous_usage_is_asked_without_it():
+    """OpenAI-strict servers answer 400 to an option they do not know: each request sent with
+    it goes again without it (concurrent ones too), and later ones are sent without it."""
+    def script(server, conn_no, req_no, transport):
+        if "continuous_usage_stats" in server.bodies[-1]["stream_options"]:
+            body = json.dumps({"error": {"message": "Unrecognized request argument supplied: "
+                                                    "continuous_usage_stats"}}).encode()
+            transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body)
+                            + body)
+        else:
+            _ok(transport)
+
+    async def go(url):
+        async with EngineClient(url, "m") as c:
+            reqs = [GenRequest(prompt="hi", max_tokens=3)] * 2
+            first = await asyncio.gather(*(c.generate(r, RequestRecord(request_id=i))
+                                           for i, r in enumerate(reqs)))
+            return [*first, await c.generate(reqs[0], RequestRecord(request_id=2))]
+
+    with ScriptedServer(script) as srv:
+        recs = asyncio.run(go(srv.base_url))
+        asked = ["continuous_usage_stats" in b["stream_options"] for b in srv.bodies]
+    assert [r.error for r in recs] == [None] * 3
+    assert all(r.output_tokens == 3 and r.text == " w0 w1 w2" and r.tokens_from == "text"
+               for r in recs)
+    assert asked == [True, True, False, False, False]

@@ -181,6 +181,8 @@ def test_chat_bench_on_the_hf_engine(tmp_path, tiny_model):
     for r in recs:
         assert r["error"] is None and r["output_tokens"] == 5 and r["finish_reason"] == "length"
         assert r["first_token"] is not None and len(r["token_times"]) >= 1 and r["text"]
+        # tokens counted per chunk from the engine's cumulative usage, not from text
+        assert r["tokens_from"] == "usage" and sum(r["chunk_tokens"]) == 5
     tok = AutoTokenizer.from_pretrained(tiny_model)
     expected = []
     for ids in synthetic_prompts(tok, n, input_len, seed):
