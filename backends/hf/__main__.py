@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         raise HyperbenchError("--num-speculative-tokens must be in [1, 64]")
     if not 0 <= args.assistant_confidence_threshold <= 1:
         raise HyperbenchError("--assistant-confidence-threshold must be in [0, 1]")
-    draft = parse_speculative(args.speculative)
+    _, draft = parse_speculative(args.speculative)
     load_settings = LoadSettings(
         args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft
     )
