@@ -168,14 +168,18 @@ def _run_all(engine: Engine, jobs: list[Job], emit: Callable | None, cancelled: 
             return
 
 
-def _usage(jobs: list[Job]) -> dict:
+def _usage(jobs: list[Job], completion_tokens: int | None = None) -> dict:
+    """Usage of the jobs; `completion_tokens`: the tokens a stream has sent so far (the worker
+    thread is ahead of the stream, so its live count is not what the client has seen)."""
     seen, prompt = set(), 0
     for job in jobs:  # n > 1 samples of one prompt: its tokens count once, as in vLLM
         key = id(job.ids)
         if key not in seen:
             seen.add(key)
             prompt += len(job.ids)
-    return usage(prompt, sum(j.result.completion_tokens for j in jobs))
+    if completion_tokens is None:
+        completion_tokens = sum(j.result.completion_tokens for j in jobs)
+    return usage(prompt, completion_tokens)
 
 
 def _count(counters: dict, jobs: list[Job]) -> None:
@@ -261,13 +265,25 @@ def _stream(engine: Engine, jobs: list[Job], fmt, counters: dict) -> StreamingRe
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-class _CompletionStream:
-    def __init__(self, engine: Engine, req: CompletionRequest, name: TokenNames, envelope: Envelope, jobs):
-        self.engine, self.req, self.name = engine, req, name
-        self.out = StreamWriter(envelope, req.stream_options, lambda: _usage(jobs))
-        self.offset: dict[int, int] = {}  # choice -> characters sent so far
+class _Stream:
+    """Chunks of one streamed request; counts the tokens it has sent, for usage chunks."""
+
+    def __init__(self, req, name: TokenNames, envelope: Envelope, jobs: list[Job]):
+        self.req, self.name, self.sent = req, name, 0
+        self.out = StreamWriter(envelope, req.stream_options, lambda: _usage(jobs, self.sent))
 
     def chunks(self, kind, job, step):
+        self.sent += kind == "step"
+        return self.choice_chunks(kind, job, step)
+
+
+class _CompletionStream(_Stream):
+    def __init__(self, engine: Engine, req: CompletionRequest, name: TokenNames, envelope: Envelope, jobs):
+        super().__init__(req, name, envelope, jobs)
+        self.engine = engine
+        self.offset: dict[int, int] = {}  # choice -> characters sent so far
+
+    def choice_chunks(self, kind, job, step):
         k = self.req.logprobs
         if kind == "start":
             self.offset[job.index] = 0
@@ -289,12 +305,8 @@ class _CompletionStream:
             yield self.out.chunk(completion_choice(job.index, "", None, job.result.finish_reason))
 
 
-class _ChatStream:
-    def __init__(self, req: ChatRequest, name: TokenNames, envelope: Envelope, jobs):
-        self.req, self.name = req, name
-        self.out = StreamWriter(envelope, req.stream_options, lambda: _usage(jobs))
-
-    def chunks(self, kind, job, step):
+class _ChatStream(_Stream):
+    def choice_chunks(self, kind, job, step):
         if kind == "start":
             yield self.out.chunk(chat_delta(job.index, ROLE_DELTA))
         elif kind == "step":

@@ -122,3 +122,44 @@ def test_optional_fields_refused_where_not_honoured(servers):
                 assert r.status_code == 200, (kind, name, r.text)
             else:
                 assert r.status_code == 400 and f"'{name}'" in r.json()["error"]["message"], (kind, name, r.text)
+
+
+def stream(root: str, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", root + path, json={**body, "stream": True}, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        lines = [ln[len("data: "):] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "Once upon a time"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+], ids=["completions", "chat"])  # fmt: skip
+def test_continuous_usage_on_every_chunk(servers, path, body):
+    """vLLM's continuous_usage_stats: a usage object on every chunk, counting up one token per
+    token chunk, so a client can count tokens per chunk; then include_usage's final chunk."""
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    for kind, root in servers.items():
+        chunks = stream(root, path, {**body, "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+                                     "stream_options": opts})  # fmt: skip
+        counts = [c["usage"]["completion_tokens"] for c in chunks]
+        assert all(c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + n for c, n in zip(chunks, counts))
+        assert counts == sorted(counts) and counts[-1] == 6, (kind, counts)
+        assert chunks[-1]["choices"] == [] and all(c["choices"] for c in chunks[:-1]), kind
+        # every generated token arrived in a chunk of its own
+        assert sum(b > a for a, b in zip([0, *counts], counts[:-1])) == 6, (kind, counts)
+
+
+def test_tokens_named_by_id_on_both(servers):
+    """return_tokens_as_token_ids on both servers; the same fp32 weights, the same greedy ids."""
+    ids = {}
+    for kind, root in servers.items():
+        r = send(root, "POST", "/v1/completions", {"prompt": "Hello world", "max_tokens": 8, "temperature": 0,
+                                                   "ignore_eos": True, "logprobs": 2,
+                                                   "return_tokens_as_token_ids": True})  # fmt: skip
+        lp = r.json()["choices"][0]["logprobs"]
+        assert all(t.startswith("token_id:") for t in lp["tokens"]), (kind, lp["tokens"])
+        assert all(k.startswith("token_id:") for top in lp["top_logprobs"] for k in top)
+        ids[kind] = lp["tokens"]
+    assert ids["hf"] == ids["llamacpp"] and len(ids["hf"]) == 8
