@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,11 +74,32 @@ class EngineConfig(BaseModel):
         """Environment variables the server needs on top of the harness's own."""
         return {}
 
+    def speculates(self) -> bool:
+        return str(getattr(self, "speculative", "none") or "none").strip() != "none"
+
     def spec_counters(self, base_url: str) -> dict | None:
         """Cumulative speculative-decoding counters of the running server ({drafts, draft_tokens,
         accepted_tokens, ...}); None when this config does not speculate. bench differences two
-        snapshots around each sweep point with `speculative_delta`."""
-        return None
+        snapshots around each sweep point with `speculative_delta`. Read from GET /v1/engine's
+        `speculative.counters`, where the in-house servers keep them."""
+        if not self.speculates():
+            return None
+        import httpx
+
+        from harness.errors import EngineError
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = base_url.rstrip("/") + "/engine"
+        try:
+            r = httpx.get(url, timeout=10, headers=headers)
+            r.raise_for_status()
+            info = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise EngineError(f"cannot read speculative-decoding counters from {url}: {e}") from None
+        spec = info.get("speculative") if isinstance(info, dict) else None
+        if not spec or "counters" not in spec:
+            raise EngineError(f"{url} reports no speculative decoding")
+        return spec["counters"]
 
     def without_speculation(self) -> EngineConfig | None:
         """The same engine with speculative decoding off (what `bench` measures the speedup
@@ -96,6 +118,21 @@ class EngineConfig(BaseModel):
 
     def display_name(self) -> str:
         return self.served_model_name or self.model
+
+
+def parse_speculative(text: str, forms: list[str], refusal: Callable[[str], str]) -> tuple[str, str | None]:
+    """'none' | 'ngram' | '<method>:<model>' -> (method, model or None), the one shape of every
+    engine, for the forms an engine lists (its SPECULATIVE_FORMS, e.g. "ngram", "draft:<model>");
+    anything else: a one-line error `speculative=TEXT: <refusal(method)>`."""
+    text = text.strip()
+    method, sep, model = text.partition(":")
+    if not sep and (text == "none" or text in forms):
+        return text, None
+    if sep and model.strip() and f"{method}:<model>" in forms:
+        return method, model.strip()
+    from harness.errors import HyperbenchError
+
+    raise HyperbenchError(f"speculative={text!r}: {refusal(method)}")
 
 
 def python_module_cmd(module: str, *args: str) -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness import envinfo
-from harness.agreement import EngineOutput, Tokens, compare, parse_generation, parse_scoring
+from harness.agreement import ID_PREFIX, EngineOutput, Tokens, compare, parse_generation, parse_scoring
 from harness.config import BenchConfig, Output, Target
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text, slug
@@ -246,39 +246,32 @@ def tokenizer_source(cfg: AgreeConfig) -> str:
 # ---------------------------------------------------------------------------- asking one engine
 
 
-async def _ask(client, body: dict, as_ids: bool | None) -> tuple[dict, bool]:
-    """POST /completions, naming tokens by id where the engine can (found out on the first call:
-    an engine that refuses `return_tokens_as_token_ids` names them by text)."""
-    from harness.adapter import EngineHTTPError
-
-    if as_ids is not False:
-        try:
-            return await client.complete({**body, "return_tokens_as_token_ids": True}), True
-        except EngineHTTPError as e:
-            if as_ids or e.status != 400 or "return_tokens_as_token_ids" not in str(e):
-                raise
-    return await client.complete(body), False
+async def _ask(client, body: dict) -> dict:
+    """POST /completions naming tokens by id (`return_tokens_as_token_ids`: vLLM and both
+    in-house servers honour it; a server that ignores it names them by text)."""
+    return await client.complete({**body, "return_tokens_as_token_ids": True})
 
 
 async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeSettings,
                        tokens: Tokens) -> EngineOutput:
     from harness.adapter import EngineClient, EngineHTTPError
 
-    out = EngineOutput(label=label, token_ids=False)
-    as_ids = None
+    out = EngineOutput(label=label, token_ids=True)
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key) as client:
         for i, ids in enumerate(prompts):
             try:
-                gen, as_ids = await _ask(client, {"prompt": ids, "max_tokens": s.max_tokens, "temperature": 0,
-                                                  "ignore_eos": True, "logprobs": 1}, as_ids)
-                score, as_ids = await _ask(client, {"prompt": ids, "max_tokens": 1, "temperature": 0,
-                                                    "echo": True, "logprobs": s.top_logprobs}, as_ids)
+                gen = await _ask(client, {"prompt": ids, "max_tokens": s.max_tokens, "temperature": 0,
+                                          "ignore_eos": True, "logprobs": 1})
+                score = await _ask(client, {"prompt": ids, "max_tokens": 1, "temperature": 0,
+                                            "echo": True, "logprobs": s.top_logprobs})
             except EngineHTTPError as e:
                 raise EngineError(f"refused prompt {i}: {e}") from None
             except Exception as e:  # network trouble, a dead engine
                 raise EngineError(f"request failed on prompt {i}: {type(e).__name__}: {e}") from None
             choice = score["choices"][0]
             echoed = choice["logprobs"]["tokens"][: len(ids)]
+            as_ids = all(t.startswith(ID_PREFIX) for t in echoed)
+            out.token_ids = out.token_ids and as_ids
             if as_ids and [tokens.token(t)[0] for t in echoed] != ids:
                 raise EngineError(f"echoed other tokens than the prompt ids it was sent (prompt {i})")
             try:
@@ -287,7 +280,6 @@ async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeS
                 raise EngineError(f"{e} (prompt {i})") from None
             out.greedy.append(parse_generation(gen["choices"][0], tokens))
             out.texts.append(gen["choices"][0]["text"])
-    out.token_ids = bool(as_ids)
     return out
 
 

@@ -172,8 +172,8 @@ def test_by_text_ambiguous_tokens_go_to_the_rest_bucket(tokens):
 
 
 # A llama.cpp answer to {"prompt": [1, 751, 30], "max_tokens": 1, "echo": true, "logprobs": 2,
-# "return_tokens_as_token_ids": true} (recorded), and the transformers server's, which names
-# tokens by text and cannot be asked for ids.
+# "return_tokens_as_token_ids": true} (recorded), and the transformers server's without it (recorded
+# before it honoured it), which names tokens by text as any server that ignores the field does.
 LLAMACPP_ECHO = {"text": "Hello\u001b%", "logprobs": {
     "tokens": ["token_id:1", "token_id:751", "token_id:30", "token_id:40"],
     "token_logprobs": [None, -7.0734637, -6.8810541, -6.9377965],
@@ -231,6 +231,7 @@ def test_hf_and_llamacpp_agree_and_quantization_costs_show(tmp_path, tiny_model)
     run, s = _summary(res, tmp_path, "a")
     assert "llamacpp:q4_0" in res.stdout and f"run folder: {run}" in res.stdout
     f32, q8, q4 = (s["agreement"][k] for k in ("llamacpp:f32", "llamacpp:q8_0", "llamacpp:q4_0"))
+    assert f32["compared_by"] == "ids"  # both servers name tokens by id when asked
     # the same fp32 weights: the same greedy tokens, prompt logprobs within tolerance, KL ~ 0
     assert f32["greedy"]["identical"] == 6 and f32["greedy"]["first_divergence"] == [None] * 6
     assert f32["prompt_logprobs"]["max_abs_diff"] < F32_LOGPROB_TOL
@@ -260,7 +261,7 @@ def test_hf_and_llamacpp_agree_and_quantization_costs_show(tmp_path, tiny_model)
 
 @pytest.mark.vllm
 def test_vllm_agrees_with_llamacpp_and_hf_on_fp32_weights(tmp_path, tiny_model):
-    """vLLM and llama.cpp both name tokens by id: compared by ids, not text."""
+    """vLLM, llama.cpp and transformers all name tokens by id: compared by ids, not text."""
     from backends.vllm.spec import vllm_python
 
     if vllm_python() is None:
@@ -269,13 +270,13 @@ def test_vllm_agrees_with_llamacpp_and_hf_on_fp32_weights(tmp_path, tiny_model):
     res = hb("agree", "--engines", "llamacpp:f32,vllm,hf", "--model", str(tiny_model), "--prompts", "4",
              "--max-tokens", "12", "--enforce-eager", "--results-dir", str(tmp_path), "--run-name", "v")
     _, s = _summary(res, tmp_path, "v")
-    for label, by in (("vllm", "ids"), ("hf", "text")):
+    for label, by in (("vllm", "ids"), ("hf", "ids")):
         a = s["agreement"][label]
         assert a["compared_by"] == by
         assert a["greedy"]["identical"] == 4, a
         assert a["prompt_logprobs"]["max_abs_diff"] < F32_LOGPROB_TOL
         assert a["next_token"]["kl_max"] < 1e-9
-    assert {e["label"]: e["token_ids"] for e in s["engines"]} == {"llamacpp:f32": True, "vllm": True, "hf": False}
+    assert {e["label"]: e["token_ids"] for e in s["engines"]} == {"llamacpp:f32": True, "vllm": True, "hf": True}
 
 
 @pytest.mark.slow

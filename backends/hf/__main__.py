@@ -8,13 +8,12 @@ where it can be checked before.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import socket
 import sys
 from typing import get_args
 
 from backends.hf.spec import HFConfig, parse_speculative
+from backends.openai_server.listen import bind
 from harness.errors import HyperbenchError
 
 log = logging.getLogger("hf")
@@ -46,23 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Take the port now, so a busy port fails in a second rather than after the model loads."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted connections; without it
-    # Nagle + delayed ACK add ~40 ms to every small response and streamed token
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise HyperbenchError(f"port {port} is in use") from None
-        raise HyperbenchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
-
-
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -75,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         raise HyperbenchError("--num-speculative-tokens must be in [1, 64]")
     if not 0 <= args.assistant_confidence_threshold <= 1:
         raise HyperbenchError("--assistant-confidence-threshold must be in [0, 1]")
-    draft = parse_speculative(args.speculative)
+    _, draft = parse_speculative(args.speculative)
     load_settings = LoadSettings(
         args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft
     )

@@ -4,12 +4,12 @@ events on the event loop, and shape them into OpenAI completions / chat response
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
 
 from backends.hf.engine import Sequence
 from backends.hf.output import Choice
+from backends.openai_server.logprobs import TokenNames, chat_logprobs, completion_logprobs
+from backends.openai_server.responses import (ROLE_DELTA, Envelope, StreamWriter, chat_choice, chat_delta,
+                                              completion_choice, usage)  # fmt: skip
 
 
 class Generation:
@@ -54,30 +54,21 @@ class Generation:
         return next((c.error for c in self.choices if c.error), None)
 
     def usage(self) -> dict:
-        prompt = sum(len(c.prompt_ids) for c in self.choices)
-        completion = sum(c.n_tokens for c in self.choices)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def sse(payload) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+        return usage(sum(len(c.prompt_ids) for c in self.choices), sum(c.n_tokens for c in self.choices))
 
 
 class CompletionFormatter:
     """/v1/completions bodies and stream chunks (legacy OpenAI format, as vLLM writes them)."""
 
-    def __init__(self, model: str, echo_texts: list[str] | None, logprobs: bool):
-        self.id, self.created, self.model = new_id("cmpl"), int(time.time()), model
+    def __init__(self, model: str, echo_texts: list[str] | None, logprobs: bool, names: TokenNames):
+        self.envelope = Envelope(chat=False, model=model)
         self.echo_texts = echo_texts
         self.logprobs = logprobs
+        self.names = names
 
-    def _envelope(self, choices, usage=None) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model, "choices": choices, "usage": usage}  # fmt: skip
+    def _logprobs(self, c: Choice, entries, offset: int) -> tuple[dict, int]:
+        offsets, end = c.text_offsets(entries, offset)
+        return completion_logprobs(entries, offsets, self.names), end
 
     def response(self, gen: Generation) -> dict:
         choices = []
@@ -86,20 +77,19 @@ class CompletionFormatter:
             logprobs = None
             if self.logprobs:
                 entries = (c.prompt_lps or []) if self.echo_texts else []
-                logprobs, _ = c.completion_logprobs(entries + c.lps, 0)
-            choices.append({"index": c.index, "text": text, "logprobs": logprobs,
-                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})  # fmt: skip
-        return self._envelope(choices, gen.usage())
+                logprobs, _ = self._logprobs(c, entries + c.lps, 0)
+            choices.append(completion_choice(c.index, text, logprobs, c.finish_reason, c.stop_reason))
+        return self.envelope.body(choices, gen.usage())
 
-    async def stream(self, gen: Generation, include_usage: bool, continuous_usage: bool):
+    async def stream(self, gen: Generation, options):
+        out = StreamWriter(self.envelope, options, gen.usage)
         n = len(gen.choices)
         offsets, lp_sent, echoed, tokens_sent = [0] * n, [0] * n, [False] * n, [0] * n
-        usage = gen.usage if continuous_usage else (lambda: None)
         try:
             if self.echo_texts and not self.logprobs:
                 for c in gen.choices:
                     echoed[c.index] = True
-                    yield sse(self._envelope([self._choice(c.index, self.echo_texts[c.index])]))
+                    yield out.chunk(completion_choice(c.index, self.echo_texts[c.index]))
             async for c in gen.updates():
                 if c.error:
                     break
@@ -107,11 +97,11 @@ class CompletionFormatter:
                 logprobs = None
                 if self.echo_texts and not echoed[i] and c.prompt_lps is not None:
                     echoed[i] = True
-                    lp, offsets[i] = c.completion_logprobs(c.prompt_lps, 0)
-                    yield sse(self._envelope([self._choice(i, self.echo_texts[i], lp)], usage()))
+                    lp, offsets[i] = self._logprobs(c, c.prompt_lps, 0)
+                    yield out.chunk(completion_choice(i, self.echo_texts[i], lp))
                 text = c.take_text()
                 if self.logprobs and len(c.lps) > lp_sent[i]:
-                    logprobs, offsets[i] = c.completion_logprobs(c.lps[lp_sent[i]:], offsets[i])
+                    logprobs, offsets[i] = self._logprobs(c, c.lps[lp_sent[i]:], offsets[i])
                     lp_sent[i] = len(c.lps)
                 finish = c.finish_reason if c.done else None
                 # one chunk per token, even when its text is empty or held back (as vLLM does):
@@ -119,71 +109,46 @@ class CompletionFormatter:
                 new_token = c.n_tokens > tokens_sent[i]
                 tokens_sent[i] = c.n_tokens
                 if new_token or text or logprobs or finish:
-                    choice = self._choice(i, text, logprobs, finish, c.stop_reason if finish else None)
-                    yield sse(self._envelope([choice], usage()))
-            if gen.error():
-                yield sse({"error": {"message": gen.error(), "type": "server_error", "code": 500}})
-            elif include_usage:
-                yield sse(self._envelope([], gen.usage()))
-            yield "data: [DONE]\n\n"
+                    yield out.chunk(completion_choice(i, text, logprobs, finish, c.stop_reason if finish else None))
+            for event in out.end(gen.error()):
+                yield event
         finally:
             gen.abort()  # no-op when finished; frees the rows when the client went away
-
-    @staticmethod
-    def _choice(index, text, logprobs=None, finish=None, stop_reason=None) -> dict:
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
-                "stop_reason": stop_reason}  # fmt: skip
 
 
 class ChatFormatter:
     """/v1/chat/completions bodies and chat.completion.chunk stream chunks."""
 
-    def __init__(self, model: str, logprobs: bool):
-        self.id, self.created, self.model = new_id("chatcmpl"), int(time.time()), model
+    def __init__(self, model: str, logprobs: bool, names: TokenNames):
+        self.envelope = Envelope(chat=True, model=model)
         self.logprobs = logprobs
+        self.names = names
 
     def response(self, gen: Generation) -> dict:
         c = gen.choices[0]
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": c.chat_logprobs(c.lps) if self.logprobs else None,
-            "finish_reason": c.finish_reason,
-            "stop_reason": c.stop_reason,
-        }
-        return {"id": self.id, "object": "chat.completion", "created": self.created,
-                "model": self.model, "choices": [choice], "usage": gen.usage()}  # fmt: skip
+        logprobs = chat_logprobs(c.lps, self.names) if self.logprobs else None
+        return self.envelope.body([chat_choice(0, c.text, logprobs, c.finish_reason, c.stop_reason)], gen.usage())
 
-    def _chunk(self, delta, logprobs=None, finish=None, usage=None) -> dict:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [choice], "usage": usage}  # fmt: skip
-
-    async def stream(self, gen: Generation, include_usage: bool, continuous_usage: bool):
-        usage = gen.usage if continuous_usage else (lambda: None)
+    async def stream(self, gen: Generation, options):
+        out = StreamWriter(self.envelope, options, gen.usage)
         lp_sent = tokens_sent = 0
         try:
-            yield sse(self._chunk({"role": "assistant", "content": ""}, usage=usage()))
+            yield out.chunk(chat_delta(0, ROLE_DELTA))
             async for c in gen.updates():
                 if c.error:
                     break
                 text = c.take_text()
                 logprobs = None
                 if self.logprobs and len(c.lps) > lp_sent:
-                    logprobs = c.chat_logprobs(c.lps[lp_sent:])
+                    logprobs = chat_logprobs(c.lps[lp_sent:], self.names)
                     lp_sent = len(c.lps)
                 new_token = c.n_tokens > tokens_sent  # a chunk per token, as for completions
                 tokens_sent = c.n_tokens
                 if (new_token or text or logprobs) and not (c.done and not text and not logprobs):
-                    yield sse(self._chunk({"content": text}, logprobs, usage=usage()))
+                    yield out.chunk(chat_delta(0, {"content": text}, logprobs))
                 if c.done:
-                    yield sse(self._chunk({}, finish=c.finish_reason, usage=usage()))
-            if gen.error():
-                yield sse({"error": {"message": gen.error(), "type": "server_error", "code": 500}})
-            elif include_usage:
-                chunk = self._chunk({}, usage=gen.usage())
-                chunk["choices"] = []
-                yield sse(chunk)
-            yield "data: [DONE]\n\n"
+                    yield out.chunk(chat_delta(0, {}, finish=c.finish_reason))
+            for event in out.end(gen.error()):
+                yield event
         finally:
             gen.abort()

@@ -5,9 +5,8 @@ This runs on the server's event loop, not in the scheduler thread, so the decode
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-LOGPROB_FLOOR = -9999.0  # vLLM clamps -inf to this so the JSON stays valid
+from backends.openai_server.logprobs import cached
+from backends.openai_server.stops import find_stop, held_back
 
 
 class IncrementalDetokenizer:
@@ -41,15 +40,9 @@ class IncrementalDetokenizer:
         return after[len(before) :]
 
 
-class TokenText:
-    """Per-token strings for logprobs (`tokenizer.decode([id])`, as vLLM reports them)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.of = lru_cache(maxsize=65536)(self._decode)
-
-    def _decode(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+def token_text(tokenizer):
+    """Per-token strings for logprobs (`tokenizer.decode([id])`, as vLLM reports them), cached."""
+    return cached(lambda token_id: tokenizer.decode([token_id]))
 
 
 class Choice:
@@ -61,7 +54,7 @@ class Choice:
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.token_text = token_text
         self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.hold = max((len(s) for s in self.stops), default=1) - 1  # a stop may start this far back
         self.min_tokens = min_tokens
         self.text = ""
         self.sent = 0  # characters of `text` already streamed
@@ -111,11 +104,10 @@ class Choice:
         return False
 
     def _cut_at_stop(self) -> bool:
-        start = max(0, self.checked - self.hold)
-        hits = [(i, s) for s in self.stops if (i := self.text.find(s, start)) >= 0]
-        if not hits:
+        hit = find_stop(self.text, self.stops, max(0, self.checked - self.hold))
+        if hit is None:
             return False
-        cut, stop = min(hits)
+        cut, stop = hit
         self.text = self.text[:cut]
         self.finish_reason, self.stop_reason = "stop", stop
         return True
@@ -123,37 +115,15 @@ class Choice:
     def take_text(self) -> str:
         """Text that is safe to stream now: all of it once done, else all but a possible stop
         string's beginning."""
-        end = len(self.text) if self.done else max(self.sent, len(self.text) - self.hold)
+        end = len(self.text) if self.done else max(self.sent, len(self.text) - held_back(self.text, self.stops))
         delta = self.text[self.sent : end]
         self.sent = end
         return delta
 
-    def completion_logprobs(self, entries, offset: int) -> tuple[dict, int]:
-        """OpenAI legacy `logprobs` for `entries`, text offsets starting at `offset`."""
-        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-        for token_id, lp, tops in entries:
-            token = self.token_text.of(token_id)
-            out["tokens"].append(token)
-            out["text_offset"].append(offset)
-            offset += len(token)
-            if lp is None:
-                out["token_logprobs"].append(None)
-                out["top_logprobs"].append(None)
-                continue
-            out["token_logprobs"].append(max(lp, LOGPROB_FLOOR))
-            top = {self.token_text.of(i): max(v, LOGPROB_FLOOR) for i, v in tops}
-            top.setdefault(token, max(lp, LOGPROB_FLOOR))
-            out["top_logprobs"].append(top)
-        return out, offset
-
-    def chat_logprobs(self, entries) -> dict:
-        def item(token_id, lp):
-            token = self.token_text.of(token_id)
-            return {"token": token, "logprob": max(lp, LOGPROB_FLOOR), "bytes": list(token.encode())}
-
-        return {
-            "content": [
-                {**item(tid, lp), "top_logprobs": [item(i, v) for i, v in tops]}
-                for tid, lp, tops in entries
-            ]
-        }
+    def text_offsets(self, entries, offset: int) -> tuple[list[int], int]:
+        """Character offsets of `entries`' token texts from `offset`, and the offset after them."""
+        offsets = []
+        for token_id, _, _ in entries:
+            offsets.append(offset)
+            offset += len(self.token_text(token_id))
+        return offsets, offset

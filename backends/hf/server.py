@@ -7,23 +7,24 @@ POST /v1/chat/completions. Generation itself happens in the scheduler thread (`e
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
-import time
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 
 from backends.hf.engine import Scheduler
 from backends.hf.graphs import StaticDecoder
 from backends.hf.generation import ChatFormatter, CompletionFormatter, Generation
 from backends.hf.loading import LoadedModel, LoadSettings, versions
-from backends.hf.output import TokenText
+from backends.hf.output import token_text
+from backends.hf.protocol import HONOURS, sampling_params
 from backends.hf.speculative import Speculator
-from backends.hf.protocol import ApiError, ChatRequest, CompletionRequest, validation_message
+from backends.openai_server import app as openai_app
+from backends.openai_server.errors import ApiError
+from backends.openai_server.logprobs import TokenNames
+from backends.openai_server.prompts import NO_CHAT_TEMPLATE, check_token_ids, max_new_tokens, template_failed
+from backends.openai_server.requests import ChatRequest, CompletionRequest
 from harness import __version__
 
 log = logging.getLogger("hf.server")
@@ -41,8 +42,10 @@ class ServeSettings:
     enforce_eager: bool = False  # no CUDA-graph decoding (graphs.py)
 
 
-class Runtime:
-    """The loaded model, its scheduler, and what the routes need to know about them."""
+class Runtime(openai_app.ServedEngine):
+    """The loaded model, its scheduler, and what the serving layer needs to know about them."""
+
+    kind, honours = "hf", HONOURS
 
     def __init__(self, loaded: LoadedModel, load: LoadSettings, serve: ServeSettings,
                  draft: LoadedModel | None = None):  # fmt: skip
@@ -60,10 +63,11 @@ class Runtime:
                 max_len=loaded.max_len,
             )
         self.tokenizer = loaded.tokenizer
-        self.token_text = TokenText(loaded.tokenizer)
+        self.token_text = token_text(loaded.tokenizer)
         self.device = loaded.device
-        self.max_len = loaded.max_len
-        self.started = int(time.time())
+        self.max_len = self.max_model_len = loaded.max_len
+        self.served_model_name, self.aliases = serve.served_model_name, (load.model,)
+        self.root = load.model
         self.graphs, self.graphs_off = None, "--enforce-eager"
         self.draft_graphs_off = None
         if not str(loaded.device).startswith("cuda"):
@@ -139,132 +143,35 @@ class Runtime:
             "counters": spec.counters.as_dict(),
         }
 
-    # --- prompts ---------------------------------------------------------------------------------
-    def check_ids(self, ids: list[int]) -> list[int]:
-        if not ids:
-            raise ApiError("the prompt is empty", param="prompt")
-        vocab = self.loaded.vocab_size
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ApiError(f"token ids must be in [0, {vocab})", param="prompt")
-        return ids
+    # --- the two generation routes ----------------------------------------------------------------
+    async def completions(self, req: CompletionRequest, request: Request):
+        prompts, texts = _completion_prompts(self, req.prompts())
+        max_tokens = min(max_new_tokens(len(ids), req.max_tokens, self.max_len, req.min_tokens) for ids in prompts)
+        want_prompt_lp = req.echo and req.logprobs is not None
+        params = sampling_params(req, max_tokens, req.logprobs, req.logprobs if want_prompt_lp else None)
+        fmt = CompletionFormatter(self.served_model_name, texts if req.echo else None, req.logprobs is not None,
+                                  self.names(req))  # fmt: skip
+        gen = Generation(self, prompts, params, req.stops())
+        return await _respond(gen, fmt, req, request)
 
-    def max_tokens(self, ids: list[int], requested: int | None) -> int:
-        room = self.max_len - len(ids)
-        if requested is None:
-            if room <= 0:
-                raise ApiError(f"the prompt ({len(ids)} tokens) fills this model's context of {self.max_len}")
-            return room
-        if len(ids) + requested > self.max_len:
-            raise ApiError(
-                f"this model's maximum context length is {self.max_len} tokens, but {len(ids)} prompt"
-                f" tokens + {requested} max_tokens were requested",
-                param="max_tokens",
-            )
-        return requested
+    async def chat(self, req: ChatRequest, request: Request):
+        ids = _chat_prompt(self, req)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        params = sampling_params(req, max_new_tokens(len(ids), req.limit(), self.max_len, req.min_tokens), top, None)
+        gen = Generation(self, [ids], params, req.stops())
+        return await _respond(gen, ChatFormatter(self.served_model_name, req.logprobs, self.names(req)), req, request)
 
-
-def _parse(model_cls, body):
-    try:
-        return model_cls.model_validate(body)
-    except ValidationError as exc:
-        message, param = validation_message(exc)
-        raise ApiError(message, param=param) from None
-
-
-async def _body(request: Request):
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(f"the request body is not valid JSON: {exc}") from None
+    def names(self, req) -> TokenNames:
+        return TokenNames(self.token_text, as_ids=req.return_tokens_as_token_ids)
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    app = FastAPI(title="hyperbench hf engine", docs_url=None, redoc_url=None)
-    served = rt.settings.served_model_name
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        log.exception("request failed")
-        err = ApiError(f"{type(exc).__name__}: {exc}", status=500, type_="server_error")
-        return JSONResponse(err.body(), status_code=500)
-
-    def check_model(name: str | None) -> None:
-        if name is not None and name not in (served, rt.load_settings.model):
-            raise ApiError(f"the model {name!r} does not exist (this server serves {served!r})",
-                           status=404, param="model", type_="not_found_error")  # fmt: skip
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{
-            "id": served, "object": "model", "created": rt.started, "owned_by": "hyperbench",
-            "root": rt.load_settings.model, "max_model_len": rt.max_len}]}  # fmt: skip
-
-    @app.get("/v1/engine")
-    async def engine():
-        return rt.info()
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        req = _parse(CompletionRequest, await _body(request))
-        check_model(req.model)
-        prompts, texts = _completion_prompts(rt, req.prompt)
-        max_tokens = min(rt.max_tokens(ids, req.max_tokens) for ids in prompts)
-        want_prompt_lp = req.echo and req.logprobs is not None
-        params = req.sampling(max_tokens, req.logprobs, req.logprobs if want_prompt_lp else None)
-        fmt = CompletionFormatter(served, texts if req.echo else None, req.logprobs is not None)
-        gen = Generation(rt, prompts, params, req.stops())
-        return await _respond(gen, fmt, req, request)
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        req = _parse(ChatRequest, await _body(request))
-        check_model(req.model)
-        ids = _chat_prompt(rt, req)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        top = (req.top_logprobs or 0) if req.logprobs else None
-        params = req.sampling(rt.max_tokens(ids, requested), top, None)
-        gen = Generation(rt, [ids], params, req.stops())
-        return await _respond(gen, ChatFormatter(served, req.logprobs), req, request)
-
-    if rt.settings.api_key:
-        app.add_middleware(BearerAuth, key=rt.settings.api_key)
-    return app
-
-
-class BearerAuth:
-    """401 for /v1 requests without `Authorization: Bearer KEY` (/health stays open).
-
-    A plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from
-    the routes and add a hop to every streamed chunk."""
-
-    def __init__(self, app, key: str):
-        self.app = app
-        self.expected = f"Bearer {key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                err = ApiError("invalid or missing API key", status=401, type_="authentication_error")
-                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    return openai_app.create_app(rt, rt.settings.api_key)
 
 
 async def _respond(gen: Generation, fmt, req, request: Request):
     if req.stream:  # a client that goes away closes the stream, whose `finally` aborts
-        opts = req.stream_options
-        include = bool(opts and opts.include_usage)
-        continuous = bool(opts and opts.continuous_usage_stats)
-        return StreamingResponse(fmt.stream(gen, include, continuous), media_type="text/event-stream")
+        return StreamingResponse(fmt.stream(gen, req.stream_options), media_type="text/event-stream")
     task = asyncio.ensure_future(gen.run())
     try:
         while not task.done():
@@ -276,25 +183,21 @@ async def _respond(gen: Generation, fmt, req, request: Request):
     finally:
         gen.abort()
     if gen.error():
-        raise ApiError(gen.error(), status=500, type_="server_error")
+        raise ApiError(gen.error(), 500)
     return fmt.response(gen)
 
 
-def _completion_prompts(rt: Runtime, prompt) -> tuple[list[list[int]], list[str]]:
+def _completion_prompts(rt: Runtime, prompts) -> tuple[list[list[int]], list[str]]:
     """Token ids and echo text per prompt. Text gets the tokenizer's special tokens (BOS) as in
     vLLM; token-id prompts are used exactly as given."""
-    tok = rt.tokenizer
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        prompt = [prompt]
+    tok, vocab = rt.tokenizer, rt.loaded.vocab_size
     ids, texts = [], []
-    for p in prompt:
+    for p in prompts:
         if isinstance(p, str):
-            ids.append(rt.check_ids(tok(p).input_ids))
+            ids.append(check_token_ids(tok(p).input_ids, vocab))
             texts.append(p)
         else:
-            ids.append(rt.check_ids(list(p)))
+            ids.append(check_token_ids(list(p), vocab))
             texts.append(tok.decode(p))
     return ids, texts
 
@@ -302,15 +205,14 @@ def _completion_prompts(rt: Runtime, prompt) -> tuple[list[list[int]], list[str]
 def _chat_prompt(rt: Runtime, req: ChatRequest) -> list[int]:
     tok = rt.tokenizer
     if not getattr(tok, "chat_template", None):
-        raise ApiError("this model has no chat template: use /v1/completions", param="messages")
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        raise NO_CHAT_TEMPLATE
     try:
         text = tok.apply_chat_template(
-            messages,
+            req.template_messages(),
             add_generation_prompt=req.add_generation_prompt,
             tokenize=False,
             **(req.chat_template_kwargs or {}),
         )
     except Exception as exc:  # template errors (e.g. a role it refuses) are the caller's to fix
-        raise ApiError(f"the chat template failed: {exc}", param="messages") from None
-    return rt.check_ids(tok(text, add_special_tokens=False).input_ids)
+        raise template_failed(exc) from None
+    return check_token_ids(tok(text, add_special_tokens=False).input_ids, rt.loaded.vocab_size)

@@ -15,7 +15,8 @@ from backends.base import (
     python_module_cmd,
     resolve_draft,
 )
-from harness.errors import EngineError, HyperbenchError
+from backends.base import parse_speculative as base_parse_speculative
+from harness.errors import HyperbenchError
 
 SPECULATIVE_FORMS = ["draft:<model>"]
 # fields that only mean something while speculating (set without it: an error, not ignored)
@@ -71,7 +72,7 @@ class HFConfig(EngineConfig):
                 raise HyperbenchError(
                     f"--quant {self.quant} needs bitsandbytes: pip install 'hyperbench[bnb]'"
                 )
-        draft = parse_speculative(self.speculative)
+        _, draft = parse_speculative(self.speculative)
         if draft is None:
             # (a default passed along, as the container launchers pass every field, is no request)
             fields = type(self).model_fields
@@ -96,7 +97,7 @@ class HFConfig(EngineConfig):
         ]  # fmt: skip
         if self.enforce_eager:
             args.append("--enforce-eager")
-        if (draft := parse_speculative(self.speculative)) is not None:
+        if (draft := parse_speculative(self.speculative)[1]) is not None:
             args += [
                 "--speculative", f"draft:{resolve_draft(draft)}",
                 "--num-speculative-tokens", str(self.num_speculative_tokens),
@@ -106,34 +107,12 @@ class HFConfig(EngineConfig):
             args += ["--api-key", self.api_key]
         return python_module_cmd("backends.hf", *args)
 
-    def spec_counters(self, base_url: str) -> dict | None:
-        """Speculative-decoding counters now, from the server's GET /v1/engine (None when
-        speculation is off)."""
-        if parse_speculative(self.speculative) is None:
-            return None
-        import httpx
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        url = base_url.rstrip("/") + "/engine"
-        try:
-            r = httpx.get(url, timeout=10, headers=headers)
-            r.raise_for_status()
-            info = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise EngineError(f"cannot read speculative-decoding counters from {url}: {e}") from None
-        spec = info.get("speculative") if isinstance(info, dict) else None
-        if not spec or "counters" not in spec:
-            raise EngineError(f"{url} reports no speculative decoding")
-        return spec["counters"]
+def parse_speculative(text: str) -> tuple[str, str | None]:
+    """'none' -> ("none", None); 'draft:<model>' -> ("draft", model). Anything else: a one-line error."""
 
+    def refusal(method: str) -> str:
+        hint = " (n-gram and EAGLE speculation: --engine vllm)" if method in ("ngram", "eagle", "eagle3") else ""
+        return f"the hf engine supports none or draft:<model>{hint}"
 
-def parse_speculative(text: str) -> str | None:
-    """'none' -> None; 'draft:<model>' -> the model. Anything else: a one-line error."""
-    text = text.strip()
-    if text == "none":
-        return None
-    mode, sep, model = text.partition(":")
-    if sep and mode == "draft" and model.strip():
-        return model.strip()
-    hint = " (n-gram and EAGLE speculation: --engine vllm)" if mode in ("ngram", "eagle", "eagle3") else ""
-    raise HyperbenchError(f"speculative={text!r}: the hf engine supports none or draft:<model>{hint}")
+    return base_parse_speculative(text, SPECULATIVE_FORMS, refusal)

@@ -17,10 +17,10 @@ except ImportError:  # reported, in one line, where the engine is loaded
 
 import argparse
 import logging
-import socket
 import sys
 from pathlib import Path
 
+from backends.openai_server.listen import bind
 from harness.errors import HyperbenchError
 
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
@@ -49,19 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise HyperbenchError(f"port {port} is in use on {host} ({e.strerror})") from None
-    sock.listen(2048)
-    return sock
-
-
 def speculation(args):
     """--speculative & co. -> NgramSettings or DraftSettings (None: off), checked as the harness
     checks them. A draft model that is an HF folder is converted like the target (--quant); a
@@ -80,7 +67,7 @@ def speculation(args):
         where = f"--{err['loc'][0].replace('_', '-')}: " if err and err["loc"] else ""
         raise HyperbenchError(where + (err["msg"] if err else str(e))) from None
     cfg.check()
-    if parse_speculative(cfg.speculative) is None:
+    if parse_speculative(cfg.speculative)[0] == "none":
         return None
     if (draft := draft_model(cfg.speculative)) is not None:
         quant = "native" if draft.endswith(".gguf") else args.quant

@@ -5,6 +5,8 @@ stream)."""
 
 from __future__ import annotations
 
+from backends.openai_server.stops import held_back as _held_back
+
 
 class TextRelease:
     def __init__(self, stops: list[str]):
@@ -48,14 +50,3 @@ def _complete_len(b: bytearray) -> int:
             need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
             return len(b) - back if need > back else len(b)
     return len(b)
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still be the start of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best

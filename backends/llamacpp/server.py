@@ -1,4 +1,5 @@
-"""The OpenAI-compatible server of the llama.cpp engine: a thin FastAPI app over `Engine`.
+"""The llama.cpp engine behind the shared serving layer (backends/openai_server): `Engine`'s
+generation shaped into completions, chats and their streams.
 
 Why not the stock `llama_cpp.server` (0.3.36)? Against the wire contract it lacks token-id
 prompts (`prompt: [1, 2, 3]` is a 422/500, so lm-eval's tokenized requests fail),
@@ -9,33 +10,31 @@ model loaded with `logits_all=True` (slower prompt processing for every request)
 prompt logprobs by one token when the tokenizer adds no BOS; unknown parameters are ignored
 silently; and its defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat penalty
 1.1) differ from every other engine's. So this app keeps llama-cpp-python's model, context,
-tokenizer, chat template renderer and llama.cpp's sampler chain, and replaces the serving layer.
+tokenizer, chat template renderer and llama.cpp's sampler chain, and serves them through the
+project's one serving layer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
-from fastapi import FastAPI, Request
-from jinja2 import TemplateError
+import numpy as np
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from jinja2 import TemplateError
 
-from backends.llamacpp import responses as R
-from backends.llamacpp.engine import Engine, Result, Sampling, Step
-from backends.llamacpp.protocol import ChatRequest, CompletionRequest
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400, type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.type = status, type_
+from backends.llamacpp.engine import Engine, Result, Sampling, Step, Token
+from backends.llamacpp.protocol import HONOURS, sampling
+from backends.openai_server import app as openai_app
+from backends.openai_server.logprobs import TokenNames, cached, chat_logprobs, completion_logprobs
+from backends.openai_server.prompts import NO_CHAT_TEMPLATE, check_token_ids, max_new_tokens, template_failed
+from backends.openai_server.requests import ChatRequest, CompletionRequest
+from backends.openai_server.responses import (ROLE_DELTA, Envelope, StreamWriter, chat_choice, chat_delta,
+                                              completion_choice, usage)  # fmt: skip
 
 
 @dataclass
@@ -50,139 +49,69 @@ class Job:
     steps: list[Step] = field(default_factory=list)
 
 
-def create_app(engine: Engine, info: dict, served_name: str, api_key: str | None = None,
-               aliases: tuple[str, ...] = ()) -> FastAPI:
-    app = FastAPI(title="hyperbench llama.cpp engine", docs_url=None, redoc_url=None)
-    names = {served_name, *aliases}
-    counters = info.setdefault("counters", {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
-    chat_template = _chat_formatter(engine)
+class LlamaServed(openai_app.ServedEngine):
+    kind, honours = "llamacpp", HONOURS
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization") != f"Bearer {api_key}":
-                return R.error(401, "missing or wrong API key (Authorization: Bearer ...)",
-                               "authentication_error")
-        return await call_next(request)
+    def __init__(self, engine: Engine, info: dict, served_name: str, aliases: tuple[str, ...] = ()):
+        self.engine, self._info = engine, info
+        self.served_model_name, self.aliases = served_name, aliases
+        self.root, self.max_model_len = info["model_path"], engine.n_ctx
+        self.counters = info.setdefault("counters", {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        self.chat_template = _chat_formatter(engine)
+        self.token_text = cached(lambda t: engine.piece(t).decode("utf-8", errors="replace"))
 
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception):
-        traceback.print_exception(exc)  # into the engine log; the client gets one JSON line
-        return R.error(500, f"{type(exc).__name__}: {exc}", "server_error")
+    def info(self) -> dict:
+        if self._info.get("speculative"):
+            self._info["speculative"]["counters"] = self.engine.counters.as_dict()  # cumulative, live
+        return self._info
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
+    def names(self, req) -> TokenNames:
+        return TokenNames(self.token_text, self.engine.piece, req.return_tokens_as_token_ids)
 
-    @app.get("/v1/models")
-    async def models():
-        card = {"id": served_name, "object": "model", "created": R.now(), "owned_by": "hyperbench",
-                "root": info["model_path"], "max_model_len": engine.n_ctx}  # fmt: skip
-        return {"object": "list", "data": [card]}
-
-    @app.get("/v1/engine")
-    async def engine_info():
-        if info.get("speculative"):
-            info["speculative"]["counters"] = engine.counters.as_dict()  # cumulative, live
-        return info
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        try:
-            req = await _parse(request, CompletionRequest, names)
-            jobs = _completion_jobs(engine, req)
-        except BadRequest as e:
-            return R.error(e.status, str(e), e.type)
-        name = R.TokenText(engine, req.return_tokens_as_token_ids)
+    async def completions(self, req: CompletionRequest, request):
+        engine, jobs, name = self.engine, _completion_jobs(self.engine, req), self.names(req)
+        envelope = Envelope(chat=False, model=self.served_model_name)
         if req.stream:
-            return _stream(engine, jobs, _CompletionStream(engine, req, name, served_name), counters)
+            return _stream(engine, jobs, _CompletionStream(engine, req, name, envelope, jobs), self.counters)
         await anyio.to_thread.run_sync(_run_all, engine, jobs, None, lambda: False)
-        _count(counters, jobs)
-        choices = [_completion_choice(engine, req, job, name) for job in jobs]
-        return {"id": R.new_id("cmpl"), "object": "text_completion", "created": R.now(),
-                "model": served_name, "choices": choices, "usage": _usage(jobs)}  # fmt: skip
+        _count(self.counters, jobs)
+        return envelope.body([_completion_choice(engine, req, job, name) for job in jobs], _usage(jobs))
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        try:
-            req = await _parse(request, ChatRequest, names)
-            if chat_template is None:
-                raise BadRequest("this model has no chat template (use /v1/completions)")
-            jobs = _chat_jobs(engine, req, chat_template)
-        except BadRequest as e:
-            return R.error(e.status, str(e), e.type)
-        name = R.TokenText(engine, req.return_tokens_as_token_ids)
+    async def chat(self, req: ChatRequest, request):
+        if self.chat_template is None:
+            raise NO_CHAT_TEMPLATE
+        engine, jobs, name = self.engine, _chat_jobs(self.engine, req, self.chat_template), self.names(req)
+        envelope = Envelope(chat=True, model=self.served_model_name)
         if req.stream:
-            return _stream(engine, jobs, _ChatStream(req, name, served_name), counters)
+            return _stream(engine, jobs, _ChatStream(req, name, envelope, jobs), self.counters)
         await anyio.to_thread.run_sync(_run_all, engine, jobs, None, lambda: False)
-        _count(counters, jobs)
+        _count(self.counters, jobs)
         choices = []
         for job in jobs:
-            lp = R.chat_logprobs([s.token for s in job.steps], name) if req.logprobs else None
-            choices.append({"index": job.index, "message": {"role": "assistant", "content": job.result.text},
-                            "logprobs": lp, "finish_reason": job.result.finish_reason})  # fmt: skip
-        return {"id": R.new_id("chatcmpl"), "object": "chat.completion", "created": R.now(),
-                "model": served_name, "choices": choices, "usage": _usage(jobs)}  # fmt: skip
+            lp = chat_logprobs(_entries(s.token for s in job.steps), name) if req.logprobs else None
+            choices.append(chat_choice(job.index, job.result.text, lp, job.result.finish_reason))
+        return envelope.body(choices, _usage(jobs))
 
-    return app
+
+def create_app(engine: Engine, info: dict, served_name: str, api_key: str | None = None,
+               aliases: tuple[str, ...] = ()) -> FastAPI:
+    return openai_app.create_app(LlamaServed(engine, info, served_name, aliases), api_key)
 
 
 # ---------------------------------------------------------------------------- requests -> jobs
 
 
-async def _parse(request: Request, model, names: set[str]):
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    try:
-        req = model.model_validate(body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise BadRequest(f"{where}: {msg}" if where else msg) from None
-    if req.model is not None and req.model not in names:
-        raise BadRequest(f"The model `{req.model}` does not exist.", 404, "NotFoundError")
-    return req
-
-
-def _check_length(engine: Engine, ids: list[int], max_tokens: int | None, min_tokens: int) -> int:
-    if not ids:
-        raise BadRequest("prompt is empty")
-    if max_tokens is None:
-        max_tokens = engine.n_ctx - len(ids)
-    if len(ids) + max_tokens > engine.n_ctx:
-        raise BadRequest(
-            f"This model's maximum context length is {engine.n_ctx} tokens. However, you requested "
-            f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} in the "
-            "completion). Please reduce the length of the prompt or the completion."
-        )
-    if min_tokens > max_tokens:
-        raise BadRequest(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})")
-    return max_tokens
-
-
 def _completion_jobs(engine: Engine, req: CompletionRequest) -> list[Job]:
-    try:
-        prompts = req.prompts()
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
     jobs = []
-    for p in prompts:
+    for p in req.prompts():
         if isinstance(p, str):
-            ids, text = engine.tokenize(p, add_bos=True), p
+            ids, text = check_token_ids(engine.tokenize(p, add_bos=True), engine.n_vocab), p
         else:
-            bad = next((t for t in p if not 0 <= t < engine.n_vocab), None)
-            if bad is not None:
-                raise BadRequest(f"token id {bad} is out of range (vocabulary size {engine.n_vocab})")
-            ids = list(p)
+            ids = check_token_ids(list(p), engine.n_vocab)
             text = b"".join(engine.prompt_pieces(ids)).decode("utf-8", errors="replace")
-        max_tokens = _check_length(engine, ids, req.max_tokens, req.min_tokens)
+        max_tokens = max_new_tokens(len(ids), req.max_tokens, engine.n_ctx, req.min_tokens)
         for _ in range(req.n):
-            s = req.sampling(max_tokens, req.logprobs, req.echo, len(jobs) % req.n)
+            s = sampling(req, max_tokens, req.logprobs, req.echo, len(jobs) % req.n)
             jobs.append(Job(len(jobs), ids, text, s))
     return jobs
 
@@ -202,18 +131,15 @@ def _chat_formatter(engine: Engine):
 
 def _chat_jobs(engine: Engine, req: ChatRequest, formatter) -> list[Job]:
     try:
-        messages = req.template_messages()
-    except ValueError as e:  # a content part that is not text
-        raise BadRequest(str(e)) from None
-    try:
         render = formatter(req.add_generation_prompt)
-        rendered = render(messages=messages, **(req.chat_template_kwargs or {})).prompt
+        rendered = render(messages=req.template_messages(), **(req.chat_template_kwargs or {})).prompt
     except (ValueError, TemplateError) as e:  # incl. the template's own raise_exception(...)
-        raise BadRequest(f"chat template: {e}") from None
+        raise template_failed(e) from None
     ids = engine.tokenize(rendered, add_bos=False)  # the template writes BOS itself if it wants one
-    max_tokens = _check_length(engine, ids, req.limit(), req.min_tokens)
+    check_token_ids(ids, engine.n_vocab)
+    max_tokens = max_new_tokens(len(ids), req.limit(), engine.n_ctx, req.min_tokens)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    return [Job(i, ids, rendered, req.sampling(max_tokens, top, False, i)) for i in range(req.n)]
+    return [Job(i, ids, rendered, sampling(req, max_tokens, top, False, i)) for i in range(req.n)]
 
 
 # ---------------------------------------------------------------------------- running
@@ -242,14 +168,18 @@ def _run_all(engine: Engine, jobs: list[Job], emit: Callable | None, cancelled: 
             return
 
 
-def _usage(jobs: list[Job]) -> dict:
+def _usage(jobs: list[Job], completion_tokens: int | None = None) -> dict:
+    """Usage of the jobs; `completion_tokens`: the tokens a stream has sent so far (the worker
+    thread is ahead of the stream, so its live count is not what the client has seen)."""
     seen, prompt = set(), 0
     for job in jobs:  # n > 1 samples of one prompt: its tokens count once, as in vLLM
         key = id(job.ids)
         if key not in seen:
             seen.add(key)
             prompt += len(job.ids)
-    return R.usage(prompt, sum(j.result.completion_tokens for j in jobs))
+    if completion_tokens is None:
+        completion_tokens = sum(j.result.completion_tokens for j in jobs)
+    return usage(prompt, completion_tokens)
 
 
 def _count(counters: dict, jobs: list[Job]) -> None:
@@ -259,20 +189,38 @@ def _count(counters: dict, jobs: list[Job]) -> None:
     counters["completion_tokens"] += u["completion_tokens"]
 
 
-def _completion_choice(engine: Engine, req: CompletionRequest, job: Job, name) -> dict:
+def _entries(tokens) -> list:
+    return [(t.id, t.logprob, t.top) for t in tokens]
+
+
+def char_offsets(pieces: list[bytes], start: int = 0) -> list[int]:
+    """Character offset at which each piece starts (UTF-8: count the bytes that begin a char)."""
+    if not pieces:
+        return []
+    joined = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+    starts_char = np.concatenate([[0], np.cumsum((joined & 0xC0) != 0x80)])
+    byte_pos = np.concatenate([[0], np.cumsum([len(p) for p in pieces])[:-1]])
+    return [start + int(c) for c in starts_char[byte_pos]]
+
+
+def n_chars(piece: bytes) -> int:
+    return sum(1 for b in piece if b & 0xC0 != 0x80)
+
+
+def _completion_choice(engine: Engine, req: CompletionRequest, job: Job, name: TokenNames) -> dict:
     text = (job.prompt_text if req.echo else "") + job.result.text
     lp = None
     if req.logprobs is not None:
-        tokens, offsets = [], []
+        tokens: list[Token] = []
+        offsets: list[int] = []
         if req.echo:
             tokens += job.result.prompt
-            offsets += R.char_offsets(engine.prompt_pieces(job.ids))
+            offsets += char_offsets(engine.prompt_pieces(job.ids))
         gen = [s.token for s in job.steps]
         tokens += gen
-        offsets += R.char_offsets([t.piece for t in gen], len(job.prompt_text) if req.echo else 0)
-        lp = R.completion_logprobs(tokens, offsets, name, req.logprobs)
-    return {"index": job.index, "text": text, "logprobs": lp,
-            "finish_reason": job.result.finish_reason, "stop_reason": None}  # fmt: skip
+        offsets += char_offsets([t.piece for t in gen], len(job.prompt_text) if req.echo else 0)
+        lp = completion_logprobs(_entries(tokens), offsets, name, req.logprobs)
+    return completion_choice(job.index, text, lp, job.result.finish_reason)
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -297,96 +245,72 @@ def _stream(engine: Engine, jobs: list[Job], fmt, counters: dict) -> StreamingRe
     async def events():
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
+        error = None
         try:
             while True:
                 kind, job, step = await queue.get()
                 if kind == "done":
                     break
                 if kind == "error":
-                    err = {"error": {"message": str(step), "type": "server_error", "code": 500}}
-                    yield f"data: {json.dumps(err)}\n\n"
+                    error = str(step)
                     break
-                for chunk in fmt.chunks(kind, job, step, jobs):
-                    yield f"data: {json.dumps(chunk)}\n\n"
+                for chunk in fmt.chunks(kind, job, step):
+                    yield chunk
             _count(counters, jobs)
-            if fmt.req.stream_options and fmt.req.stream_options.include_usage:
-                yield f"data: {json.dumps(fmt.envelope([], _usage(jobs)))}\n\n"
-            yield "data: [DONE]\n\n"
+            for event in fmt.out.end(error):
+                yield event
         finally:
             cancel.set()  # client gone (or finished): the worker stops at its next token
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-class _StreamBase:
-    object = ""
+class _Stream:
+    """Chunks of one streamed request; counts the tokens it has sent, for usage chunks."""
 
-    def __init__(self, req, name, served_name: str):
-        self.req, self.name = req, name
-        self.id, self.created, self.model = R.new_id(self.prefix), R.now(), served_name
+    def __init__(self, req, name: TokenNames, envelope: Envelope, jobs: list[Job]):
+        self.req, self.name, self.sent = req, name, 0
+        self.out = StreamWriter(envelope, req.stream_options, lambda: _usage(jobs, self.sent))
 
-    def envelope(self, choices: list, usage: dict | None = None) -> dict:
-        out = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-               "choices": choices}  # fmt: skip
-        if usage is not None:
-            out["usage"] = usage
-        return out
-
-    def running_usage(self, jobs) -> dict | None:
-        so = self.req.stream_options
-        return _usage(jobs) if so and so.continuous_usage_stats else None
+    def chunks(self, kind, job, step):
+        self.sent += kind == "step"
+        return self.choice_chunks(kind, job, step)
 
 
-class _CompletionStream(_StreamBase):
-    object, prefix = "text_completion", "cmpl"
-
-    def __init__(self, engine: Engine, req: CompletionRequest, name, served_name: str):
-        super().__init__(req, name, served_name)
+class _CompletionStream(_Stream):
+    def __init__(self, engine: Engine, req: CompletionRequest, name: TokenNames, envelope: Envelope, jobs):
+        super().__init__(req, name, envelope, jobs)
         self.engine = engine
         self.offset: dict[int, int] = {}  # choice -> characters sent so far
 
-    def choice(self, job, text, lp=None, finish=None) -> dict:
-        return {"index": job.index, "text": text, "logprobs": lp, "finish_reason": finish,
-                "stop_reason": None}  # fmt: skip
-
-    def chunks(self, kind, job, step, jobs):
+    def choice_chunks(self, kind, job, step):
         k = self.req.logprobs
         if kind == "start":
             self.offset[job.index] = 0
             if self.req.echo:
                 lp = None
                 if k is not None:
-                    offsets = R.char_offsets(self.engine.prompt_pieces(job.ids))
-                    lp = R.completion_logprobs(job.result.prompt, offsets, self.name, k)
+                    offsets = char_offsets(self.engine.prompt_pieces(job.ids))
+                    lp = completion_logprobs(_entries(job.result.prompt), offsets, self.name, k)
                 self.offset[job.index] = len(job.prompt_text)
-                yield self.envelope([self.choice(job, job.prompt_text, lp)], self.running_usage(jobs))
+                yield self.out.chunk(completion_choice(job.index, job.prompt_text, lp))
         elif kind == "step":
-            if not step.text and k is None:
-                return
+            # one chunk per token, even when its text is held back: clients time token arrivals
             lp = None
             if k is not None:
-                lp = R.completion_logprobs([step.token], [self.offset[job.index]], self.name, k)
-            self.offset[job.index] += R.n_chars(step.token.piece)
-            yield self.envelope([self.choice(job, step.text, lp)], self.running_usage(jobs))
+                lp = completion_logprobs(_entries([step.token]), [self.offset[job.index]], self.name, k)
+            self.offset[job.index] += n_chars(step.token.piece)
+            yield self.out.chunk(completion_choice(job.index, step.text, lp))
         else:
-            yield self.envelope([self.choice(job, "", None, job.result.finish_reason)],
-                                self.running_usage(jobs))
+            yield self.out.chunk(completion_choice(job.index, "", None, job.result.finish_reason))
 
 
-class _ChatStream(_StreamBase):
-    object, prefix = "chat.completion.chunk", "chatcmpl"
-
-    def choice(self, job, delta, lp=None, finish=None) -> dict:
-        return {"index": job.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
-
-    def chunks(self, kind, job, step, jobs):
+class _ChatStream(_Stream):
+    def choice_chunks(self, kind, job, step):
         if kind == "start":
-            yield self.envelope([self.choice(job, {"role": "assistant", "content": ""})])
+            yield self.out.chunk(chat_delta(job.index, ROLE_DELTA))
         elif kind == "step":
-            if not step.text and not self.req.logprobs:
-                return
-            lp = R.chat_logprobs([step.token], self.name) if self.req.logprobs else None
-            yield self.envelope([self.choice(job, {"content": step.text}, lp)], self.running_usage(jobs))
+            lp = chat_logprobs(_entries([step.token]), self.name) if self.req.logprobs else None
+            yield self.out.chunk(chat_delta(job.index, {"content": step.text}, lp))
         else:
-            yield self.envelope([self.choice(job, {}, None, job.result.finish_reason)],
-                                self.running_usage(jobs))
+            yield self.out.chunk(chat_delta(job.index, {}, None, job.result.finish_reason))

@@ -15,7 +15,8 @@ from backends.base import (
     python_module_cmd,
     resolve_draft,
 )
-from harness.errors import EngineError, HyperbenchError
+from backends.base import parse_speculative as base_parse_speculative
+from harness.errors import HyperbenchError
 
 # GGUF weight types we make from an HF folder (llama_model_quantize's names, lower case)
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")
@@ -87,8 +88,7 @@ class LlamaCppConfig(EngineConfig):
         )
 
     def check(self) -> None:
-        spec = parse_speculative(self.speculative)
-        draft = draft_model(self.speculative)
+        spec, draft = parse_speculative(self.speculative)
         if draft is not None:
             path = Path(draft).expanduser()
             if looks_like_path(draft) and not path.exists():
@@ -104,7 +104,7 @@ class LlamaCppConfig(EngineConfig):
                 if getattr(self, name) != fields[name].default:
                     flag = "--" + name.replace("_", "-")
                     raise HyperbenchError(f"{flag} applies to --speculative ngram, not to a draft model")
-        if spec is None:
+        if spec == "none":
             # (a default passed along, as the container launchers pass every field, is no request)
             fields = type(self).model_fields
             for name in ("num_speculative_tokens", "ngram_min", "ngram_max"):
@@ -116,7 +116,7 @@ class LlamaCppConfig(EngineConfig):
         lo, hi = self.ngram_range()
         if lo > hi:
             raise HyperbenchError(f"ngram_min={lo} must be <= ngram_max={hi}")
-        if spec is not None and self.num_speculative_tokens >= self.n_batch:
+        if spec != "none" and self.num_speculative_tokens >= self.n_batch:
             raise HyperbenchError(
                 f"num_speculative_tokens={self.num_speculative_tokens} needs n_batch > it "
                 f"(n_batch={self.n_batch}: the drafts are verified in one batch)"
@@ -165,7 +165,7 @@ class LlamaCppConfig(EngineConfig):
                 "--speculative", f"draft:{resolve_draft(draft)}",
                 "--num-speculative-tokens", str(self.num_speculative_tokens),
             ]  # fmt: skip
-        elif parse_speculative(self.speculative) is not None:
+        elif parse_speculative(self.speculative)[0] == "ngram":
             lo, hi = self.ngram_range()
             args += [
                 "--speculative", "ngram",
@@ -187,47 +187,17 @@ class LlamaCppConfig(EngineConfig):
             return lo, max(NGRAM_MAX, lo)
         return lo, hi
 
-    def spec_counters(self, base_url: str) -> dict | None:
-        """Speculative-decoding counters now, from the server's GET /v1/engine (None when
-        speculation is off)."""
-        if parse_speculative(self.speculative) is None:
-            return None
-        import httpx
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        url = base_url.rstrip("/") + "/engine"
-        try:
-            r = httpx.get(url, timeout=10, headers=headers)
-            r.raise_for_status()
-            info = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise EngineError(f"cannot read speculative-decoding counters from {url}: {e}") from None
-        spec = info.get("speculative") if isinstance(info, dict) else None
-        if not spec or "counters" not in spec:
-            raise EngineError(f"{url} reports no speculative decoding")
-        return spec["counters"]
+def parse_speculative(text: str) -> tuple[str, str | None]:
+    """'none' | 'ngram' | 'draft:<model>' -> (method, model or None). Anything else: a one-line error."""
 
+    def refusal(method: str) -> str:
+        hint = " (EAGLE: --engine vllm)" if method in ("eagle", "eagle3") else ""
+        return f"the llamacpp engine supports none, ngram or draft:<model>{hint}"
 
-def parse_speculative(text: str) -> str | None:
-    """'none' -> None; 'ngram' -> 'ngram'; 'draft:<model>' -> 'draft'. Anything else: a
-    one-line error."""
-    text = text.strip()
-    if text == "none":
-        return None
-    if text == "ngram":
-        return text
-    mode, sep, model = text.partition(":")
-    if mode == "draft" and sep and model.strip():
-        return mode
-    hint = {"eagle": " (EAGLE: --engine vllm)", "eagle3": " (EAGLE: --engine vllm)"}.get(mode, "")
-    raise HyperbenchError(
-        f"speculative={text!r}: the llamacpp engine supports none, ngram or draft:<model>{hint}"
-    )
+    return base_parse_speculative(text, SPECULATIVE_FORMS, refusal)
 
 
 def draft_model(text: str) -> str | None:
     """The draft model of 'draft:<model>' (None for none / ngram); other text: a one-line error."""
-    if parse_speculative(text) != "draft":
-        return None
-    return text.strip().partition(":")[2].strip()
-
+    return parse_speculative(text)[1]

