@@ -8,7 +8,11 @@ the CLI and validate configs on machines where the engine itself is not installe
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import sys
+import threading
+import time
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +54,9 @@ class EngineConfig(BaseModel):
     )
     api_key: str | None = Field(None, description="Require this bearer key on every request.")
 
+    # the environment variable the server reads its API key from: the launchers pass the key
+    # there, never on a command line (which `ps` shows to every user of the machine)
+    api_key_env: ClassVar[str] = "HYPERBENCH_API_KEY"
     # name of the pip extra that installs this engine, and the module that proves it is there
     extra: ClassVar[str] = ""
     probe_module: ClassVar[str] = ""
@@ -96,6 +103,31 @@ class EngineConfig(BaseModel):
 
     def display_name(self) -> str:
         return self.served_model_name or self.model
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Stop this engine server (its whole process group) when the harness that started it is gone:
+    the fallback to the launcher's parent-death signal. The launcher names itself in
+    HYPERBENCH_PARENT_PID; a server started any other way has no such variable and is left alone."""
+    try:
+        parent = int(os.environ.get("HYPERBENCH_PARENT_PID", ""))
+    except ValueError:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        group = os.getpgid(0)
+        os.killpg(group, signal.SIGTERM)  # the server's own shutdown first (GPU memory, workers)
+        time.sleep(10)
+        os.killpg(group, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def api_key_arg_default() -> str | None:
+    """argparse default of a server's --api-key: the key the launcher passed in the environment."""
+    return os.environ.get(EngineConfig.api_key_env) or None
 
 
 def python_module_cmd(module: str, *args: str) -> list[str]:

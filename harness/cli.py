@@ -107,7 +107,7 @@ def serve(engine_kind, host, port, **params):
     """Serve ENGINE on the wire contract in the foreground (Ctrl-C stops it)."""
     from backends import engine_class
     from harness.cliutil import check_engine_flags, collect
-    from harness.launchers.process import check_port_free
+    from harness.launchers.process import check_port_free, key_env, key_off_argv
     from harness.models import resolve_model
 
     engine_dict = {"kind": engine_kind, **collect(params).get("engine", {})}
@@ -119,11 +119,12 @@ def serve(engine_kind, host, port, **params):
     cfg.check()
     check_port_free(host, port)
     resolved = resolve_model(cfg.model)
-    cmd = cfg.server_command(host, port, str(resolved.path or resolved.gguf))
+    cmd, key = key_off_argv(cfg.server_command(host, port, str(resolved.path or resolved.gguf)))
     click.echo(f"serving {cfg.display_name()} with {engine_kind} on http://{host}:{port}/v1", err=True)
     sys.stdout.flush()
-    # the engine's own environment (vLLM: its route middleware's PYTHONPATH, the CPU target)
-    os.execvpe(cmd[0], cmd, {**os.environ, **cfg.server_env()})
+    # the engine's own environment (vLLM: its route middleware's PYTHONPATH, the CPU target), and
+    # the API key, which a command line would show to every user
+    os.execvpe(cmd[0], cmd, {**os.environ, **cfg.server_env(), **key_env(cfg, key)})
 
 
 @cli.command(context_settings={"show_default": True})

@@ -21,6 +21,7 @@ import socket
 import sys
 from pathlib import Path
 
+from backends.base import api_key_arg_default, exit_with_parent
 from harness.errors import HyperbenchError
 
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-threads", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=api_key_arg_default(), help="[default: $HYPERBENCH_API_KEY]")
     p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
     p.add_argument("--num-speculative-tokens", type=int, default=4)
     p.add_argument("--ngram-min", type=int, default=None)
@@ -188,6 +189,7 @@ def speculative_info(engine, kv_cache_type: str = "f16") -> dict | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    exit_with_parent()
     try:
         sock = bind(args.host, args.port)
         engine, gguf, meta = load(args)

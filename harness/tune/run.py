@@ -183,7 +183,7 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
 
 
 def resume(path: Path, echo: Echo = lambda s: None) -> RunFolder:
-    from harness.tune.engine import stop_orphan
+    from harness.launchers.process import stop_orphan
 
     run_dir = RunFolder.open(path)
     summary = run_dir.read_json("summary.json")

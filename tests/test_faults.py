@@ -1,0 +1,121 @@
+"""Fault injection: kill -9 of the harness or of the engine mid-run, then look at the process
+table and the run folder. Nothing may be left running, nothing finished may be lost, and a cut
+run must be resumable. The synthetic engine (a real server subprocess with known timings) keeps
+each drill to seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SLOW_BENCH = ["bench", "--engine", "synthetic", "--model", "tiny-llama", "--ttft-ms", "5", "--itl-ms", "20",
+              "--concurrency", "1", "--input-len", "8", "--output-len", "10", "--no-plots"]  # fmt: skip
+
+
+def hb(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def start_hb(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_records(proc: subprocess.Popen, records: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not (records.exists() and records.read_text().count("\n") >= n):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no records came"
+        time.sleep(0.1)
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def gone_within(procs: list[psutil.Process], seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while running(procs) and time.time() < deadline:
+        time.sleep(0.1)
+    return not running(procs)
+
+
+def engine_of(run: Path) -> psutil.Process:
+    """The engine process, by the pid file the process launcher writes beside engine.log."""
+    info = json.loads((run / "engine.pid.json").read_text())
+    return psutil.Process(info["pid"])
+
+
+def test_kill_9_of_bench_takes_its_engine_down(tmp_path):
+    """SIGKILL gives the harness no chance to clean up: the engine must go by itself (the kernel's
+    parent-death signal), not be left serving as a child of PID 1."""
+    run = tmp_path / "k"
+    proc = start_hb(*SLOW_BENCH, "--num-requests", "500", "--results-dir", str(tmp_path), "--run-name", "k")
+    wait_records(proc, run / "records.jsonl", 2)
+    engine = engine_of(run)
+    assert engine.ppid() == proc.pid
+    proc.kill()
+    proc.communicate()
+    assert gone_within([engine], 15), engine.cmdline()
+
+
+def test_engine_watches_its_parent_when_the_signal_is_lost(tmp_path):
+    """The fallback: an engine whose parent dies without a parent-death signal (here its parent is
+    a shell that never asked for one) notices the new parent and stops itself."""
+    parent_code = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-m', "
+                   "'harness.synthetic', '--port', '0'], env={**os.environ, 'HYPERBENCH_PARENT_PID': "
+                   "str(os.getpid())}); time.sleep(300)")
+    sh = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while not (kids := psutil.Process(sh.pid).children()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert kids, "the engine did not start"
+    os.kill(sh.pid, signal.SIGKILL)
+    sh.wait()
+    assert gone_within(kids, 15), kids[0].cmdline()
+
+
+def test_api_key_is_not_on_the_engine_command_line(tmp_path):
+    """`ps` shows every user every command line: the key goes through the environment."""
+    key = "do-not-show-this-key-7"
+    run = tmp_path / "s"
+    proc = start_hb(*SLOW_BENCH, "--num-requests", "6", "--api-key", key, "--results-dir", str(tmp_path),
+                    "--run-name", "s")
+    wait_records(proc, run / "records.jsonl", 1)
+    engine = engine_of(run)
+    assert key not in " ".join(engine.cmdline())
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["points"][0]["completed"] == 6  # the engine required the key, and got it
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL])
+def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
+    """A killed engine leaves no error line of its own: the reason names the signal."""
+    run = tmp_path / "e"
+    proc = start_hb(*SLOW_BENCH, "--num-requests", "400", "--results-dir", str(tmp_path), "--run-name", "e")
+    wait_records(proc, run / "records.jsonl", 2)
+    os.kill(engine_of(run).pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert f"killed by signal {int(sig)} ({sig.name})" in err, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"killed by signal {int(sig)}" in summary["reason"]
