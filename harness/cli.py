@@ -132,14 +132,25 @@ def serve(engine_kind, host, port, **params):
 @click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, vllm.")
 @click.option("--url", help="Bench an engine someone else runs (base URL, …/v1).")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Finish a cut bench run folder (its saved config; no other flags).")
 @_with(_bench_opts() + _engine_opts())
-def bench(config_file, engine_kind, url, slo, **params):
+def bench(config_file, engine_kind, url, slo, resume, **params):
     """Latency and throughput of an engine under a concurrency or Poisson-rate sweep."""
     from harness.bench import run
     from harness.cliutil import check_engine_flags, collect, parse_slo
 
-    file_data = load_yaml(config_file) if config_file else {}
     cli_data = collect(params)
+    if resume is not None:
+        if config_file or engine_kind or url or slo or cli_data:
+            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        from harness.bench import resume as resume_run
+
+        with _Progress() as progress:
+            run_dir = resume_run(resume, progress)
+        _print_summary(run_dir)
+        return
+    file_data = load_yaml(config_file) if config_file else {}
     if engine_kind:
         cli_data.setdefault("engine", {})["kind"] = engine_kind
     if url:
@@ -167,15 +178,20 @@ def report(run_dir, no_plots):
     from harness.results import RunFolder
 
     run = RunFolder.open(run_dir)
-    if run.read_json("summary.json").get("kind") == "tune":
+    summary = run.summary()
+    if summary.get("kind") == "tune":
         from harness.tune.report import write_report as write_tune_report
 
         write_tune_report(run, plots=not no_plots)
-    elif run.read_json("summary.json").get("kind") == "score":
+    elif summary.get("kind") == "score":
         from harness.score.report import write_report as write_score_report
 
         write_score_report(run)
     else:
+        from harness.bench_resume import rebuild_summary, was_cut
+
+        if was_cut(summary):  # killed: its records are all there is; summarize them, once
+            run.write_json("summary.json", rebuild_summary(run, summary))
         write_report(run, plots=not no_plots)
     click.echo(run.file("report.md"))
 

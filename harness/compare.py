@@ -228,7 +228,7 @@ READERS = {"bench": read_bench, "score": read_score}
 
 
 def read_run(run: RunFolder) -> Entry:
-    summary = run.read_json("summary.json")
+    summary = run.summary()
     kind = summary.get("kind", "bench")
     reader = READERS.get(kind)
     if reader is None:

@@ -106,6 +106,18 @@ class RunFolder:
     def read_json(self, name: str) -> Any:
         return read_json(self.path / name)
 
+    def summary(self) -> dict:
+        """summary.json, refused when another schema version wrote it: read with this version's
+        meaning, it would look like an empty run (and `report` would overwrite its report)."""
+        data = self.read_json("summary.json")
+        if not isinstance(data, dict):
+            raise HyperbenchError(f"{self.path / 'summary.json'} is not a run summary")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise HyperbenchError(f"{self.path / 'summary.json'} has schema_version {version!r}; this hyperbench "
+                                  f"reads {SCHEMA_VERSION}: use the hyperbench version that wrote it")
+        return data
+
     def append_record(self, record: dict) -> None:
         # one line per finished request, flushed at once: a killed run keeps every finished record
         with open(self.path / "records.jsonl", "a") as f:

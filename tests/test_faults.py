@@ -119,3 +119,48 @@ def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
     assert f"killed by signal {int(sig)} ({sig.name})" in err, err
     summary = json.loads((run / "summary.json").read_text())
     assert f"killed by signal {int(sig)}" in summary["reason"]
+
+
+def point_records(run: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for line in (run / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.setdefault(r["point"], []).append(r["request_id"])
+    return out
+
+
+def test_bench_killed_then_report_then_resume_loses_and_repeats_nothing(tmp_path):
+    """kill -9 in the second point: `report` rebuilds the summary from the records (incomplete,
+    with the reason), and `bench --resume` keeps the first point as it was, sends only the
+    second point's missing requests, and completes the run."""
+    run = tmp_path / "cut"
+    proc = start_hb(*SLOW_BENCH[:-7], "--concurrency", "4,1", "--input-len", "8", "--output-len", "10",
+                    "--num-requests", "16", "--no-plots", "--results-dir", str(tmp_path), "--run-name", "cut")
+    wait_records(proc, run / "records.jsonl", 16 + 4)
+    proc.kill()
+    proc.communicate()
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    before = point_records(run)
+    assert len(before["concurrency=4"]) == 16 and 4 <= len(before["concurrency=1"]) < 16
+
+    res = hb("report", str(run), "--no-plots")
+    assert res.returncode == 0, res.stderr
+    rebuilt = json.loads((run / "summary.json").read_text())
+    assert rebuilt["status"] == "incomplete" and rebuilt["reason"] == "process ended without writing a summary"
+    first, second = rebuilt["points"]
+    assert first["concurrency"] == 4 and first["completed"] == 16 and not first.get("partial")
+    assert second["partial"] and second["completed"] == len(before["concurrency=1"])
+    assert "| 1 " in (run / "report.md").read_text() or "concurrency" in (run / "report.md").read_text()
+
+    res = hb("bench", "--resume", str(run))
+    assert res.returncode == 0, res.stderr
+    after = point_records(run)
+    assert after["concurrency=4"] == before["concurrency=4"]  # not sent again
+    assert sorted(after["concurrency=1"]) == list(range(16))  # each request once
+    assert after["concurrency=1"][:len(before["concurrency=1"])] == before["concurrency=1"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and len(summary["resumed"]) == 1 and "process" not in summary
+    assert summary["points"][0] == first  # the finished point as it was
+    assert summary["points"][1]["completed"] == 16 and summary["points"][1]["sessions"] == 2
+    res = hb("bench", "--resume", str(run))
+    assert res.returncode == 2 and res.stderr.strip() == f"error: {run} is complete: nothing to resume"

@@ -27,7 +27,7 @@ log = logging.getLogger("hyperbench.score")
 def run(cfg: ScoreConfig) -> RunFolder:
     if cfg.output.resume is not None:
         run_dir = RunFolder.open(cfg.output.resume)
-        summary = run_dir.read_json("summary.json")
+        summary = run_dir.summary()
         if summary.get("kind") != "score":
             raise HyperbenchError(f"{run_dir.path} is not a score run (kind {summary.get('kind')!r})")
         if summary.get("status") == "complete":
@@ -35,6 +35,10 @@ def run(cfg: ScoreConfig) -> RunFolder:
         saved = run_dir.read_json("config.json")
         saved.get("output", {}).pop("resume", None)
         cfg = ScoreConfig(**saved)
+        from harness.launchers.process import stop_orphan
+
+        if stopped := stop_orphan(run_dir.path):  # an engine an older harness left serving
+            summary.setdefault("resume_notes", []).append(stopped)
         summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return _score(cfg, run_dir, summary)
     engine = cfg.engine_config()  # validates engine options before anything is written
