@@ -57,6 +57,10 @@ class EngineConfig(BaseModel):
     # the environment variable the server reads its API key from: the launchers pass the key
     # there, never on a command line (which `ps` shows to every user of the machine)
     api_key_env: ClassVar[str] = "HYPERBENCH_API_KEY"
+    # False for an engine that loads no weights (the synthetic one): `model` is then only a name,
+    # and bench builds its prompts with `prompt_tokenizer` (a built-in model) unless told otherwise
+    needs_weights: ClassVar[bool] = True
+    prompt_tokenizer: ClassVar[str | None] = None
     # name of the pip extra that installs this engine, and the module that proves it is there
     extra: ClassVar[str] = ""
     probe_module: ClassVar[str] = ""

@@ -29,20 +29,26 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
         return cfg.target.tokenizer
     if model_path and Path(model_path).is_dir():
         return model_path
-    name = cfg.engine.get("model")
+    name = cfg.engine.get("model") or cfg.engine_config().model
     if model_path is None and name:
         from harness.models import BUILTIN_MODELS, resolve_model
 
         if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
             return str(resolve_model(name).path)
+        if cfg.target.launcher != "external" and (fallback := cfg.engine_config().prompt_tokenizer):
+            return str(resolve_model(fallback).path)  # an engine without weights (synthetic)
     return None
 
 
 def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
-    """Local path of the model to serve (staged if built-in); None for an external engine."""
+    """Local path of the model to serve (staged if built-in); None for an external engine, and for
+    an engine that loads no weights unless its model names one (then its tokenizer is used)."""
     if cfg.target.launcher == "external":
         return None
-    from harness.models import resolve_model
+    from harness.models import BUILTIN_MODELS, resolve_model
+
+    if not engine.needs_weights and engine.model not in BUILTIN_MODELS and not Path(engine.model).expanduser().exists():
+        return None
 
     resolved = resolve_model(engine.model)
     return str(resolved.path or resolved.gguf)
@@ -347,4 +353,7 @@ def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:
     try:
         write_report(run_dir, plots=cfg.output.plots)
     except Exception as e:  # a report problem must never lose the run's data
-        (run_dir.path / "report.md").write_text(f"report failed: {type(e).__name__}: {e}\n")
+        try:
+            (run_dir.path / "report.md").write_text(f"report failed: {type(e).__name__}: {e}\n")
+        except OSError:
+            pass  # a full disk: summary.json and the records are what counts

@@ -101,7 +101,7 @@ _STARTED_TOKENIZER_HELP = {"tokenizer": "Tokenizer folder that synthetic prompts
 @cli.command(context_settings={"show_default": True})
 @click.argument("engine_kind", metavar="ENGINE")
 @click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 in containers).")
-@click.option("--port", type=int, default=8000, help="Port to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
 @_with(_engine_opts())
 def serve(engine_kind, host, port, **params):
     """Serve ENGINE on the wire contract in the foreground (Ctrl-C stops it)."""
@@ -388,6 +388,14 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only folder, a file gone: the system's word, one line
+        click.echo(f"error: {os_error_line(e)}", err=True)
+        sys.exit(2)
+
+
+def os_error_line(e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}" if e.strerror else str(e) or type(e).__name__
 
 
 def _interrupted(message: str, close_echo: bool) -> None:

@@ -68,8 +68,11 @@ def build_config(file_data: dict, cli_data: dict) -> CompareConfig:
         raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer "
                               "(bench engines that others run one by one, then compare their run folders)")
     cfg = build(CompareConfig, file_data, cli_data)
-    if bool(cfg.engines) == bool(cfg.runs):
+    if cfg.engines and cfg.runs:
         raise HyperbenchError("compare needs either --engines (bench them now) or run folders, not both")
+    if not cfg.engines and not cfg.runs:
+        raise HyperbenchError("nothing to compare: give run folders (hyperbench compare RUN RUN...) or "
+                              "--engines to bench now (e.g. --engines hf,llamacpp)")
     return cfg
 
 

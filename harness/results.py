@@ -120,8 +120,11 @@ class RunFolder:
 
     def append_record(self, record: dict) -> None:
         # one line per finished request, flushed at once: a killed run keeps every finished record
-        with open(self.path / "records.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path / "records.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk mid-run: the run stops, marked, with what it kept
+            raise HyperbenchError(f"cannot write {self.path / 'records.jsonl'}: {e.strerror}") from None
 
     def records(self) -> list[dict]:
         p = self.path / "records.jsonl"

@@ -51,6 +51,8 @@ class SyntheticConfig(EngineConfig):
     jitter_seed: int = Field(0, description="Seed of the synthetic jitter and failures.")
 
     probe_module = "harness"
+    needs_weights = False
+    prompt_tokenizer = "tiny-llama"  # built offline in a second: exact prompt lengths, no download
 
     def capabilities(self) -> Capabilities:
         return Capabilities(sampling_params=list(ALL_SAMPLING_PARAMS), quantizations=["none"],

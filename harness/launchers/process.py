@@ -10,6 +10,7 @@ its log, so a resumed run can still stop an engine that an older harness left be
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -69,11 +70,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def check_port_free(host: str, port: int) -> None:
-    with socket.socket() as s:
+    """Refuse, in one line that names the real cause, a port or host the engine could not bind."""
+    if not 0 <= port <= 65535:
+        raise HyperbenchError(f"port {port} is out of range: give 0 to 65535 (0: any free port)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise HyperbenchError(f"host {host!r} is not a name or address this machine can resolve") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family) as s:
         try:
-            s.bind((host, port))
-        except OSError:
-            raise HyperbenchError(f"port {port} is in use on {host}: choose another --port") from None
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise HyperbenchError(f"port {port} is in use on {host}: choose another --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise HyperbenchError(f"{host} is not an address of this machine: listen on one of its "
+                                      "own (127.0.0.1, 0.0.0.0 for every interface)") from None
+            raise HyperbenchError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def shown_command(cmd: list[str], env: dict[str, str]) -> str:

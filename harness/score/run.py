@@ -54,6 +54,21 @@ def run(cfg: ScoreConfig) -> RunFolder:
     return _score(cfg, run_dir, summary, fresh=True)
 
 
+def _check_max_length(spec, prepared) -> None:
+    """A --max-length that leaves a generative task no room for its prompt, refused before an
+    engine starts (it used to show only in the first request's error)."""
+    from harness.score.lm import DEFAULT_MAX_GEN_TOKS
+
+    if spec.max_length is None:
+        return
+    for task, kw in prepared.gen_kwargs.items():
+        toks = spec.gen_kwargs.get("max_gen_toks", kw.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+        if toks >= spec.max_length:
+            raise HyperbenchError(f"--max-length {spec.max_length} leaves task {task} no room for a prompt: it "
+                                  f"generates up to {toks} tokens (give a larger --max-length, or --gen-kwargs "
+                                  "max_gen_toks=N below it)")
+
+
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
     from harness.bench import engine_up, resolve_model_path
     from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare
@@ -63,6 +78,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     summary["status"] = "running"
     try:
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+        _check_max_length(spec, prepared)
         with _lm_eval_log(run_dir.file("lm_eval.log")):
             load(prepared, spec.data_dir)  # every data problem before an engine starts
         model_path = resolve_model_path(cfg, engine)
@@ -250,14 +266,17 @@ def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
     gen_kwargs = dict(spec.gen_kwargs)
     if float(gen_kwargs.get("temperature") or 0) > 0:
         gen_kwargs.setdefault("do_sample", True)  # else lm-eval would quietly stay greedy
+    from harness.score.tasks import quiet_git_hash
+
     try:
-        return lm_eval.simple_evaluate(
-            model=lm, tasks=prepared.names, task_manager=prepared.tm,
-            num_fewshot=spec.num_fewshot, limit=spec.limit, gen_kwargs=gen_kwargs or None,
-            bootstrap_iters=spec.bootstrap_iters, log_samples=True,
-            apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
-            fewshot_random_seed=spec.fewshot_seed,
-        )  # fmt: skip
+        with quiet_git_hash():
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=prepared.names, task_manager=prepared.tm,
+                num_fewshot=spec.num_fewshot, limit=spec.limit, gen_kwargs=gen_kwargs or None,
+                bootstrap_iters=spec.bootstrap_iters, log_samples=True,
+                apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
+                fewshot_random_seed=spec.fewshot_seed,
+            )  # fmt: skip
     except (HyperbenchError, KeyboardInterrupt):
         raise
     except Exception as e:  # lm-eval / datasets failures: one line, the traceback kept
