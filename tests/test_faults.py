@@ -164,3 +164,43 @@ def test_bench_killed_then_report_then_resume_loses_and_repeats_nothing(tmp_path
     assert summary["points"][1]["completed"] == 16 and summary["points"][1]["sessions"] == 2
     res = hb("bench", "--resume", str(run))
     assert res.returncode == 2 and res.stderr.strip() == f"error: {run} is complete: nothing to resume"
+
+
+def test_docker_launcher_reaps_the_containers_of_a_killed_harness():
+    """Real containers on the real daemon: one whose harness is gone is removed on the launcher's
+    next start; one whose harness runs, and one of another host, are left alone."""
+    docker = pytest.importorskip("docker")
+    from harness.launchers.docker import LABEL, owner_labels, reap_orphans
+
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+        image = next((t for i in client.images.list() for t in i.tags if t.startswith("hyperbench/")), None)
+    except Exception as e:  # no daemon, no socket
+        pytest.skip(f"no Docker daemon here ({type(e).__name__})")
+    if image is None:
+        pytest.skip("no hyperbench image built here")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_started = psutil.Process(dead.pid).create_time()
+    dead.wait()
+    mine = owner_labels(None)
+    kinds = {
+        "gone": {**mine, "hyperbench.owner.pid": str(dead.pid), "hyperbench.owner.started": repr(dead_started)},
+        "alive": mine,
+        "elsewhere": {**mine, "hyperbench.owner.host": "another-host", "hyperbench.owner.pid": str(dead.pid)},
+    }
+    made = {k: client.containers.run(image, ["sleep", "300"], detach=True, labels={LABEL: "docker", **labels},
+                                     name=f"hyperbench-reap-test-{k}-{os.getpid()}")
+            for k, labels in kinds.items()}  # fmt: skip
+    try:
+        removed = reap_orphans(client)
+        assert made["gone"].name in removed
+        left = {c.name for c in client.containers.list(all=True)}
+        assert made["gone"].name not in left
+        assert made["alive"].name in left and made["elsewhere"].name in left
+    finally:
+        for c in made.values():
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
