@@ -113,6 +113,7 @@ def resume(path: Path, progress=None) -> RunFolder:
     engine.check()
     requests = build_requests(cfg.workload) if cfg.workload.dataset is not None else None
     model_path = resolve_model_path(cfg, engine)
+    run_dir.drop_torn_record()
     if stopped := stop_orphan(run_dir.path):
         summary.setdefault("notes", []).append(stopped)
     summary["points"] = [p for p in summary.get("points", []) if not p.get("partial")]

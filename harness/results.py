@@ -120,11 +120,25 @@ class RunFolder:
 
     def append_record(self, record: dict) -> None:
         # one line per finished request, flushed at once: a killed run keeps every finished record
+        p = self.path / "records.jsonl"
         try:
-            with open(self.path / "records.jsonl", "a") as f:
+            with open(p, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk mid-run: the run stops, marked, with what it kept
-            raise HyperbenchError(f"cannot write {self.path / 'records.jsonl'}: {e.strerror}") from None
+            self.drop_torn_record()  # the part of this line that fitted
+            raise HyperbenchError(f"cannot write {p}: {e.strerror}") from None
+
+    def drop_torn_record(self) -> None:
+        """Cut a last line that a kill or a full disk left half-written, before appending more:
+        after it, new records would be unreadable (`records` stops at the first torn line)."""
+        p = self.path / "records.jsonl"
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return
+        if data and not data.endswith(b"\n"):
+            with open(p, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def records(self) -> list[dict]:
         p = self.path / "records.jsonl"

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -124,7 +126,7 @@ def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
 def point_records(run: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for line in (run / "records.jsonl").read_text().splitlines():
-        r = json.loads(line)
+        r = json.loads(line)  # a torn line fails the test: the harness never leaves one on disk-full
         out.setdefault(r["point"], []).append(r["request_id"])
     return out
 
@@ -204,3 +206,115 @@ def test_docker_launcher_reaps_the_containers_of_a_killed_harness():
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+
+# --- the machine fails under the run: full disk, read-only folder, an engine that hangs ---------
+
+
+@contextmanager
+def tmpfs(path: Path, size: str, *options: str):
+    """A small real filesystem of its own (a full disk without filling the machine's); root only."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = ",".join([f"size={size}", *options])
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path, leave_bytes: int) -> Path:
+    """Fill the filesystem of `folder` but `leave_bytes`; the filler file, to free it again."""
+    free = shutil.disk_usage(folder).free - leave_bytes
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(free, 0))
+    return filler
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_disk_full_mid_bench_stops_in_one_line_and_resumes_once_freed(tmp_path):
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        filler = fill(disk, 96 * 1024)
+        proc = start_hb("bench", "--engine", "synthetic", "--ttft-ms", "1", "--itl-ms", "1", "--concurrency", "4",
+                        "--output-len", "10", "--input-len", "8", "--num-requests", "400", "--no-plots",
+                        "--results-dir", str(disk), "--run-name", "full")
+        _, err = proc.communicate(timeout=120)
+        run = disk / "full"
+        assert proc.returncode == 2, err
+        assert "No space left on device" in one_error_line(err)
+        assert not running(psutil.Process().children(recursive=True))  # nothing left by the run
+        kept = point_records(run)["concurrency=4"]
+        assert 0 < len(kept) < 400
+        filler.unlink()  # space again: finish it
+        res = hb("bench", "--resume", str(run))
+        assert res.returncode == 0, res.stderr
+        ids = point_records(run)["concurrency=4"]
+        assert sorted(ids) == list(range(400)) and ids[:len(kept)] == kept
+        assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+def test_report_on_a_full_disk_or_a_read_only_folder_keeps_the_run(tmp_path):
+    res = hb(*SLOW_BENCH[:5], "--ttft-ms", "1", "--itl-ms", "1", "--num-requests", "2", "--output-len", "2",
+             "--no-plots", "--results-dir", str(tmp_path), "--run-name", "done")
+    assert res.returncode == 0, res.stderr
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        shutil.copytree(tmp_path / "done", disk / "done")
+        (disk / "done" / "report.md").unlink()
+        before = (disk / "done" / "summary.json").read_text()
+        fill(disk, 0)
+        res = hb("report", str(disk / "done"), "--no-plots")
+        assert res.returncode == 2 and "No space left on device" in one_error_line(res.stderr)
+        assert (disk / "done" / "summary.json").read_text() == before
+        (disk / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        res = hb("report", str(disk / "done"), "--no-plots")
+        assert res.returncode == 2 and "Read-only file system" in one_error_line(res.stderr)
+        res = hb(*SLOW_BENCH[:5], "--results-dir", str(disk / "new"))
+        assert res.returncode == 2 and "Read-only file system" in one_error_line(res.stderr)
+        assert (disk / "done" / "summary.json").read_text() == before
+
+
+def test_engine_that_hangs_is_timed_out_and_torn_down(tmp_path):
+    """Connection open, no token ever (first token due in ~3 h): each request ends at its
+    timeout, the run says so in one line, and the engine is stopped."""
+    t0 = time.monotonic()
+    proc = start_hb("bench", "--engine", "synthetic", "--ttft-ms", "10000000", "--concurrency", "2",
+                    "--num-requests", "2", "--warmup", "0", "--timeout-s", "2", "--no-plots",
+                    "--results-dir", str(tmp_path), "--run-name", "hang")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "every request failed at concurrency=2" in one_error_line(err), err
+    assert time.monotonic() - t0 < 60
+    assert not running(psutil.Process().children(recursive=True))
+    summary = json.loads((tmp_path / "hang" / "summary.json").read_text())
+    assert summary["status"] == "incomplete" and summary["points"][0]["failed"] == 2
+
+
+def test_sigterm_as_slurm_sends_it_then_resume(tmp_path):
+    """SLURM's scancel / time limit signals every process of the job at once: the harness and
+    its engine get SIGTERM together. The run is marked, nothing is left, and it resumes."""
+    run = tmp_path / "job"
+    proc = start_hb(*SLOW_BENCH, "--num-requests", "30", "--results-dir", str(tmp_path), "--run-name", "job")
+    wait_records(proc, run / "records.jsonl", 3)
+    engine = engine_of(run)
+    for p in (proc.pid, engine.pid):
+        os.kill(p, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (2, 130), err
+    assert "Traceback" not in err
+    assert gone_within([engine], 15)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "incomplete", summary
+    kept = point_records(run)["concurrency=1"]
+    res = hb("bench", "--resume", str(run))
+    assert res.returncode == 0, res.stderr
+    ids = point_records(run)["concurrency=1"]
+    assert sorted(ids) == list(range(30)) and ids[:len(kept)] == kept
