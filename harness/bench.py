@@ -120,7 +120,7 @@ def resume(path: Path, progress=None) -> RunFolder:
     summary.update(status="running", resumed=[*summary.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")])
     summary.pop("reason", None)  # the cut's: `resumed` keeps the history
     done = {load_key(p) for p in summary["points"]}
-    prior = {label: recs for label, recs in records_by_point(run_dir).items()}
+    prior = records_by_point(run_dir)
     todo = {point_label(k, v): prior.get(point_label(k, v), []) for k, v in cfg.load.points() if (k, v) not in done}
     return _execute(cfg, engine, model_path, requests, run_dir, summary, todo, progress, resuming=True)
 

@@ -28,7 +28,12 @@ def point_label(kind: str, value: float) -> str:
 
 
 def load_key(point: dict):
-    return next(((k, point[k]) for k in ("concurrency", "rate") if k in point), None)
+    """(kind, value) of a summary point; a rate of `inf` reads back from JSON as the string."""
+    kind = next((k for k in ("concurrency", "rate") if k in point), None)
+    if kind is None:
+        return None
+    value = point[kind]
+    return kind, float(value) if isinstance(value, str) else value
 
 
 def this_process() -> dict:

@@ -318,3 +318,77 @@ def test_sigterm_as_slurm_sends_it_then_resume(tmp_path):
     assert res.returncode == 0, res.stderr
     ids = point_records(run)["concurrency=1"]
     assert sorted(ids) == list(range(30)) and ids[:len(kept)] == kept
+
+
+# --- mid-score: the engine killed, then the harness killed, then resumed ------------------------
+
+
+@pytest.mark.slow
+def test_score_engine_killed_then_harness_killed_then_resume_recomputes_nothing(tmp_path, tiny_model):
+    """Three hf engine starts on the tiny model (~1-2 min on 2 cores): kill -9 of the engine mid-
+    score (one line, exit 2, marked incomplete); --resume, then kill -9 of the harness mid-score
+    (its engine goes with it); --resume again: complete, every request answered exactly once."""
+    from harness.score import staging
+
+    csv = os.environ.get(staging.TRUTHFULQA_CSV_ENV) or (Path(__file__).resolve().parents[2] / "shared" / "data"
+                                                          / "truthfulqa" / "TruthfulQA.csv")
+    if not Path(csv).is_file():
+        pytest.skip(f"TruthfulQA CSV not found at {csv}")
+    data = staging.ensure_staged(truthfulqa_csv=csv)
+    run = tmp_path / "s"
+    cache = run / "requests.jsonl"
+
+    def answered() -> int:
+        return cache.read_bytes().count(b"\n") if cache.exists() else 0
+
+    proc = start_hb("score", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--tasks",
+                    "mmlu_anatomy", "--limit", "60", "--concurrency", "1", "--data-dir", str(data),
+                    "--results-dir", str(tmp_path), "--run-name", "s")
+    wait_records(proc, cache, 10, timeout=600)
+    os.kill(engine_of(run).pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert json.loads((run / "summary.json").read_text())["status"] == "incomplete"
+
+    first = answered()
+    proc = start_hb("score", "--resume", str(run))
+    wait_records(proc, cache, first + 10, timeout=600)
+    engine = engine_of(run)
+    proc.kill()
+    proc.communicate()
+    assert gone_within([engine], 20)
+
+    res = hb("score", "--resume", str(run), timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 240  # 60 questions x 4 choices, each sent once
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_agree_killed_mid_run_resumes_only_the_engines_it_had_not_finished(tmp_path, tiny_model):
+    """kill -9 of agree while its second engine runs: that engine goes too; --resume reads the
+    reference's saved output back (not run again) and runs only the second engine."""
+    run = tmp_path / "a"
+    proc = start_hb("agree", "--engines", "hf,hf:dtype=bfloat16", "--model", str(tiny_model), "--prompts", "4",
+                    "--max-tokens", "8", "--results-dir", str(tmp_path), "--run-name", "a")
+    ref_out, pid_file = run / "outputs" / "hf.json", run / "logs" / "engine.pid.json"
+    deadline = time.time() + 600
+    while not (ref_out.is_file() and pid_file.is_file()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    engine = engine_of(run / "logs")
+    saved = ref_out.stat().st_mtime_ns
+    proc.kill()
+    proc.communicate()
+    assert gone_within([engine], 20)
+    assert not (run / "outputs" / "hf-dtype-bfloat16.json").exists()
+
+    res = hb("agree", "--resume", str(run), timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "complete" and len(s["resumed"]) == 1
+    assert ref_out.stat().st_mtime_ns == saved  # the reference was not run again
+    assert set(s["agreement"]) == {"hf:dtype=bfloat16"}
+    assert {e["label"]: e["status"] for e in s["engines"]} == {"hf": "ok", "hf:dtype=bfloat16": "ok"}
