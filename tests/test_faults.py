@@ -113,7 +113,7 @@ def test_api_key_is_not_on_the_engine_command_line(tmp_path):
 def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
     """A killed engine leaves no error line of its own: the reason names the signal."""
     run = tmp_path / "e"
-    proc = start_hb(*SLOW_BENCH, "--num-requests", "400", "--results-dir", str(tmp_path), "--run-name", "e")
+    proc = start_hb(*SLOW_BENCH, "--num-requests", "40", "--results-dir", str(tmp_path), "--run-name", "e")
     wait_records(proc, run / "records.jsonl", 2)
     os.kill(engine_of(run).pid, sig)
     _, err = proc.communicate(timeout=120)
@@ -121,6 +121,14 @@ def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
     assert f"killed by signal {int(sig)} ({sig.name})" in err, err
     summary = json.loads((run / "summary.json").read_text())
     assert f"killed by signal {int(sig)}" in summary["reason"]
+    # what the dead engine refused was never sent: no record, so a resume sends it
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    assert not [r for r in records if (r["error"] or "").startswith("ConnectError")]
+    point = summary["points"][0]
+    assert point["partial"] and point["requests"] == len(records) < 40
+    res = hb("bench", "--resume", str(run))
+    assert res.returncode == 0, res.stderr
+    assert sorted(point_records(run)["concurrency=1"]) == list(range(40))
 
 
 def point_records(run: Path) -> dict[str, list[int]]:
