@@ -160,7 +160,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         raise Interrupted(f"bench interrupted: {len(run_dir.records())} finished request(s) kept in "
                           f"{run_dir.path}, marked incomplete; finish it: hyperbench bench --resume "
                           f"{run_dir.path}") from None
-    except HyperbenchError as e:
+    except (HyperbenchError, OSError) as e:  # OSError: the machine's (a full disk, too many files)
         _keep_partial_point(cfg, summary, current)
         summary["status"] = "incomplete" if summary["points"] else "failed"
         summary["reason"] = str(e)
