@@ -40,7 +40,7 @@ def die_with_parent():
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: no dlsym in the child
     parent = os.getpid()
 
-    def preexec() -> None:
+    def preexec() -> None:  # runs in the forked child: no imports, no locks (other threads' are gone)
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the harness died between fork and prctl: no signal will come
             os._exit(1)
