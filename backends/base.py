@@ -8,7 +8,11 @@ the CLI and validate configs on machines where the engine itself is not installe
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -51,6 +55,13 @@ class EngineConfig(BaseModel):
     )
     api_key: str | None = Field(None, description="Require this bearer key on every request.")
 
+    # the environment variable the server reads its API key from: the launchers pass the key
+    # there, never on a command line (which `ps` shows to every user of the machine)
+    api_key_env: ClassVar[str] = "HYPERBENCH_API_KEY"
+    # False for an engine that loads no weights (the synthetic one): `model` is then only a name,
+    # and bench builds its prompts with `prompt_tokenizer` (a built-in model) unless told otherwise
+    needs_weights: ClassVar[bool] = True
+    prompt_tokenizer: ClassVar[str | None] = None
     # name of the pip extra that installs this engine, and the module that proves it is there
     extra: ClassVar[str] = ""
     probe_module: ClassVar[str] = ""
@@ -133,6 +144,29 @@ def parse_speculative(text: str, forms: list[str], refusal: Callable[[str], str]
     from harness.errors import HyperbenchError
 
     raise HyperbenchError(f"speculative={text!r}: {refusal(method)}")
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Stop this engine server (its whole process group) when the harness that started it is gone:
+    the fallback to the launcher's parent-death signal. The launcher names itself in
+    HYPERBENCH_PARENT_PID; a server started any other way has no such variable and is left alone."""
+    try:
+        parent = int(os.environ.get("HYPERBENCH_PARENT_PID", ""))
+    except ValueError:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        group = os.getpgid(0)
+        os.killpg(group, signal.SIGTERM)  # the server's own shutdown first (GPU memory, workers)
+        time.sleep(10)
+        os.killpg(group, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def api_key_arg_default() -> str | None:
+    """argparse default of a server's --api-key: the key the launcher passed in the environment."""
+    return os.environ.get(EngineConfig.api_key_env) or None
 
 
 def python_module_cmd(module: str, *args: str) -> list[str]:

@@ -26,6 +26,7 @@ distribution each engine returned: the numbers can be recomputed), logs/<engine>
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -292,8 +293,36 @@ def _engine_info(endpoint) -> dict | None:
 # ---------------------------------------------------------------------------- the run
 
 
-def run(cfg: AgreeConfig, progress=None) -> RunFolder:
-    from harness.bench import engine_up, resolve_model_path
+def resume(path, progress=None) -> RunFolder:
+    """Finish a cut agree run: the engines whose outputs it saved are read back, not run again."""
+    from harness.launchers.process import stop_orphan
+
+    folder = RunFolder.open(path)
+    summary = folder.summary()
+    if summary.get("kind") != "agree":
+        raise HyperbenchError(f"{folder.path} is not an agree run (kind {summary.get('kind')!r})")
+    if summary.get("status") == "complete":
+        raise HyperbenchError(f"{folder.path} is complete: nothing to resume")
+    saved = folder.read_json("config.json")
+    saved.pop("resolved_engines", None)
+    cfg = AgreeConfig(**saved)
+    stop_orphan(folder.path / "logs")  # an engine an older harness left behind
+    outputs = {}
+    for label in cfg.engines:
+        p = folder.path / "outputs" / f"{slug(label)}.json"
+        if p.is_file():
+            o = json.loads(p.read_text())
+            outputs[label] = EngineOutput(label=label, token_ids=o["token_ids"], greedy=o["greedy"],
+                                          texts=o["texts"], scoring=o["scoring"])
+    summary["engines"] = [e for e in summary.get("engines", []) if e["label"] in outputs]
+    summary["agreement"] = {k: v for k, v in summary.get("agreement", {}).items() if k in outputs}
+    summary.pop("reason", None)
+    summary.update(status="running", resumed=[*summary.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    return run(cfg, progress, resumed=(folder, summary, outputs))
+
+
+def run(cfg: AgreeConfig, progress=None, resumed=None) -> RunFolder:
+    """A new agree run; or (`resumed`: its folder, summary and saved outputs) the rest of one."""
     from harness.workload import load_tokenizer
 
     engines = engine_dicts(cfg)
@@ -307,14 +336,17 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
         raise HyperbenchError(f"prompt {short[0]} is one token long: scoring needs two or more")
     tokens = Tokens.from_tokenizer(tokenizer)
     model = str(cfg.engine.get("model", typed[0].model))
+    shown = {label: {k: v for k, v in e.items() if k != "api_key"} for label, e in engines}
+    ref = cfg.reference()
+    if resumed is not None:
+        folder, summary, outputs = resumed
+        return _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder, summary, outputs, progress)
     folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "agree", model)
     (folder.path / "outputs").mkdir()
     (folder.path / "logs").mkdir()
-    shown = {label: {k: v for k, v in e.items() if k != "api_key"} for label, e in engines}
     folder.write_json("config.json", {**cfg.model_dump(mode="json", exclude={"engine": {"api_key"}}),
                                       "resolved_engines": shown})
     folder.write_json("env.json", envinfo.capture())
-    ref = cfg.reference()
     summary = {
         "schema_version": SCHEMA_VERSION, "kind": "agree", "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "reference": ref,
@@ -324,12 +356,25 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
               "bucket for the rest of the vocabulary",
         "engines": [], "agreement": {},
     }  # fmt: skip
+    return _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder, summary, {}, progress)
+
+
+def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFolder, summary: dict,
+                 outputs: dict[str, EngineOutput], progress) -> RunFolder:
+    """Each engine in turn (the reference first) that has no saved output yet; the summary and
+    report written however it ends."""
+    from harness.bench import engine_up, resolve_model_path
+
+    s = cfg.agree
     folder.write_json("summary.json", summary)
-    outputs: dict[str, EngineOutput] = {}
     order = sorted(range(len(engines)), key=lambda i: engines[i][0] != ref)  # reference first
     try:
         for i in order:
             label, _ = engines[i]
+            if label in outputs:
+                if label != ref and label not in summary["agreement"]:
+                    summary["agreement"][label] = compare(outputs[ref], outputs[label], tokens)
+                continue  # a resumed run: its output was saved before the cut
             engine = typed[i]
             entry = {"label": label, "kind": engine.kind, "config": shown[label], "status": "running"}
             summary["engines"].append(entry)
@@ -369,7 +414,7 @@ def run(cfg: AgreeConfig, progress=None) -> RunFolder:
         summary["status"], summary["reason"] = "incomplete", "interrupted"
         done = sum(e["status"] == "ok" for e in summary["engines"])
         raise Interrupted(f"agree interrupted: the outputs of {done} engine(s) kept in {folder.path}, "
-                          f"marked incomplete") from None
+                          f"marked incomplete; finish it: hyperbench agree --resume {folder.path}") from None
     except HyperbenchError as e:
         summary["status"] = "failed" if not summary["agreement"] else "incomplete"
         summary["reason"] = str(e)

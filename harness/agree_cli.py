@@ -49,27 +49,39 @@ def quantize(model, types):
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
 @click.option("--engines", help="Engines and variants, the reference first: "
               "hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm (kind[:quant][:option=value...]).")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Finish a cut agree run folder (its saved config; no other flags).")
 @_with(_agree_opts())
-def agree(config_file, engines, **params):
+def agree(config_file, engines, resume, **params):
     """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
     from harness.agree import build_config, run
+    from harness.agree import resume as resume_run
     from harness.cliutil import collect
     from harness.config import load_yaml
 
     file_data = load_yaml(config_file) if config_file else {}
     cli_data = collect(params)
-    if engines:
-        cli_data["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
-    if "engines" not in cli_data and "engines" not in file_data:
-        raise HyperbenchError("agree needs --engines, e.g. --engines hf,llamacpp:q8_0,llamacpp:q4_k_m")
-    cfg = build_config(file_data, cli_data)
 
     def say(label, failed=None):
         if sys.stderr.isatty():  # in a log, the one error line at the end says what failed
             click.echo(f"agree: {label} failed: {failed}" if failed else f"agree: {label} ...", err=True)
 
-    folder = run(cfg, progress=say)
+    if resume is not None:
+        if config_file or engines or cli_data:
+            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        folder = resume_run(resume, progress=say)
+        _finish(folder)
+        return
+    if engines:
+        cli_data["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
+    if "engines" not in cli_data and "engines" not in file_data:
+        raise HyperbenchError("agree needs --engines, e.g. --engines hf,llamacpp:q8_0,llamacpp:q4_k_m")
+    cfg = build_config(file_data, cli_data)
+    _finish(run(cfg, progress=say))
+
+
+def _finish(folder) -> None:
     _print(folder)
     summary = folder.read_json("summary.json")
     if summary["status"] != "complete":

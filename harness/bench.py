@@ -14,8 +14,10 @@ from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
-from harness.loadgen import rate_fields, run_point
-from harness.metrics import summarize
+from harness.loadgen import run_point
+from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
+                                  this_process, writer_alive)
+from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
 from harness.workload import build_requests, load_tokenizer, warmup_requests
 
@@ -27,20 +29,26 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
         return cfg.target.tokenizer
     if model_path and Path(model_path).is_dir():
         return model_path
-    name = cfg.engine.get("model")
+    name = cfg.engine.get("model") or cfg.engine_config().model
     if model_path is None and name:
         from harness.models import BUILTIN_MODELS, resolve_model
 
         if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
             return str(resolve_model(name).path)
+        if cfg.target.launcher != "external" and (fallback := cfg.engine_config().prompt_tokenizer):
+            return str(resolve_model(fallback).path)  # an engine without weights (synthetic)
     return None
 
 
 def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
-    """Local path of the model to serve (staged if built-in); None for an external engine."""
+    """Local path of the model to serve (staged if built-in); None for an external engine, and for
+    an engine that loads no weights unless its model names one (then its tokenizer is used)."""
     if cfg.target.launcher == "external":
         return None
-    from harness.models import resolve_model
+    from harness.models import BUILTIN_MODELS, resolve_model
+
+    if not engine.needs_weights and engine.model not in BUILTIN_MODELS and not Path(engine.model).expanduser().exists():
+        return None
 
     resolved = resolve_model(engine.model)
     return str(resolved.path or resolved.gguf)
@@ -71,7 +79,6 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
-    spec_off = engine.without_speculation()  # None when the engine does not speculate
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
     resolved = cfg.model_dump(mode="json")
     resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
@@ -86,22 +93,63 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
         "model": engine.model,
         "points": [],
     }
+    return _execute(cfg, engine, model_path, requests, run_dir, summary, {}, progress)
+
+
+def resume(path: Path, progress=None) -> RunFolder:
+    """Finish a bench run that was cut (killed, interrupted, its engine died): the same config,
+    seed and prompts; finished points are kept, and of the point it was in only the requests
+    that have no record are sent."""
+    run_dir = RunFolder.open(path)
+    summary = run_dir.summary()
+    if summary.get("kind", "bench") != "bench":
+        raise HyperbenchError(f"{run_dir.path} is not a bench run (kind {summary.get('kind')!r})")
+    if summary.get("status") == "complete":
+        raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+    if summary.get("status") == "running" and writer_alive(summary):
+        raise HyperbenchError(f"{run_dir.path} is still being written by process {summary['process']['pid']}")
+    cfg = saved_config(run_dir)
+    engine = cfg.engine_config()
+    engine.check()
+    requests = build_requests(cfg.workload) if cfg.workload.dataset is not None else None
+    model_path = resolve_model_path(cfg, engine)
+    run_dir.drop_torn_record()
+    if stopped := stop_orphan(run_dir.path):
+        summary.setdefault("notes", []).append(stopped)
+    summary["points"] = [p for p in summary.get("points", []) if not p.get("partial")]
+    summary.update(status="running", resumed=[*summary.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    summary.pop("reason", None)  # the cut's: `resumed` keeps the history
+    done = {load_key(p) for p in summary["points"]}
+    prior = records_by_point(run_dir)
+    todo = {point_label(k, v): prior.get(point_label(k, v), []) for k, v in cfg.load.points() if (k, v) not in done}
+    return _execute(cfg, engine, model_path, requests, run_dir, summary, todo, progress, resuming=True)
+
+
+def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder, summary: dict,
+             todo: dict, progress, resuming: bool = False) -> RunFolder:
+    """The sweep of a new run (todo: {}, every point) or of a resumed one (todo: the points left,
+    each with the records it already has), then the speculation-off baseline; summary.json and
+    the report are written however it ends."""
+    label = summary["engine"]
+    spec_off = engine.without_speculation()  # None when the engine does not speculate
+    summary["process"] = this_process()  # tells `report` and `--resume` whether this run still runs
     run_dir.write_json("summary.json", summary)
     baseline = telemetry.used_memory()  # idle GPU memory before the engine starts
     current: dict = {}  # the sweep point in progress and its finished records
     try:
-        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
-            summary["served_model"] = endpoint.model
-            if label == "external":
-                summary["model"] = endpoint.model
-            summary["engine_info"] = _engine_info(endpoint)
-            if summary["engine_info"]:
-                run_dir.write_json("engine.json", summary["engine_info"])
-            if requests is None:  # synthetic prompts, of the served model's tokenizer
-                tok_src = resolve_tokenizer_source(cfg, model_path)
-                requests = build_requests(cfg.workload, load_tokenizer(tok_src) if tok_src else None)
-            asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
-                               progress, current))
+        if not resuming or todo:
+            with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
+                summary["served_model"] = endpoint.model
+                if label == "external":
+                    summary["model"] = endpoint.model
+                summary["engine_info"] = _engine_info(endpoint)
+                if summary["engine_info"]:
+                    run_dir.write_json("engine.json", summary["engine_info"])
+                if requests is None:  # synthetic prompts, of the served model's tokenizer
+                    tok_src = resolve_tokenizer_source(cfg, model_path)
+                    requests = build_requests(cfg.workload, load_tokenizer(tok_src) if tok_src else None)
+                asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
+                                   progress, current, todo if resuming else None))
         if spec_off is not None:
             _spec_baseline(cfg, spec_off, run_dir, summary, progress)
         summary["status"] = "complete"
@@ -110,16 +158,20 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
         summary["status"] = "incomplete"
         summary["reason"] = "interrupted"
         raise Interrupted(f"bench interrupted: {len(run_dir.records())} finished request(s) kept in "
-                          f"{run_dir.path}, marked incomplete") from None
-    except HyperbenchError as e:
+                          f"{run_dir.path}, marked incomplete; finish it: hyperbench bench --resume "
+                          f"{run_dir.path}") from None
+    except (HyperbenchError, OSError) as e:  # OSError: the machine's (a full disk, too many files)
         _keep_partial_point(cfg, summary, current)
         summary["status"] = "incomplete" if summary["points"] else "failed"
         summary["reason"] = str(e)
         raise
     finally:
+        summary.pop("process", None)
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        run_dir.write_json("summary.json", summary)
-        _write_report(run_dir, cfg)
+        try:
+            run_dir.write_json("summary.json", summary)
+        finally:
+            _write_report(run_dir, cfg)
     return run_dir
 
 
@@ -138,14 +190,21 @@ def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:
     """The point a stop cut short: its finished requests summarized (they are in records.jsonl
     too), marked `partial` with the number of requests it was to send, so summary.json does not
     lose them. Over the finished requests only: the cut-off ones' work is not in the throughput."""
-    if not current.get("records"):
+    if not current.get("records") and not current.get("prior"):
         return  # nothing finished yet, or the point was summarized whole before the stop
-    summary["points"].append({current["kind"]: current["value"], "partial": True,
-                              "planned_requests": current["planned"], **summarize(current["records"], cfg.slo)})
+    point = point_summary(cfg, current["kind"], current["value"], [current["prior"], current["records"]],
+                          current["planned"])
+    summary["points"].append({**point, "partial": True, "planned_requests": current["planned"]})
+
+
+def _not_sent(rec: RequestRecord, launcher) -> bool:
+    """A request that never reached the engine because the engine had died: the connection was
+    refused. (One the engine had, and lost when it died, is a failed request of the point.)"""
+    return bool(rec.error) and rec.error.startswith(("ConnectError", "ConnectTimeout")) and not launcher.alive()
 
 
 async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline, progress,
-                 current: dict) -> None:
+                 current: dict, todo: dict | None) -> None:
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
                             timeout=cfg.load.timeout_s) as client:
         # prompts of their own: one of the measured prompts would find the warm-up's prefix cached
@@ -154,10 +213,23 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
         for kind, value in cfg.load.points():
+            label = point_label(kind, value)
+            if todo is not None and label not in todo:
+                continue  # finished before the run was cut
+            prior = todo.get(label, []) if todo is not None else []
+            have = {r.request_id for r in prior}
+            missing = [i for i in range(len(requests)) if i not in have]
             task = progress.start(kind, value, len(requests)) if progress else None
-            current.update(kind=kind, value=value, planned=len(requests), records=[])
+            for _ in prior:
+                if progress:
+                    progress.advance(task)
+            current.update(kind=kind, value=value, planned=len(requests), prior=prior, records=[], not_sent=0)
 
             def on_record(rec: RequestRecord) -> None:
+                rec.request_id = missing[rec.request_id]  # run_point numbers the subset it was given
+                if _not_sent(rec, launcher):
+                    current["not_sent"] += 1  # no record: a resume sends it
+                    return
                 run_dir.append_record(rec.to_json())
                 current["records"].append(rec)
                 if progress:
@@ -165,11 +237,11 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
 
             spec_before = _spec_counters(engine, endpoint)  # cumulative: difference around the point
             with telemetry.GPUSampler(baseline) as gpu:
-                records = await run_point(client, requests, kind, value, cfg.workload.seed, on_record,
-                                          cfg.load.max_concurrency)
-            point = {kind: value, **summarize(records, cfg.slo)}
-            if kind == "rate":
-                point.update(rate_fields(records, value, cfg.workload.seed))
+                await run_point(client, [requests[i] for i in missing], kind, value, cfg.workload.seed,
+                                on_record, cfg.load.max_concurrency)
+            if current["not_sent"]:  # the engine died: what it never got is missing, not failed
+                raise EngineError(f"engine died during the run: {launcher.death_reason()}")
+            point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests))
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):
@@ -210,6 +282,7 @@ def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict
     same workload (seed, prompts, warm-up) at the same points, as a bench run folder of its own
     (BASELINE_FOLDER); each point's `speculative.speedup` then compares the two. An engine
     someone else runs cannot be restarted: then the speedup is said to be not measured."""
+    summary.pop("speculative_baseline", None)  # a cut run's `running`: decided again below
     if cfg.target.launcher == "external":
         summary["speculative_baseline"] = {
             "status": "not measured",
@@ -227,8 +300,12 @@ def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict
         "load": cfg.load.model_copy(update={"spec_baseline": False}),
         "output": cfg.output.model_copy(update={"results_dir": run_dir.path, "run_name": BASELINE_FOLDER}),
     })  # fmt: skip
+    sub_path = run_dir.path / BASELINE_FOLDER
     try:
-        run(sub, progress)
+        if not (sub_path / "summary.json").is_file():
+            run(sub, progress)
+        elif RunFolder(sub_path).read_json("summary.json").get("status") != "complete":
+            resume(sub_path, progress)  # a resumed run that was cut in its baseline
     except HyperbenchError as e:
         raise EngineError(f"the baseline without speculative decoding failed ({BASELINE_FOLDER}/): {e}") from None
     finally:  # whatever the baseline finished is kept and compared
@@ -238,10 +315,6 @@ def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict
         if base.get("reason"):
             summary["speculative_baseline"]["reason"] = base["reason"]
         _attach_speedups(summary, base.get("points", []))
-
-
-def _load_key(point: dict):
-    return next(((k, point[k]) for k in ("concurrency", "rate") if k in point), None)
 
 
 def _p50(point: dict, key: str):
@@ -255,11 +328,11 @@ def _ratio(a, b):
 def _attach_speedups(summary: dict, base_points: list[dict]) -> None:
     """point.speculative.speedup: > 1 means faster with speculation (output tok/s spec / no-spec,
     TPOT and E2E p50 no-spec / spec), with the baseline's own numbers; None where not measured."""
-    by_load = {_load_key(b): b for b in base_points if b.get("completed")}
+    by_load = {load_key(b): b for b in base_points if b.get("completed")}
     for p in summary["points"]:
         if "speculative" not in p:
             continue
-        b = by_load.get(_load_key(p))
+        b = by_load.get(load_key(p))
         p["speculative"]["speedup"] = None if b is None or not p.get("completed") else {
             "output_throughput": _ratio(p.get("output_throughput"), b.get("output_throughput")),
             "tpot_p50": _ratio(_p50(b, "tpot_ms"), _p50(p, "tpot_ms")),
@@ -280,4 +353,7 @@ def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:
     try:
         write_report(run_dir, plots=cfg.output.plots)
     except Exception as e:  # a report problem must never lose the run's data
-        (run_dir.path / "report.md").write_text(f"report failed: {type(e).__name__}: {e}\n")
+        try:
+            (run_dir.path / "report.md").write_text(f"report failed: {type(e).__name__}: {e}\n")
+        except OSError:
+            pass  # a full disk: summary.json and the records are what counts

@@ -101,13 +101,13 @@ _STARTED_TOKENIZER_HELP = {"tokenizer": "Tokenizer folder that synthetic prompts
 @cli.command(context_settings={"show_default": True})
 @click.argument("engine_kind", metavar="ENGINE")
 @click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0 in containers).")
-@click.option("--port", type=int, default=8000, help="Port to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port to listen on (0: any free port).")
 @_with(_engine_opts())
 def serve(engine_kind, host, port, **params):
     """Serve ENGINE on the wire contract in the foreground (Ctrl-C stops it)."""
     from backends import engine_class
     from harness.cliutil import check_engine_flags, collect
-    from harness.launchers.process import check_port_free
+    from harness.launchers.process import check_port_free, key_env, key_off_argv
     from harness.models import resolve_model
 
     engine_dict = {"kind": engine_kind, **collect(params).get("engine", {})}
@@ -119,11 +119,12 @@ def serve(engine_kind, host, port, **params):
     cfg.check()
     check_port_free(host, port)
     resolved = resolve_model(cfg.model)
-    cmd = cfg.server_command(host, port, str(resolved.path or resolved.gguf))
+    cmd, key = key_off_argv(cfg.server_command(host, port, str(resolved.path or resolved.gguf)))
     click.echo(f"serving {cfg.display_name()} with {engine_kind} on http://{host}:{port}/v1", err=True)
     sys.stdout.flush()
-    # the engine's own environment (vLLM: its route middleware's PYTHONPATH, the CPU target)
-    os.execvpe(cmd[0], cmd, {**os.environ, **cfg.server_env()})
+    # the engine's own environment (vLLM: its route middleware's PYTHONPATH, the CPU target), and
+    # the API key, which a command line would show to every user
+    os.execvpe(cmd[0], cmd, {**os.environ, **cfg.server_env(), **key_env(cfg, key)})
 
 
 @cli.command(context_settings={"show_default": True})
@@ -131,14 +132,25 @@ def serve(engine_kind, host, port, **params):
 @click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, vllm.")
 @click.option("--url", help="Bench an engine someone else runs (base URL, …/v1).")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Finish a cut bench run folder (its saved config; no other flags).")
 @_with(_bench_opts() + _engine_opts())
-def bench(config_file, engine_kind, url, slo, **params):
+def bench(config_file, engine_kind, url, slo, resume, **params):
     """Latency and throughput of an engine under a concurrency or Poisson-rate sweep."""
     from harness.bench import run
     from harness.cliutil import check_engine_flags, collect, parse_slo
 
-    file_data = load_yaml(config_file) if config_file else {}
     cli_data = collect(params)
+    if resume is not None:
+        if config_file or engine_kind or url or slo or cli_data:
+            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        from harness.bench import resume as resume_run
+
+        with _Progress() as progress:
+            run_dir = resume_run(resume, progress)
+        _print_summary(run_dir)
+        return
+    file_data = load_yaml(config_file) if config_file else {}
     if engine_kind:
         cli_data.setdefault("engine", {})["kind"] = engine_kind
     if url:
@@ -166,15 +178,20 @@ def report(run_dir, no_plots):
     from harness.results import RunFolder
 
     run = RunFolder.open(run_dir)
-    if run.read_json("summary.json").get("kind") == "tune":
+    summary = run.summary()
+    if summary.get("kind") == "tune":
         from harness.tune.report import write_report as write_tune_report
 
         write_tune_report(run, plots=not no_plots)
-    elif run.read_json("summary.json").get("kind") == "score":
+    elif summary.get("kind") == "score":
         from harness.score.report import write_report as write_score_report
 
         write_score_report(run)
     else:
+        from harness.bench_resume import rebuild_summary, was_cut
+
+        if was_cut(summary):  # killed: its records are all there is; summarize them, once
+            run.write_json("summary.json", rebuild_summary(run, summary))
         write_report(run, plots=not no_plots)
     click.echo(run.file("report.md"))
 
@@ -371,6 +388,14 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only folder, a file gone: the system's word, one line
+        click.echo(f"error: {os_error_line(e)}", err=True)
+        sys.exit(2)
+
+
+def os_error_line(e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}" if e.strerror else str(e) or type(e).__name__
 
 
 def _interrupted(message: str, close_echo: bool) -> None:

@@ -68,8 +68,11 @@ def build_config(file_data: dict, cli_data: dict) -> CompareConfig:
         raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer "
                               "(bench engines that others run one by one, then compare their run folders)")
     cfg = build(CompareConfig, file_data, cli_data)
-    if bool(cfg.engines) == bool(cfg.runs):
+    if cfg.engines and cfg.runs:
         raise HyperbenchError("compare needs either --engines (bench them now) or run folders, not both")
+    if not cfg.engines and not cfg.runs:
+        raise HyperbenchError("nothing to compare: give run folders (hyperbench compare RUN RUN...) or "
+                              "--engines to bench now (e.g. --engines hf,llamacpp)")
     return cfg
 
 
@@ -228,7 +231,7 @@ READERS = {"bench": read_bench, "score": read_score}
 
 
 def read_run(run: RunFolder) -> Entry:
-    summary = run.read_json("summary.json")
+    summary = run.summary()
     kind = summary.get("kind", "bench")
     reader = READERS.get(kind)
     if reader is None:

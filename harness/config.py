@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,9 @@ class Workload(_Strict):
 
 
 class Load(_Strict):
+    # one sweep or the other: a CLI flag of one replaces the file's other (see `build`)
+    alternatives: ClassVar[tuple[str, ...]] = ("concurrency", "rate")
+
     concurrency: list[int] | None = Field(
         None, description="Closed-loop sweep: concurrent streams, e.g. 1,4,8."
     )
@@ -91,6 +94,15 @@ class Output(_Strict):
     results_dir: Path = Field(Path("results"), description="Root folder of run folders.")
     run_name: str | None = Field(None, description="Run folder name (default: time-engine-model).")
     plots: bool = Field(True, description="Write PNG plots with the report.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _one_folder(cls, v):
+        # a path here would put the run outside --results-dir (`../../x`), or nowhere (`..`)
+        if v is not None and (v in ("", ".", "..") or any(c in v for c in "/\\\0")):
+            raise ValueError(f"{v!r} is not a folder name: give a name without '/' (the run folder goes "
+                             "under --results-dir)")
+        return v
 
 
 class Target(_Strict):
@@ -173,11 +185,23 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def build(model_cls: type[BaseModel], file_data: dict, cli_data: dict) -> BaseModel:
     """Validate file data overlaid by CLI data; validation errors become one-line user errors."""
-    merged = deep_merge(file_data, cli_data)
+    merged = deep_merge(_without_replaced_alternatives(model_cls, file_data, cli_data), cli_data)
     try:
         return model_cls(**merged)
     except ValidationError as e:
         raise HyperbenchError(f"invalid config: {_first_error(e)}") from None
+
+
+def _without_replaced_alternatives(model_cls: type[BaseModel], file_data: dict, cli_data: dict) -> dict:
+    """The file's data less what a CLI flag replaces though it has another name: `--rate` on the
+    command line replaces the file's `concurrency` (CLI > file), instead of clashing with it."""
+    out = dict(file_data)
+    for section, field in model_cls.model_fields.items():
+        group = getattr(field.annotation, "alternatives", ())
+        given = cli_data.get(section) if isinstance(cli_data.get(section), dict) else {}
+        if group and isinstance(out.get(section), dict) and any(k in given for k in group):
+            out[section] = {k: v for k, v in out[section].items() if k not in group or k in given}
+    return out
 
 
 def jsonable(obj: Any) -> Any:

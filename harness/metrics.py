@@ -80,8 +80,16 @@ def meets_slo(r: RequestRecord, slo: SLO) -> bool:
     return True
 
 
-def summarize(records: list[RequestRecord], slo: SLO | None = None) -> dict:
-    """Summary of one sweep point."""
+def span(records: list[RequestRecord]) -> float:
+    """Wall time of one session of a point: first send to last end."""
+    ends = [r.end for r in records if r.end is not None]
+    return max(ends) - min(r.send for r in records) if ends else 0.0
+
+
+def summarize(records: list[RequestRecord], slo: SLO | None = None, duration_s: float | None = None) -> dict:
+    """Summary of one sweep point. `duration_s`: its wall time when it ran in several sessions (a
+    point a killed run had started, finished by `bench --resume`): the sum of the sessions' spans,
+    not first send to last end, which would count the time nothing ran."""
     ok = [r for r in records if r.ok]
     errors = [r for r in records if not r.ok]
     out: dict = {"requests": len(records), "completed": len(ok), "failed": len(errors)}
@@ -89,9 +97,7 @@ def summarize(records: list[RequestRecord], slo: SLO | None = None) -> dict:
         out["first_error"] = errors[0].error
     if not ok:
         return out
-    start = min(r.send for r in records)
-    end = max(r.end for r in records if r.end is not None)
-    duration = max(end - start, 1e-9)
+    duration = max(span(records) if duration_s is None else duration_s, 1e-9)
     out_tokens = sum(r.output_tokens or 0 for r in ok)
     in_tokens = sum(r.prompt_tokens or 0 for r in ok)
     short = [r for r in ok if r.expected_output_tokens and r.output_tokens != r.expected_output_tokens]

@@ -106,10 +106,39 @@ class RunFolder:
     def read_json(self, name: str) -> Any:
         return read_json(self.path / name)
 
+    def summary(self) -> dict:
+        """summary.json, refused when another schema version wrote it: read with this version's
+        meaning, it would look like an empty run (and `report` would overwrite its report)."""
+        data = self.read_json("summary.json")
+        if not isinstance(data, dict):
+            raise HyperbenchError(f"{self.path / 'summary.json'} is not a run summary")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise HyperbenchError(f"{self.path / 'summary.json'} has schema_version {version!r}; this hyperbench "
+                                  f"reads {SCHEMA_VERSION}: use the hyperbench version that wrote it")
+        return data
+
     def append_record(self, record: dict) -> None:
         # one line per finished request, flushed at once: a killed run keeps every finished record
-        with open(self.path / "records.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        p = self.path / "records.jsonl"
+        try:
+            with open(p, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk mid-run: the run stops, marked, with what it kept
+            self.drop_torn_record()  # the part of this line that fitted
+            raise HyperbenchError(f"cannot write {p}: {e.strerror}") from None
+
+    def drop_torn_record(self) -> None:
+        """Cut a last line that a kill or a full disk left half-written, before appending more:
+        after it, new records would be unreadable (`records` stops at the first torn line)."""
+        p = self.path / "records.jsonl"
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return
+        if data and not data.endswith(b"\n"):
+            with open(p, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def records(self) -> list[dict]:
         p = self.path / "records.jsonl"

@@ -40,7 +40,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from backends.base import ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, python_module_cmd
+from backends.base import (ALL_SAMPLING_PARAMS, Capabilities, EngineConfig, api_key_arg_default,
+                           exit_with_parent, python_module_cmd)
 
 
 class SyntheticConfig(EngineConfig):
@@ -63,6 +64,8 @@ class SyntheticConfig(EngineConfig):
         "tokens ride in the next chunk (the last chunk is always sent)."))
 
     probe_module = "harness"
+    needs_weights = False
+    prompt_tokenizer = "tiny-llama"  # built offline in a second: exact prompt lengths, no download
 
     def capabilities(self) -> Capabilities:
         return Capabilities(sampling_params=list(ALL_SAMPLING_PARAMS), quantizations=["none"],
@@ -469,13 +472,15 @@ def main(argv: list[str] | None = None) -> None:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (printed).")
-    p.add_argument("--api-key", default=None, help="Require this bearer key.")
+    p.add_argument("--api-key", default=api_key_arg_default(),
+                   help="Require this bearer key [default: $HYPERBENCH_API_KEY].")
     for name in _KNOBS:  # flags derived from the config class
         f = SyntheticConfig.model_fields[name]
         kind = f.annotation if f.annotation in (int, float) else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=f.default,
                        help=f.description)
     args = vars(p.parse_args(argv))
+    exit_with_parent()
     host, port = args.pop("host"), args.pop("port")
     cfg = SyntheticConfig(**args)
 

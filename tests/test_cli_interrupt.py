@@ -41,7 +41,8 @@ def test_ctrl_c_during_bench_says_what_was_kept_and_where(tmp_path):
     lines = err.splitlines()
     assert len(lines) == 1, err  # not even click's blank line before it
     kept = len(records.read_text().splitlines())
-    assert lines[0] == f"bench interrupted: {kept} finished request(s) kept in {run}, marked incomplete"
+    assert lines[0] == (f"bench interrupted: {kept} finished request(s) kept in {run}, marked incomplete; "
+                        f"finish it: hyperbench bench --resume {run}")
     assert kept >= 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "incomplete" and summary["reason"] == "interrupted"

@@ -162,7 +162,7 @@ def test_killed_run_resumes_without_recomputing(hf_server, staged, tmp_path):
 def test_resume_of_a_complete_run_is_refused(tmp_path):
     run = tmp_path / "done"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({"kind": "score", "status": "complete"}))
+    (run / "summary.json").write_text(json.dumps({"schema_version": 1, "kind": "score", "status": "complete"}))
     res = hb("score", "--resume", str(run))
     assert res.returncode == 2 and "nothing to resume" in res.stderr
 

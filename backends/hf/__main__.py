@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import get_args
 
+from backends.base import api_key_arg_default, exit_with_parent
 from backends.hf.spec import HFConfig, parse_speculative
 from backends.openai_server.listen import bind
 from harness.errors import HyperbenchError
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", choices=get_args(f.annotation), default=f.default, help=f.description)
     f = fields["max_batch_size"]
     p.add_argument("--max-batch-size", type=int, default=f.default, help=f.description)
-    p.add_argument("--api-key", help=fields["api_key"].description)
+    p.add_argument("--api-key", default=api_key_arg_default(),
+                   help=fields["api_key"].description + " [default: $HYPERBENCH_API_KEY]")
     p.add_argument("--enforce-eager", action="store_true", help=fields["enforce_eager"].description)
     p.add_argument("--speculative", default="none",
                    help="none, or draft:<folder or .gguf> (a draft model with the same tokenizer).")
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    exit_with_parent()
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, args.log_level.upper()),

@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from backends.base import api_key_arg_default, exit_with_parent
 from backends.openai_server.listen import bind
 from harness.errors import HyperbenchError
 
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
     p.add_argument("--parallel", type=int, default=1, help="sequences decoded at once (continuous batching)")
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=api_key_arg_default(), help="[default: $HYPERBENCH_API_KEY]")
     p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
     p.add_argument("--num-speculative-tokens", type=int, default=4)
     p.add_argument("--ngram-min", type=int, default=None)
@@ -181,6 +182,7 @@ def speculative_info(engine, kv_cache_type: str = "f16") -> dict | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    exit_with_parent()
     try:
         sock = bind(args.host, args.port)
         engine, gguf, meta = load(args)

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -166,6 +166,8 @@ class VLLMConfig(EngineConfig):
             check_cpu_head_size(draft_path)
         args = vllm_args(self, model_path, host, port, device=build, draft_path=draft_path)
         return [py, "-m", SERVER_MODULE, *args]
+
+    api_key_env: ClassVar[str] = "VLLM_API_KEY"  # vLLM's own: its server reads it when --api-key is absent
 
     def server_env(self) -> dict[str, str]:
         path = [str(ROUTE_DIR)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])

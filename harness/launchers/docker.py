@@ -38,6 +38,10 @@ from harness.launchers.containers import image_name, model_root, offline_env, se
 CONTAINER_PORT = 8000
 HOST_MODEL_MOUNT = "/mnt/hyperbench/model"  # where a host-side model folder appears in the engine
 LABEL = "hyperbench.launcher"
+# who started a container: a harness killed with SIGKILL cannot remove its engine container, so the
+# next start of the docker launcher removes the containers whose harness is gone (reap_orphans)
+OWNER_HOST, OWNER_PID, OWNER_STARTED, OWNER_CONTAINER = (
+    "hyperbench.owner.host", "hyperbench.owner.pid", "hyperbench.owner.started", "hyperbench.owner.container")
 
 
 def docker_client():
@@ -118,17 +122,20 @@ class DockerLauncher(Launcher):
                 f"`docker compose -f compose/docker-compose.yml build {self.engine.kind}`"
             ) from None
         me = own_container(client)
+        reaped = reap_orphans(client)
         run_kw = self._placement(client, me)
         env = {**offline_env(), "HYPERBENCH_PORT": str(CONTAINER_PORT)}
         if self.engine.api_key:
             env["HYPERBENCH_API_KEY"] = self.engine.api_key
         cmd = serve_args(self.engine, self.model_path)
         with open(self.log_path, "ab") as log:
+            for name in reaped:
+                log.write(f"[hyperbench] removed {name}, left running by a harness that was killed\n".encode())
             log.write(f"$ docker run {self.image} {' '.join(cmd)}  [{self.name}]\n".encode())
         try:
             self.container = client.containers.run(
                 self.image, command=cmd, name=self.name, detach=True, init=True,
-                environment=env, labels={LABEL: "docker", "hyperbench.engine": self.engine.kind},
+                environment=env, labels={LABEL: "docker", "hyperbench.engine": self.engine.kind, **owner_labels(me)},
                 device_requests=gpu_requests(), shm_size=os.environ.get("HYPERBENCH_DOCKER_SHM", "1g"),
                 cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
                 **run_kw,
@@ -262,6 +269,52 @@ class DockerLauncher(Launcher):
             if "already in progress" not in str(e):
                 raise EngineError(f"could not remove container {self.name}: {_first_line(e)}") from None
         self.container = None
+
+
+def owner_labels(me) -> dict[str, str]:
+    """Labels naming this harness: its host and process (pid and start time: pids are reused), or
+    the container it runs in (whose pids mean nothing outside it)."""
+    import psutil
+
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()),
+            OWNER_STARTED: repr(psutil.Process().create_time()), OWNER_CONTAINER: me.id if me is not None else ""}
+
+
+def owner_gone(labels: dict, client) -> bool:
+    """Whether the harness that started a container is gone. Unknown owners (another host, a
+    container without owner labels) are never taken for gone: the daemon may be shared."""
+    import docker
+    import psutil
+
+    if labels.get(OWNER_CONTAINER):
+        try:
+            return client.containers.get(labels[OWNER_CONTAINER]).status not in ("created", "running")
+        except docker.errors.NotFound:
+            return True
+    if labels.get(OWNER_HOST) != socket.gethostname() or not labels.get(OWNER_PID):
+        return False
+    try:
+        p = psutil.Process(int(labels[OWNER_PID]))
+        return abs(p.create_time() - float(labels[OWNER_STARTED])) > 1e-3 or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except (ValueError, KeyError, psutil.Error):
+        return False
+
+
+def reap_orphans(client) -> list[str]:
+    """Remove the engine containers whose harness was killed; their names."""
+    import docker
+
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=docker"}):
+        if owner_gone(c.labels, client):
+            try:
+                c.remove(force=True)
+                removed.append(c.name)
+            except docker.errors.APIError:  # being removed already, by its owner or another reaper
+                pass
+    return removed
 
 
 def _covering_mount(mounts: list[dict], path: str) -> dict | None:

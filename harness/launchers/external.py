@@ -19,7 +19,7 @@ class ExternalLauncher(Launcher):
         self.timeout = startup_timeout_s
 
     def __enter__(self) -> Endpoint:
-        wait_healthy(self.url, self.timeout, lambda: True, lambda: "", self.api_key)
+        wait_healthy(self.url, self.timeout, lambda: True, lambda: "", self.api_key, up_is_final=True)
         model = self.model or self._served_model()
         return Endpoint(self.url, model, self.api_key)
 

@@ -15,6 +15,33 @@ from harness.errors import HyperbenchError
 GEN_KWARGS = (*ALL_SAMPLING_PARAMS, "do_sample", "until", "max_gen_toks", "presence_penalty",
               "frequency_penalty")  # fmt: skip
 
+# the ranges the wire contract accepts (OpenAI's and vLLM's): refused here, not by every request
+GEN_KWARG_RANGES = {
+    "temperature": (0, None, "be >= 0"),
+    "top_p": (0, 1, "be in (0, 1]"),
+    "min_p": (0, 1, "be in [0, 1]"),
+    "repetition_penalty": (0, None, "be > 0"),
+    "max_gen_toks": (1, None, "be >= 1"),
+    "min_tokens": (0, None, "be >= 0"),
+    "presence_penalty": (-2, 2, "be in [-2, 2]"),
+    "frequency_penalty": (-2, 2, "be in [-2, 2]"),
+}
+
+
+def _check_gen_kwarg(name: str, value) -> None:
+    if name == "top_k":
+        if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value not in (0, -1)):
+            raise ValueError(f"gen_kwargs top_k must be a whole number >= 1 (0 or -1: off), not {value!r}")
+        return
+    if name not in GEN_KWARG_RANGES:
+        return
+    low, high, says = GEN_KWARG_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"gen_kwargs {name} must be a number, not {value!r}")
+    strict_low = name in ("top_p", "repetition_penalty")
+    if value < low or (strict_low and value == low) or (high is not None and value > high):
+        raise ValueError(f"gen_kwargs {name} must {says}, not {value!r}")
+
 
 class ScoreSpec(_Strict):
     tasks: list[str] = Field(
@@ -52,6 +79,8 @@ class ScoreSpec(_Strict):
         unknown = [k for k in v if k not in GEN_KWARGS]
         if unknown:
             raise ValueError(f"unknown generation parameter {unknown[0]!r} (known: {', '.join(GEN_KWARGS)})")
+        for name, value in v.items():
+            _check_gen_kwarg(name, value)
         return v
 
 

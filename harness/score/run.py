@@ -27,7 +27,7 @@ log = logging.getLogger("hyperbench.score")
 def run(cfg: ScoreConfig) -> RunFolder:
     if cfg.output.resume is not None:
         run_dir = RunFolder.open(cfg.output.resume)
-        summary = run_dir.read_json("summary.json")
+        summary = run_dir.summary()
         if summary.get("kind") != "score":
             raise HyperbenchError(f"{run_dir.path} is not a score run (kind {summary.get('kind')!r})")
         if summary.get("status") == "complete":
@@ -35,6 +35,10 @@ def run(cfg: ScoreConfig) -> RunFolder:
         saved = run_dir.read_json("config.json")
         saved.get("output", {}).pop("resume", None)
         cfg = ScoreConfig(**saved)
+        from harness.launchers.process import stop_orphan
+
+        if stopped := stop_orphan(run_dir.path):  # an engine an older harness left serving
+            summary.setdefault("resume_notes", []).append(stopped)
         summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return _score(cfg, run_dir, summary)
     engine = cfg.engine_config()  # validates engine options before anything is written
@@ -50,6 +54,21 @@ def run(cfg: ScoreConfig) -> RunFolder:
     return _score(cfg, run_dir, summary, fresh=True)
 
 
+def _check_max_length(spec, prepared) -> None:
+    """A --max-length that leaves a generative task no room for its prompt, refused before an
+    engine starts (it used to show only in the first request's error)."""
+    from harness.score.lm import DEFAULT_MAX_GEN_TOKS
+
+    if spec.max_length is None:
+        return
+    for task, kw in prepared.gen_kwargs.items():
+        toks = spec.gen_kwargs.get("max_gen_toks", kw.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+        if toks >= spec.max_length:
+            raise HyperbenchError(f"--max-length {spec.max_length} leaves task {task} no room for a prompt: it "
+                                  f"generates up to {toks} tokens (give a larger --max-length, or --gen-kwargs "
+                                  "max_gen_toks=N below it)")
+
+
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
     from harness.bench import engine_up, resolve_model_path
     from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare
@@ -59,6 +78,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     summary["status"] = "running"
     try:
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+        _check_max_length(spec, prepared)
         with _lm_eval_log(run_dir.file("lm_eval.log")):
             load(prepared, spec.data_dir)  # every data problem before an engine starts
         model_path = resolve_model_path(cfg, engine)
@@ -246,14 +266,17 @@ def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
     gen_kwargs = dict(spec.gen_kwargs)
     if float(gen_kwargs.get("temperature") or 0) > 0:
         gen_kwargs.setdefault("do_sample", True)  # else lm-eval would quietly stay greedy
+    from harness.score.tasks import quiet_git_hash
+
     try:
-        return lm_eval.simple_evaluate(
-            model=lm, tasks=prepared.names, task_manager=prepared.tm,
-            num_fewshot=spec.num_fewshot, limit=spec.limit, gen_kwargs=gen_kwargs or None,
-            bootstrap_iters=spec.bootstrap_iters, log_samples=True,
-            apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
-            fewshot_random_seed=spec.fewshot_seed,
-        )  # fmt: skip
+        with quiet_git_hash():
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=prepared.names, task_manager=prepared.tm,
+                num_fewshot=spec.num_fewshot, limit=spec.limit, gen_kwargs=gen_kwargs or None,
+                bootstrap_iters=spec.bootstrap_iters, log_samples=True,
+                apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
+                fewshot_random_seed=spec.fewshot_seed,
+            )  # fmt: skip
     except (HyperbenchError, KeyboardInterrupt):
         raise
     except Exception as e:  # lm-eval / datasets failures: one line, the traceback kept

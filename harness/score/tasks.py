@@ -16,6 +16,8 @@ earlier one, so stock groups (`mmlu` and its four subgroups) resolve to the loca
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -274,3 +276,19 @@ def _add_to_index(tm, folder: Path) -> None:
         from lm_eval.tasks import TaskManager
 
         tm.__dict__.update(TaskManager(include_path=str(folder)).__dict__)
+
+
+@contextlib.contextmanager
+def quiet_git_hash():
+    """lm-eval records `git describe` of the current folder with git's stderr left open: outside a
+    checkout every evaluation (every tune trial) printed `fatal: not a git repository`. It gets
+    hyperbench's own commit instead (asked quietly; env.json has it too)."""
+    import lm_eval.evaluator
+    from harness.envinfo import git_commit
+
+    saved = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = git_commit
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = saved

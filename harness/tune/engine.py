@@ -1,25 +1,20 @@
 """One engine per tune, kept up across trials; restarted only when a trial changes an engine
 option (e.g. num_speculative_tokens), or after it died.
 
-The process launcher starts the engine in a session of its own, so a tune killed with SIGKILL
-leaves it running. The engine's pid and command line are written to the run folder; a resumed
-tune stops that orphan first (only if the pid still runs that exact command line).
+The process launcher makes the engine die with the harness and writes its pid beside engine.log;
+a resumed tune still stops an engine an older run left behind (stop_orphan, only if the pid
+still runs that exact command line).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import signal
-import time
 from pathlib import Path
 
 from harness.errors import EngineError
 
 log = logging.getLogger("hyperbench.tune")
-PID_FILE = "engine.pid.json"
 
 
 class EngineSession:
@@ -48,7 +43,6 @@ class EngineSession:
                 engine_up(self.cfg, engine, self.model_path, self.folder / "engine.log"))
             self.overrides = dict(overrides)
             self.starts += 1
-            self._write_pid()
             self._warm_up()
         except BaseException:
             self.close()
@@ -86,52 +80,8 @@ class EngineSession:
         if self._stack is not None:
             try:
                 self._stack.close()
-            finally:
+            finally:  # (the process launcher removes its pid file when it stops the engine)
                 self._stack, self.endpoint, self.launcher, self.overrides = None, None, None, None
-                (self.folder / PID_FILE).unlink(missing_ok=True)
-
-    def _write_pid(self) -> None:
-        proc = getattr(self.launcher, "proc", None)
-        if proc is None:
-            return
-        try:
-            import psutil
-
-            p = psutil.Process(proc.pid)
-            info = {"pid": proc.pid, "cmdline": p.cmdline(), "create_time": p.create_time()}
-        except Exception:  # gone already: nothing to clean up later
-            return
-        (self.folder / PID_FILE).write_text(json.dumps(info))
-
-
-def stop_orphan(folder: Path) -> str | None:
-    """Stop the engine a killed tune left running (its process group), if it is still the same
-    process; returns what was done, for the run's notes."""
-    path = Path(folder) / PID_FILE
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-        import psutil
-
-        p = psutil.Process(info["pid"])
-        same = p.cmdline() == info["cmdline"] and abs(p.create_time() - info["create_time"]) < 1e-3
-    except Exception:  # no such process, unreadable file: nothing of ours is running
-        path.unlink(missing_ok=True)
-        return None
-    path.unlink(missing_ok=True)
-    if not same:
-        return None
-    try:
-        os.killpg(info["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while p.is_running() and p.status() != "zombie" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if p.is_running() and p.status() != "zombie":
-            os.killpg(info["pid"], signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return f"stopped the engine (pid {info['pid']}) that the interrupted run left running"
 
 
 def engine_failure(session: EngineSession, err: Exception) -> EngineError:

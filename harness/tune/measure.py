@@ -152,6 +152,10 @@ class _quiet_lm_eval:
     """lm-eval logs its set-up at INFO/WARNING for every call: one trial, one line is ours."""
 
     def __enter__(self):
+        from harness.score.tasks import quiet_git_hash
+
+        self.git = quiet_git_hash()  # and no `fatal: not a git repository` per trial outside a checkout
+        self.git.__enter__()
         self.loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "lm_eval.evaluator")]
         self.levels = [lg.level for lg in self.loggers]
         for lg in self.loggers:
@@ -160,6 +164,7 @@ class _quiet_lm_eval:
     def __exit__(self, *exc):
         for lg, lv in zip(self.loggers, self.levels):
             lg.setLevel(lv)
+        self.git.__exit__(*exc)
 
 
 def _items(setup: TaskSetup, results: dict, requests_path: Path) -> list[dict]:

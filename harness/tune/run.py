@@ -183,10 +183,10 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
 
 
 def resume(path: Path, echo: Echo = lambda s: None) -> RunFolder:
-    from harness.tune.engine import stop_orphan
+    from harness.launchers.process import stop_orphan
 
     run_dir = RunFolder.open(path)
-    summary = run_dir.read_json("summary.json")
+    summary = run_dir.summary()
     if summary.get("kind") != "tune":
         raise HyperbenchError(f"{run_dir.path} is not a tune run (kind {summary.get('kind')!r})")
     if summary.get("status") == "complete":

@@ -14,6 +14,7 @@ functions): the harness puts only this folder on the server's PYTHONPATH.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -67,7 +68,8 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 def _authorized(state, scope) -> bool:
-    keys = getattr(getattr(state, "args", None), "api_key", None)
+    # the harness passes the key as VLLM_API_KEY (out of argv), which vLLM's own auth reads too
+    keys = getattr(getattr(state, "args", None), "api_key", None) or os.environ.get("VLLM_API_KEY")
     if not keys:
         return True
     keys = [keys] if isinstance(keys, str) else keys
