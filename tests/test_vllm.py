@@ -487,3 +487,41 @@ def test_api_key_required_and_passed_by_bench(tiny_model, tmp_path):
     assert summary["engine_info"]["engine"] == "vllm"  # GET /v1/engine, behind the key too
     for f in [server.log_path, *run.rglob("*")]:
         assert not f.is_file() or VLLM_KEY.encode() not in f.read_bytes(), f
+
+
+def test_route_weight_bytes_follow_the_quantization(tmp_path):
+    """GET /v1/engine's weight_bytes (the roofline's numerator) on a config-only folder, as
+    --load-format dummy serves it: online FP8 and declared INT8 / AWQ checkpoints count the
+    decoder's projections at their quantized width, not the 16-bit checkpoint's (on the H100 the
+    FP8 run read 117% of a bf16 roofline before this)."""
+    import importlib
+    import sys
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import LlamaConfig
+
+    from backends.vllm.spec import ROUTE_DIR
+
+    sys.path.insert(0, str(ROUTE_DIR))
+    route = importlib.import_module("hyperbench_vllm_route")
+    shape = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=1000)
+    LlamaConfig(**shape).save_pretrained(tmp_path)
+
+    def served(quant, qc=None):
+        cfg = LlamaConfig(**shape)
+        if qc:
+            cfg.quantization_config = qc
+        mc = SimpleNamespace(model=str(tmp_path), dtype=torch.bfloat16, quantization=quant,
+                             trust_remote_code=False, hf_config=cfg)
+        return route._weight_bytes(mc)
+
+    linear = 2 * (4 * 256 * 256 + 3 * 256 * 512)  # q/k/v/o and gate/up/down of both layers
+    rest = 2 * 1000 * 256 + 5 * 256  # embeddings, LM head, norms
+    assert served(None) == 2 * (linear + rest)
+    assert served("fp8") == linear + 2 * rest
+    int8 = {"config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "int"}}}}
+    assert served("compressed-tensors", int8) == linear + 2 * rest
+    awq = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    assert abs(served("awq", awq) - (linear * (0.5 + 4 / 128) + 2 * rest)) < 2  # 4 bits + a scale and zero a group

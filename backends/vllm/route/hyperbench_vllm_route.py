@@ -142,11 +142,14 @@ def weight_bytes(mc) -> int | None:
 
 
 def _weight_bytes(mc) -> int | None:
-    """Weights in memory: a plain checkpoint's parameters at the serving dtype; a quantized
-    one's stored bytes. Without weight files (--load-format dummy on a config-only folder) the
-    parameter count comes from the architecture built on torch's meta device."""
+    """Weights in memory: a plain checkpoint's parameters at the serving dtype, the decoder's
+    linear weights at the quantized width where vLLM quantizes them on load (fp8 of a 16-bit
+    checkpoint); a quantized checkpoint's stored bytes. Without weight files (--load-format dummy
+    on a config-only folder) the parameters come from the architecture built on torch's meta
+    device, its linear weights at the width the quantization config declares."""
     files = sorted(Path(mc.model).glob("*.safetensors")) if Path(mc.model).is_dir() else []
     itemsize = mc.dtype.itemsize
+    linear_bytes = quantized_bytes_per_weight(mc)
     if files:
         total = 0
         for f in files:
@@ -155,13 +158,14 @@ def _weight_bytes(mc) -> int | None:
                     continue
                 stored = t["data_offsets"][1] - t["data_offsets"][0]
                 floating = t["dtype"] in ("F32", "F16", "BF16", "F64")
-                if mc.quantization or not floating:
-                    total += stored
+                if not floating or (mc.quantization and not (mc.quantization == "fp8" and floating)):
+                    total += stored  # a quantized checkpoint: what is stored is what is loaded
                 else:
                     numel = 1
                     for d in t["shape"]:
                         numel *= d
-                    total += numel * itemsize
+                    width = linear_bytes if linear_bytes and _quantized_linear(name) else itemsize
+                    total += int(numel * width)
         return total
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -169,7 +173,33 @@ def _weight_bytes(mc) -> int | None:
     config = AutoConfig.from_pretrained(mc.model, trust_remote_code=mc.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters()) * itemsize
+    return int(sum(p.numel() * (linear_bytes if linear_bytes and _quantized_linear(n) else itemsize)
+                   for n, p in model.named_parameters()))
+
+
+def _quantized_linear(name: str) -> bool:
+    """A decoder layer's projection weight: what vLLM's quantization methods replace (embeddings,
+    norms and the LM head stay 16-bit unless a config says otherwise)."""
+    return ".layers." in name and name.endswith("proj.weight")
+
+
+def quantized_bytes_per_weight(mc) -> float | None:
+    """Bytes a quantized linear weight takes (scales and zeros included), None if not quantized."""
+    q = (mc.quantization or "").lower()
+    if not q:
+        return None
+    if q == "fp8":
+        return 1.0
+    qc = getattr(mc.hf_config, "quantization_config", None) or {}
+    qc = qc if isinstance(qc, dict) else getattr(qc, "__dict__", {})
+    bits = qc.get("bits")
+    if bits is None and q == "compressed-tensors":
+        groups = (qc.get("config_groups") or {}).values()
+        bits = next((g.get("weights", {}).get("num_bits") for g in groups if g.get("weights")), None)
+    if bits is None:
+        return None
+    group = qc.get("group_size") or 0
+    return bits / 8 + (4 / group if group and group > 0 else 0)  # a 16-bit scale and zero a group
 
 
 def _safetensors_header(path: Path) -> dict:
