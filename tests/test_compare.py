@@ -142,3 +142,23 @@ def test_compare_says_which_run_is_a_bench_and_which_a_score(tmp_path, tiny_mode
     assert "accuracy (score runs)" in res.stdout and "perplexity/word_perplexity" in res.stdout
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "| hf | bench | hf | - |" in report and "| hf | score | hf | - |" in report
+
+
+def test_compare_shows_gpu_memory_energy_and_roofline(tmp_path):
+    """The H100 run folders of benchmarks/gpu/results (hf, vLLM, llama.cpp Q8_0 on the 7B shape):
+    compare's report has the GPU table, with vLLM's own weights + KV cache beside its ~74 GiB
+    peak (it preallocates), J/token and % of roofline from each run's summary."""
+    from pathlib import Path
+
+    h100 = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "results" / "h100-2026-12-06"
+    runs = [str(h100 / f"compare-{n}") for n in ("hf", "vllm", "llamacpp-q8_0")]
+    res = hb("compare", *runs, "--results-dir", str(tmp_path), "--run-name", "gpu", "--no-plots")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = (tmp_path / "gpu" / "report.md").read_text()
+    table = report.split("## GPU memory, energy and roofline")[1]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in table.splitlines()
+            if line.startswith("| ") and "concurrency=" in line}
+    vllm = [c.strip() for c in rows[("vllm", "concurrency=1")].strip("|").split("|")]
+    assert vllm[2:5] == ["73.7", "12.6", "59.3"]  # peak above idle, the engine's weights, its KV cache
+    assert float(vllm[6]) == pytest.approx(74.7, abs=0.1)  # % of roofline at one stream
+    assert ("hf", "concurrency=32") in rows and ("llamacpp:q8_0", "concurrency=8") in rows
