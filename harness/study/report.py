@@ -95,8 +95,12 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
             f"`{v['variant']}`: {v['not_eligible_because']}" for v in not_ok)]
     tuned = [v for v in data["variants"] if v.get("tune")]
     if tuned:
-        lines += ["", "## Tune", ""] + [f"- `{v['variant']}`: {v['tune']['status']}, {v['tune']['trials']} "
-                                        f"trials (report: `cells/tune-{_name(v)}/report.md`)" for v in tuned]
+        lines += ["", "## Tune (sampling parameters per variant, held-out check against its baseline)", ""]
+        for v in tuned:
+            t = v["tune"]
+            lines.append(f"- `{v['variant']}`: {t['status']}, {t['trials']} trials "
+                         f"(report: `cells/tune-{_name(v)}/report.md`)")
+            lines += [f"  - {p['label']} ({_params(p['params'])}): {p['verdict']}" for p in t.get("picks") or []]
     lines += ["", "## Cells", "", "| cell | job | variant | status | reason |", "|---|---|---|---|---|"]
     for v in data["variants"]:
         for name, c in v["cells"].items():
@@ -104,6 +108,10 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _params(params: dict | None) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (params or {}).items())
 
 
 def _why(v: dict, task: str) -> str:

@@ -113,8 +113,11 @@ def verdict(study_dir: Path) -> dict:
                           "kl_mean": (a.get("next_token") or {}).get("kl_mean"),
                           "top1_agreement": (a.get("next_token") or {}).get("top1_agreement")}
         elif cell.job == "tune":
+            held = s.get("holdout") or {}
             v["tune"] = {"status": s.get("status"), "trials": len(s.get("trials") or []),
-                         "holdout": s.get("holdout")}
+                         "picks": [{"label": c["label"], "verdict": c.get("verdict"),
+                                    "params": ((held.get("results") or {}).get(c["label"]) or {}).get("params")}
+                                   for c in held.get("comparisons") or []]}
     base = variants.get(ref, {}).get("accuracy", {})
     for k, (spec, v) in enumerate(variants.items()):
         for task, acc in v["accuracy"].items():
