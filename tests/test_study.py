@@ -85,6 +85,15 @@ def test_bad_input_is_one_line_and_leaves_no_folder(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_yaml_study_file_is_the_same_config(tmp_path):
+    (tmp_path / "study.yaml").write_text("engine: {model: tiny-llama}\n"
+                                         "study: {variants: [hf, 'hf:int8'], reference: vllm}\n")
+    res = hb("study", "--config", str(tmp_path / "study.yaml"), "--results-dir", str(tmp_path / "r"), timeout=120)
+    assert res.returncode == 2 and res.stderr.strip() == \
+        "error: --reference vllm is not one of --variants (hf, hf:int8)"
+    assert not (tmp_path / "r").exists()
+
+
 # ---------------------------------------------------------------------------- kill and resume
 
 
