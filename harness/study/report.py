@@ -28,8 +28,14 @@ def write_report(folder: RunFolder, summary: dict, plots: bool | None = None) ->
     atomic_write_text(folder.file("report.md"), render(summary, data, made))
 
 
-def _gb(b) -> str:
-    return "-" if b is None else f"{b / 1e9:.3g}"
+def size_text(b) -> str:
+    """Bytes in the unit that reads best: '1.21 GB', '929 kB' (a tiny test model has kilobytes)."""
+    if b is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
 
 
 def _f(v, spec: str = ".4g") -> str:
@@ -47,7 +53,7 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
     for t in tasks:
         head += [f"{t}", f"Δ vs ref ({t})"]
     head += [f"out tok/s {x}" for x in loads] + ["TPOT p50 ms " + loads[0]] if loads else []
-    head += ["memory GB", "size GB", "J/token", "perplexity", "greedy identical", "KL mean"]
+    head += ["memory", "size", "J/token", "perplexity", "greedy identical", "KL mean"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in data["variants"]:
         cells = [f"**{v['variant']}**" if v["variant"] == data.get("winner") else v["variant"]]
@@ -74,7 +80,7 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
             cells.append(_f((speed.get(loads[0]) or {}).get("tpot_p50_ms")))
         j = v.get("joules_per_token") or {}
         agree = v.get("agree") or {}
-        cells += [_gb(v.get("memory_bytes")), _gb(v.get("size_bytes")),
+        cells += [size_text(v.get("memory_bytes")), size_text(v.get("size_bytes")),
                   _f(j.get(data.get("load"))) if j else "-", _f(v.get("perplexity")),
                   (f"{agree['identical_prompts']}/{agree['prompts']}" if agree.get("prompts") else
                    ("(reference)" if v["variant"] == ref else "-")), _f(agree.get("kl_mean"), ".3g")]
@@ -187,7 +193,7 @@ def _four_panel(out: Path, data: dict) -> str:
     names = [v["variant"] for v in data["variants"]]
     first = data["tasks"][0] if data["tasks"] else None
     panels = [
-        ("size (GB, weights as loaded)", [(v.get("size_bytes") or 0) / 1e9 for v in data["variants"]]),
+        ("size (MB, weights as loaded)", [(v.get("size_bytes") or 0) / 1e6 for v in data["variants"]]),
         (f"output tok/s at {data['load']}", [_tok(v, data["load"]) or 0 for v in data["variants"]]),
         ("perplexity", [v.get("perplexity") or 0 for v in data["variants"]]),
         (f"accuracy ({first})" if first else "accuracy (no task)",

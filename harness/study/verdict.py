@@ -211,8 +211,10 @@ def answer(data: dict) -> dict:
     else:
         words += f": {ratio:.2f}x the reference's tok/s at {load} ({tok(best):.4g} vs {tok(r):.4g})"
         if best.get("memory_bytes") is not None and r.get("memory_bytes") is not None:
-            gb = (r["memory_bytes"] - best["memory_bytes"]) / 1e9
-            words += f", {abs(gb):.3g} GB {'less' if gb >= 0 else 'more'} memory"
+            from harness.study.report import size_text
+
+            saved = r["memory_bytes"] - best["memory_bytes"]
+            words += f", {size_text(abs(saved))} {'less' if saved >= 0 else 'more'} memory"
     if len(front) > 1:
         words += f"; Pareto set (accuracy, tok/s, memory): {', '.join(front)}"
     return {"load": load, "winner": best["variant"], "speedup": ratio, "pareto": front, "answer": words}
