@@ -24,8 +24,14 @@ def _study_opts():
     from harness.cliutil import engine_options, section_options
 
     return section_options({"study": StudySpec, "workload": Workload, "load": Load, "target": Target,
-                            "output": StudyOutput}, skip={"url", "resume", "rate", "max_concurrency"}) \
-        + engine_options()
+                            "output": StudyOutput}, skip={"url", "resume", "rate", "max_concurrency"},
+                           helps={"tokenizer": TOKENIZER_HELP}) + engine_options()
+
+
+# every variant is started by the study, from a folder or a .gguf: no --url
+TOKENIZER_HELP = ("Tokenizer folder of the model: bench cells build synthetic prompts with it (exact input "
+                  "lengths), score and agree cells read token ids with it [default: the served model's "
+                  "folder; needed for a .gguf --model].")
 
 
 @click.command(context_settings={"show_default": True})
