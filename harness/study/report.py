@@ -53,6 +53,9 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
     for t in tasks:
         head += [f"{t}", f"Δ vs ref ({t})"]
     head += [f"out tok/s {x}" for x in loads] + ["TPOT p50 ms " + loads[0]] if loads else []
+    spec = any("acceptance_rate" in x for v in data["variants"] for x in v.get("speed", {}).values())
+    if spec:
+        head += [f"acceptance {data.get('load')}", f"speedup vs no speculation {data.get('load')}"]
     head += ["memory", "size", "J/token", "perplexity", "greedy identical", "KL mean"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in data["variants"]:
@@ -78,6 +81,9 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
         cells += [_f((speed.get(x) or {}).get("output_tok_s")) for x in loads]
         if loads:
             cells.append(_f((speed.get(loads[0]) or {}).get("tpot_p50_ms")))
+        if spec:
+            point = speed.get(data.get("load")) or {}
+            cells += [_f(point.get("acceptance_rate"), ".3f"), _f(point.get("spec_speedup"), ".3f")]
         j = v.get("joules_per_token") or {}
         agree = v.get("agree") or {}
         cells += [size_text(v.get("memory_bytes")), size_text(v.get("size_bytes")),
@@ -91,7 +97,9 @@ def render(summary: dict, data: dict, plots: list[str]) -> str:
               "paired permutation test); n.s.: not significant. Memory: "
               + "; ".join(sorted({f"{v['memory_source']}" for v in data["variants"] if v.get("memory_source")}))
               + ". Size: the engine's weight bytes as loaded. Greedy identical and KL: the agree cell "
-              "(both at full precision around the weights)."]
+              "(both at full precision around the weights)."
+              + (" Speedup: output tok/s against the same engine restarted without speculation (the bench "
+                 "cell's own baseline run)." if spec else "")]
     if data.get("pareto"):
         lines += ["", f"Pareto set (accuracy, tok/s at {data['load']}, memory): "
                   + ", ".join(f"`{p}`" for p in data["pareto"])]

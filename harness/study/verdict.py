@@ -51,6 +51,9 @@ def _bench(s: dict) -> dict:
         label = point_label(p)
         speed[label] = {"output_tok_s": p.get("output_throughput"),
                         **{f"{k}_p50_ms": (p.get(f"{k}_ms") or {}).get("p50") for k in ("ttft", "tpot", "e2e")}}
+        if spec := p.get("speculative"):  # the bench's own speculation-off run gives the speedup
+            speed[label].update(acceptance_rate=spec.get("acceptance_rate"),
+                                spec_speedup=(spec.get("speedup") or {}).get("output_throughput"))
         gpus = (p.get("gpu") or {}).get("gpus") or []
         peaks = [g.get("peak_above_baseline_bytes") for g in gpus]
         if peaks and all(x is not None for x in peaks):
