@@ -2,7 +2,7 @@
 from the cells' own run folders; a study killed mid-cell and resumed; the paired accuracy test on
 known differences; bad input.
 
-Times on the 2-core CI box: the paired test < 1 s; bad input ~4 s per case; kill + resume
+Times on the 2-core CI box: the paired test < 1 s; bad input ~2 s per case; a failed cell ~20 s; kill + resume
 (synthetic engine) ~1 min; the 3-variant study (hf, hf:int8, llamacpp:q8_0) ~3 min on an idle box.
 """
 
@@ -92,6 +92,24 @@ def test_a_yaml_study_file_is_the_same_config(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == \
         "error: --reference vllm is not one of --variants (hf, hf:int8)"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_cell_is_recorded_and_the_study_goes_on(tmp_path):
+    res = hb("study", "--model", "tiny-llama", "--variants", "synthetic:model=/nonexistent,synthetic",
+             "--reference", "synthetic", "--ttft-ms", "1", "--itl-ms", "1", "--concurrency", "1",
+             "--input-len", "8", "--output-len", "4", "--num-requests", "2", "--no-plots",
+             "--results-dir", str(tmp_path), "--run-name", "s")
+    study = tmp_path / "s"
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: study incomplete: 1 cell(s) did not complete: bench-synthetic-model--nonexistent (failed); "
+        f"after a fix: hyperbench study --resume {study}")
+    assert "bench-synthetic-model--nonexistent: failed: model path /nonexistent does not exist" in res.stderr
+    s = summary(study)
+    assert s["status"] == "incomplete" and summary(study / "cells" / "bench-synthetic")["status"] == "complete"
+    assert s["verdict"]["winner"] == "synthetic"  # the cells that ran still give their verdict
+    assert ("| `cells/bench-synthetic-model--nonexistent` | bench | synthetic:model=/nonexistent | failed | "
+            "model path /nonexistent does not exist |") in (study / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------- kill and resume

@@ -56,6 +56,10 @@ def study(config_file, resume, **params):
         cfg = build(StudyConfig, load_yaml(config_file) if config_file else {}, cli_data)
     folder = run(cfg, echo=lambda line: click.echo(line, err=True))
     print_verdict(folder)
+    summary = folder.read_json("summary.json")
+    if summary["status"] != "complete":  # as agree does: the report is written, the exit code says so
+        raise HyperbenchError(f"study incomplete: {summary.get('reason')}; after a fix: "
+                              f"hyperbench study --resume {folder.path}")
 
 
 def print_verdict(folder) -> None:

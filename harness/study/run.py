@@ -86,8 +86,6 @@ def _execute(folder: RunFolder, summary: dict, runner, echo) -> RunFolder:
         status, reason = cell_status(cell, folder.path)
         if rc != 0 and status == "complete":
             status = "failed"
-        if rc != 0 and not reason:
-            reason = _last_error(folder.path / "logs" / f"{cell.name}.log")
         echo(f"{cell.name}: {status}" + (f": {reason}" if reason and status != "complete" else ""))
 
     try:
@@ -110,11 +108,3 @@ def _execute(folder: RunFolder, summary: dict, runner, echo) -> RunFolder:
     write_report(folder, summary)
     return folder
 
-
-def _last_error(log: Path) -> str | None:
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return None
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    return (errors or lines or [None])[-1]

@@ -34,9 +34,20 @@ def cell_status(cell: Cell, study_dir: Path) -> tuple[str, str | None]:
     try:
         s = read_json(cell.folder(study_dir) / "summary.json")
     except HyperbenchError:
-        return "missing", None
+        # a job refused its input before making its run folder: its one-line error is in the log
+        error = _log_error(study_dir / "logs" / f"{cell.name}.log")
+        return ("failed", error) if error else ("missing", None)
     reason = s.get("reason")
     return str(s.get("status", "?")), str(reason).splitlines()[0][:300] if reason else None
+
+
+def _log_error(log: Path) -> str | None:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    return errors[-1][:300] if errors else None
 
 
 def _bench(s: dict) -> dict:
