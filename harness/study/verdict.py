@@ -153,6 +153,7 @@ def _top_load(variants: list[dict]) -> str | None:
     common = set.intersection(*sets) if sets else set()
     if not common:
         return None
+
     def key(label):
         k, _, x = label.partition("=")
         return _load_of({k: x if x == "inf" else float(x)})
