@@ -183,6 +183,10 @@ def report(run_dir, no_plots):
         from harness.tune.report import write_report as write_tune_report
 
         write_tune_report(run, plots=not no_plots)
+    elif summary.get("kind") == "study":
+        from harness.study.report import write_report as write_study_report
+
+        write_study_report(run, summary, plots=not no_plots)
     elif summary.get("kind") == "score":
         from harness.score.report import write_report as write_score_report
 
@@ -362,6 +366,15 @@ def _add_agree_commands() -> None:
 
 
 _add_agree_commands()
+
+
+def _add_study_command() -> None:
+    from harness.study.cli import study
+
+    cli.add_command(study)
+
+
+_add_study_command()
 
 
 def _sigterm(signum, frame):

@@ -168,6 +168,7 @@ TOKENIZER_USE = {
     "score": ("perplexity", "--chat-template", "only needed with --url"),
     "tune": ("cut prompts longer than the engine's context", "only needed with --url"),
     "agree": ("token ids every engine is sent", ".gguf"),
+    "study": ("synthetic prompts", ".gguf"),
 }
 
 

@@ -1,0 +1,110 @@
+"""`hyperbench study`: plan the cells, run the missing ones through the executor, write the verdict.
+
+Study folder: config.json (resolved, with the reference), env.json, plan.json (every cell's job
+and config), tasks/ (the task YAMLs the plan checked), cells/<cell>/ (ordinary run folders of
+bench/score/agree/tune: `compare` reads them), logs/<cell>.log (each cell's output),
+summary.json (kind "study", canonical: every cell's status and the verdict), report.md, plots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from harness import envinfo
+from harness.errors import HyperbenchError, Interrupted
+from harness.results import SCHEMA_VERSION, RunFolder, read_json
+from harness.study.cells import PLANNED, Cell, load_plan, plan_cells, task_kinds
+from harness.study.config import StudyConfig
+from harness.study.executor import executor
+from harness.study.variants import parse_variants
+
+
+def run(cfg: StudyConfig, echo=lambda line: None) -> RunFolder:
+    if cfg.output.resume is not None:
+        return resume(cfg.output.resume, echo)
+    s = cfg.study
+    variants = parse_variants(s.variants, cfg.engine, cfg.target.launcher)
+    ref = cfg.reference()
+    if ref not in s.variants:
+        raise HyperbenchError(f"--reference {ref} is not one of --variants ({', '.join(s.variants)})")
+    if cfg.target.launcher == "external":
+        raise HyperbenchError("study starts each variant itself: use --launcher process, docker or apptainer")
+    runner = executor(s.executor)
+    model = str(cfg.engine.get("model") or variants[0].engine.get("model") or "model")
+    folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "study", model)
+    try:
+        kinds = task_kinds(s.tasks, s.data_dir, folder.path / "tasks")
+        cells = plan_cells(cfg, variants, folder.path, kinds)
+    except BaseException:  # bad input before anything ran: leave no empty study folder behind
+        shutil.rmtree(folder.path, ignore_errors=True)
+        raise
+    folder.write_json("config.json", {**cfg.model_dump(mode="json"), "reference": ref})
+    folder.write_json("env.json", envinfo.capture())
+    folder.write_json("plan.json", {"schema_version": SCHEMA_VERSION, "cells": [c.to_json() for c in cells]})
+    summary = {"schema_version": SCHEMA_VERSION, "kind": "study", "status": "running",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "reference": ref,
+               "variants": s.variants, "executor": s.executor}
+    return _execute(folder, summary, runner, echo)
+
+
+def resume(path: Path, echo=lambda line: None) -> RunFolder:
+    folder = RunFolder.open(path)
+    summary = folder.read_json("summary.json")
+    if summary.get("kind") != "study":
+        raise HyperbenchError(f"{folder.path} is not a study (kind {summary.get('kind')!r})")
+    summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return _execute(folder, summary, executor(summary.get("executor", "local")), echo)
+
+
+def _finished(cell: Cell, study_dir: Path) -> bool:
+    """Only a complete cell is kept: one killed mid-run, failed or never started runs (again)."""
+    try:
+        return read_json(cell.folder(study_dir) / "summary.json").get("status") == "complete"
+    except HyperbenchError:
+        return False
+
+
+def _execute(folder: RunFolder, summary: dict, runner, echo) -> RunFolder:
+    from harness.study.report import write_report
+
+    cells = load_plan(folder.path)
+    todo = [c for c in cells if c.status == PLANNED and not _finished(c, folder.path)]
+    for c in todo:  # a cell killed mid-run starts again from nothing: its job's folder is its own
+        if c.folder(folder.path).exists():
+            shutil.rmtree(c.folder(folder.path))
+    summary.update(status="running", cells_run=[c.name for c in todo])
+    folder.write_json("summary.json", summary)
+    skipped = [c for c in cells if c.status != PLANNED]
+    for c in skipped:
+        echo(f"{c.name}: skipped: {c.reason}")
+
+    def done(cell: Cell, rc: int) -> None:
+        from harness.study.verdict import cell_status
+
+        status, reason = cell_status(cell, folder.path)
+        if rc != 0 and status == "complete":
+            status = "failed"
+        echo(f"{cell.name}: {status}" + (f": {reason}" if reason and status != "complete" else ""))
+
+    try:
+        runner.run(folder.path, todo, done)
+    except KeyboardInterrupt:
+        summary.update(status="incomplete", reason="interrupted", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_report(folder, summary)
+        raise Interrupted(f"study interrupted: finished cells kept in {folder.path}; run only the "
+                          f"missing ones: hyperbench study --resume {folder.path}") from None
+    from harness.study.verdict import cell_status
+
+    bad = [(c.name, *cell_status(c, folder.path)) for c in cells if c.status == PLANNED]
+    bad = [b for b in bad if b[1] != "complete"]
+    summary["status"] = "incomplete" if bad else "complete"
+    if bad:
+        summary["reason"] = f"{len(bad)} cell(s) did not complete: " + ", ".join(f"{n} ({s})" for n, s, _ in bad)
+    else:
+        summary.pop("reason", None)
+    summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_report(folder, summary)
+    return folder
+
