@@ -95,20 +95,20 @@ def test_a_yaml_study_file_is_the_same_config(tmp_path):
 
 
 def test_a_failed_cell_is_recorded_and_the_study_goes_on(tmp_path):
-    res = hb("study", "--model", "tiny-llama", "--variants", "synthetic:model=/nonexistent,synthetic",
+    res = hb("study", "--model", "tiny-llama", "--variants", "hf:model=/nonexistent,synthetic",
              "--reference", "synthetic", "--ttft-ms", "1", "--itl-ms", "1", "--concurrency", "1",
              "--input-len", "8", "--output-len", "4", "--num-requests", "2", "--no-plots",
              "--results-dir", str(tmp_path), "--run-name", "s")
     study = tmp_path / "s"
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (
-        "error: study incomplete: 1 cell(s) did not complete: bench-synthetic-model--nonexistent (failed); "
+        "error: study incomplete: 1 cell(s) did not complete: bench-hf-model--nonexistent (failed); "
         f"after a fix: hyperbench study --resume {study}")
-    assert "bench-synthetic-model--nonexistent: failed: model path /nonexistent does not exist" in res.stderr
+    assert "bench-hf-model--nonexistent: failed: model path /nonexistent does not exist" in res.stderr
     s = summary(study)
     assert s["status"] == "incomplete" and summary(study / "cells" / "bench-synthetic")["status"] == "complete"
     assert s["verdict"]["winner"] == "synthetic"  # the cells that ran still give their verdict
-    assert ("| `cells/bench-synthetic-model--nonexistent` | bench | synthetic:model=/nonexistent | failed | "
+    assert ("| `cells/bench-hf-model--nonexistent` | bench | hf:model=/nonexistent | failed | "
             "model path /nonexistent does not exist |") in (study / "report.md").read_text()
 
 
