@@ -52,7 +52,7 @@ def test_compare_finished_runs(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "either --engines"),
+    ([], "nothing to compare: give run folders"),
     (["--engines", "hf,hf"], "listed twice"),
     (["--engines", "hf", "--launcher", "external"], "starts each engine itself"),
     (["--engines", "nosuch"], "nosuch"),

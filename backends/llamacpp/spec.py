@@ -128,10 +128,9 @@ class LlamaCppConfig(EngineConfig):
                 "(llama.cpp quantizes the V cache only with flash attention)"
             )
 
-
-    def check_parallel(self, spec: str | None) -> None:
+    def check_parallel(self, spec: str) -> None:
         """parallel=N: every sequence needs room, and speculation runs one sequence at a time."""
-        if self.parallel > 1 and spec is not None:
+        if self.parallel > 1 and spec != "none":
             raise HyperbenchError(
                 f"parallel={self.parallel}: speculative decoding runs one sequence at a time "
                 "in this engine; use parallel=1 with --speculative"
