@@ -19,6 +19,7 @@ from harness.bench_resume import (load_key, point_label, point_summary, records_
                                   this_process, writer_alive)
 from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
+from harness.trace import load_trace, trace_requests
 from harness.workload import build_requests, load_tokenizer, warmup_requests
 
 
@@ -75,7 +76,11 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
     requests = None
-    if cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
+    if cfg.load.trace is not None:  # a bad trace: refused now, not after the engine loaded
+        if cfg.workload.dataset is not None:
+            raise HyperbenchError("a trace gives the prompt lengths: give --trace or --dataset, not both")
+        load_trace(cfg.load.trace)
+    elif cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
@@ -147,7 +152,9 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
                     run_dir.write_json("engine.json", summary["engine_info"])
                 if requests is None:  # synthetic prompts, of the served model's tokenizer
                     tok_src = resolve_tokenizer_source(cfg, model_path)
-                    requests = build_requests(cfg.workload, load_tokenizer(tok_src) if tok_src else None)
+                    tok = load_tokenizer(tok_src) if tok_src else None
+                    requests = (trace_requests(load_trace(cfg.load.trace), cfg.workload, tok)
+                                if cfg.load.trace is not None else build_requests(cfg.workload, tok))
                 asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
                                    progress, current, todo if resuming else None))
         if spec_off is not None:

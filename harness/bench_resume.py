@@ -18,6 +18,7 @@ from harness.errors import HyperbenchError
 from harness.loadgen import _fmt, rate_fields
 from harness.metrics import span, summarize
 from harness.results import RunFolder
+from harness.trace import load_trace
 
 NO_SUMMARY = "process ended without writing a summary"
 
@@ -29,7 +30,7 @@ def point_label(kind: str, value: float) -> str:
 
 def load_key(point: dict):
     """(kind, value) of a summary point; a rate of `inf` reads back from JSON as the string."""
-    kind = next((k for k in ("concurrency", "rate") if k in point), None)
+    kind = next((k for k in ("concurrency", "rate", "trace") if k in point), None)
     if kind is None:
         return None
     value = point[kind]
@@ -95,6 +96,10 @@ def point_summary(cfg: BenchConfig, kind: str, value: float, sessions: list[list
         point["sessions"] = len(ran)
     if kind == "rate" and len(ran) == 1:  # the schedule's own rate and the send rate (one session's sends)
         point.update(rate_fields(records, value, cfg.workload.seed))
+    lag_p99 = (point.get("schedule_lag_ms") or {}).get("p99")
+    if lag_p99 is not None and lag_p99 > cfg.load.lag_limit_ms:
+        point["client_behind"] = (f"client could not keep up: schedule lag p99 {lag_p99:.1f} ms "
+                                  f"> {cfg.load.lag_limit_ms:g} ms")
     if len(records) < planned:
         point.update(partial=True, planned_requests=planned)
     return point
@@ -106,7 +111,7 @@ def rebuild_summary(run_dir: RunFolder, summary: dict) -> dict:
     cfg = saved_config(run_dir)
     by_point = records_by_point(run_dir)
     finished = {load_key(p): p for p in summary.get("points", []) if not p.get("partial")}
-    planned = cfg.workload.num_requests
+    planned = len(load_trace(cfg.load.trace)) if cfg.load.trace is not None else cfg.workload.num_requests
     points = []
     for kind, value in cfg.load.points():
         if (kind, value) in finished:

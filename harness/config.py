@@ -38,8 +38,8 @@ class Workload(_Strict):
 
 
 class Load(_Strict):
-    # one sweep or the other: a CLI flag of one replaces the file's other (see `build`)
-    alternatives: ClassVar[tuple[str, ...]] = ("concurrency", "rate")
+    # one sweep or the other, or a trace: a CLI flag of one replaces the file's other (see `build`)
+    alternatives: ClassVar[tuple[str, ...]] = ("concurrency", "rate", "trace")
 
     concurrency: list[int] | None = Field(
         None, description="Closed-loop sweep: concurrent streams, e.g. 1,4,8."
@@ -47,8 +47,19 @@ class Load(_Strict):
     rate: list[float] | None = Field(
         None, description="Open-loop Poisson sweep: requests/s, e.g. 1,2,4,inf."
     )
+    trace: Path | None = Field(
+        None, description="Replay a request trace on its own schedule instead of a sweep: "
+        "Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids) or BurstGPT CSV.",
+    )
+    time_scale: float = Field(
+        1.0, gt=0, description="Trace send times are multiplied by this (0.5: twice as fast)."
+    )
     max_concurrency: int | None = Field(
         None, ge=1, description="Cap on in-flight requests during a rate sweep."
+    )
+    lag_limit_ms: float = Field(
+        10.0, gt=0, description="A rate or trace point whose schedule lag p99 exceeds this is "
+        "flagged: the client could not keep up.",
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
     spec_baseline: bool = Field(
@@ -74,11 +85,15 @@ class Load(_Strict):
     def _default(self):
         if self.concurrency and self.rate:
             raise ValueError("give either concurrency or rate, not both")
-        if not self.concurrency and not self.rate:
+        if self.trace is not None and (self.concurrency or self.rate):
+            raise ValueError("a trace sets its own send times: give no concurrency or rate with it")
+        if not self.concurrency and not self.rate and self.trace is None:
             self.concurrency = [1]
         return self
 
     def points(self) -> list[tuple[str, float]]:
+        if self.trace is not None:
+            return [("trace", self.time_scale)]
         if self.rate:
             return [("rate", r) for r in self.rate]
         return [("concurrency", c) for c in self.concurrency or [1]]

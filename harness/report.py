@@ -71,7 +71,7 @@ def _d(point: dict, key: str, stat: str):
 
 
 def point_label(p: dict) -> str:
-    for k in ("concurrency", "rate"):
+    for k in ("concurrency", "rate", "trace"):
         if k in p:
             v = p[k]
             if isinstance(v, float) and math.isinf(v) or v == "inf":
@@ -122,7 +122,9 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
         f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point, "
         f"temperature {w.get('temperature')}, seed {w.get('seed')}"
-        + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else ""),
+        + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else "")
+        + (f"; trace `{cfg['load']['trace']}` (lengths from it), time scale {cfg['load'].get('time_scale')}"
+           if (cfg.get("load") or {}).get("trace") else ""),
         f"- machine: {env.get('cpu', {}).get('model')}, "
         + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU")
         + f"; hyperbench {env.get('hyperbench')} ({env.get('git_commit')})",
@@ -138,6 +140,10 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         if p.get("partial"):
             lines.append(f"- {row_label(p)}: cut short; {p.get('requests', 0)} of {p.get('planned_requests')} "
                          "requests finished, and its numbers are over those only.")
+    for p in points:  # open loop: how late the client sent against its schedule
+        if lag := p.get("schedule_lag_ms"):
+            lines.append(f"- {point_label(p)}: schedule lag (send - scheduled send) p50 {fmt(lag['p50'])} ms, "
+                         f"p99 {fmt(lag['p99'])} ms" + (f"; **{p['client_behind']}**" if p.get("client_behind") else ""))
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
@@ -235,7 +241,7 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     ok = [p for p in points if p.get("completed")]
     if not ok:
         return []
-    kind = "concurrency" if "concurrency" in ok[0] else "rate"
+    kind = next(k for k in ("concurrency", "rate", "trace") if k in ok[0])
     xs = [float("inf") if p[kind] == "inf" else float(p[kind]) for p in ok]
     finite = [x for x in xs if math.isfinite(x)]
     top = (max(finite) * 2) if finite else 1.0
