@@ -16,7 +16,8 @@ from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
-                                  this_process, writer_alive)
+                                  sweep_points, this_process, writer_alive)
+from harness.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
 from harness.trace import load_trace, trace_requests
@@ -126,7 +127,8 @@ def resume(path: Path, progress=None) -> RunFolder:
     summary.pop("reason", None)  # the cut's: `resumed` keeps the history
     done = {load_key(p) for p in summary["points"]}
     prior = records_by_point(run_dir)
-    todo = {point_label(k, v): prior.get(point_label(k, v), []) for k, v in cfg.load.points() if (k, v) not in done}
+    todo = {point_label(k, v, r): prior.get(point_label(k, v, r), []) for k, v, r in sweep_points(cfg)
+            if (k, v, r) not in done}
     return _execute(cfg, engine, model_path, requests, run_dir, summary, todo, progress, resuming=True)
 
 
@@ -173,6 +175,8 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         summary["reason"] = str(e)
         raise
     finally:
+        if cfg.load.repeats > 1:  # over the repeats finished, however the run ended
+            summary["repeat_stats"] = repeat_stats(summary["points"])
         summary.pop("process", None)
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
@@ -200,7 +204,7 @@ def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:
     if not current.get("records") and not current.get("prior"):
         return  # nothing finished yet, or the point was summarized whole before the stop
     point = point_summary(cfg, current["kind"], current["value"], [current["prior"], current["records"]],
-                          current["planned"])
+                          current["planned"], current["repeat"])
     summary["points"].append({**point, "partial": True, "planned_requests": current["planned"]})
 
 
@@ -219,8 +223,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
-        for kind, value in cfg.load.points():
-            label = point_label(kind, value)
+        for kind, value, repeat in sweep_points(cfg):
+            label = point_label(kind, value, repeat)
             if todo is not None and label not in todo:
                 continue  # finished before the run was cut
             prior = todo.get(label, []) if todo is not None else []
@@ -230,10 +234,12 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             for _ in prior:
                 if progress:
                     progress.advance(task)
-            current.update(kind=kind, value=value, planned=len(requests), prior=prior, records=[], not_sent=0)
+            current.update(kind=kind, value=value, repeat=repeat, planned=len(requests), prior=prior, records=[],
+                           not_sent=0)
 
             def on_record(rec: RequestRecord) -> None:
                 rec.request_id = missing[rec.request_id]  # run_point numbers the subset it was given
+                rec.point = label  # with its repeat (run_point names the load only)
                 if _not_sent(rec, launcher):
                     current["not_sent"] += 1  # no record: a resume sends it
                     return
@@ -248,7 +254,7 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                                 on_record, cfg.load.max_concurrency)
             if current["not_sent"]:  # the engine died: what it never got is missing, not failed
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
-            point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests))
+            point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests), repeat)
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):

@@ -57,6 +57,10 @@ class Load(_Strict):
     max_concurrency: int | None = Field(
         None, ge=1, description="Cap on in-flight requests during a rate sweep."
     )
+    repeats: int = Field(
+        1, ge=1, description="Run the sweep this many times; summary and report give each "
+        "metric's mean and 95% confidence interval per point.",
+    )
     lag_limit_ms: float = Field(
         10.0, gt=0, description="A rate or trace point whose schedule lag p99 exceeds this is "
         "flagged: the client could not keep up.",

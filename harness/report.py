@@ -71,13 +71,34 @@ def _d(point: dict, key: str, stat: str):
 
 
 def point_label(p: dict) -> str:
+    rep = f" #{p['repeat']}" if p.get("repeat") is not None else ""  # bench --repeats
     for k in ("concurrency", "rate", "trace"):
         if k in p:
             v = p[k]
             if isinstance(v, float) and math.isinf(v) or v == "inf":
-                return f"{k}=inf"
-            return f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                return f"{k}=inf{rep}"
+            return (f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}") + rep
     return "?"
+
+
+# bench --repeats: mean ± 95% CI half-width over the repeats (harness/repeats.py)
+REPEAT_COLUMNS = (("req/s", "request_throughput"), ("out tok/s", "output_throughput"),
+                  ("TTFT p50", "ttft_ms.p50"), ("TTFT p99", "ttft_ms.p99"), ("TPOT p50", "tpot_ms.p50"),
+                  ("E2E p50", "e2e_ms.p50"), ("goodput req/s", "goodput"))
+
+
+def repeats_section(stats: list[dict]) -> list[str]:
+    def cell(m):
+        if not m:
+            return "-"
+        return fmt(m["mean"]) + (f" ± {fmt(m['ci95'])}" if m.get("ci95") is not None else "")
+
+    cols = [(c, k) for c, k in REPEAT_COLUMNS if any(k in e for e in stats)]
+    return ["## Repeats", "", "Mean ± half-width of the 95% confidence interval (Student's t) over the "
+            "finished repeats of each point; latencies in ms.", "",
+            "| point | repeats | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (len(cols) + 2),
+            *(f"| {point_label(e)} | {e['repeats']} | " + " | ".join(cell(e.get(k)) for _, k in cols) + " |"
+              for e in stats)]
 
 
 def row_label(p: dict) -> str:
@@ -147,6 +168,8 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
+    if s.get("repeat_stats"):
+        lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
         lines += ["", *spec_section(s, points)]
     info = s.get("engine_info")
@@ -242,6 +265,8 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     if not ok:
         return []
     kind = next(k for k in ("concurrency", "rate", "trace") if k in ok[0])
+    # --repeats: each load's repeats side by side, not a line that goes back and forth
+    ok.sort(key=lambda p: float("inf") if p[kind] == "inf" else float(p[kind]))
     xs = [float("inf") if p[kind] == "inf" else float(p[kind]) for p in ok]
     finite = [x for x in xs if math.isfinite(x)]
     top = (max(finite) * 2) if finite else 1.0
