@@ -17,6 +17,7 @@ from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
                                   sweep_points, this_process, writer_alive)
+from harness.find_rate import find_max_rate
 from harness.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
@@ -77,6 +78,8 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
     requests = None
+    if cfg.load.find_max_rate and not any(v is not None for v in cfg.slo.model_dump().values()):
+        raise HyperbenchError("--find-max-rate needs the SLOs that goodput is measured against: --slo ttft=...,tpot=...")
     if cfg.load.trace is not None:  # a bad trace: refused now, not after the engine loaded
         if cfg.workload.dataset is not None:
             raise HyperbenchError("a trace gives the prompt lengths: give --trace or --dataset, not both")
@@ -115,6 +118,8 @@ def resume(path: Path, progress=None) -> RunFolder:
     if summary.get("status") == "running" and writer_alive(summary):
         raise HyperbenchError(f"{run_dir.path} is still being written by process {summary['process']['pid']}")
     cfg = saved_config(run_dir)
+    if cfg.load.find_max_rate:
+        raise HyperbenchError(f"{run_dir.path} is a --find-max-rate search: its walk cannot be resumed; run it again")
     engine = cfg.engine_config()
     engine.check()
     requests = build_requests(cfg.workload) if cfg.workload.dataset is not None else None
@@ -223,11 +228,8 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
-        for kind, value, repeat in sweep_points(cfg):
-            label = point_label(kind, value, repeat)
-            if todo is not None and label not in todo:
-                continue  # finished before the run was cut
-            prior = todo.get(label, []) if todo is not None else []
+        async def measure(kind: str, value: float, repeat: int | None, label: str, prior: list) -> dict:
+            """One point: its requests that have no record (all but a resumed point's `prior`)."""
             have = {r.request_id for r in prior}
             missing = [i for i in range(len(requests)) if i not in have]
             task = progress.start(kind, value, len(requests)) if progress else None
@@ -268,6 +270,19 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
             if point["completed"] == 0:
                 raise EngineError(f"every request failed at {kind}={value}: {point.get('first_error')}")
+            return point
+
+        if cfg.load.find_max_rate:
+            start = cfg.load.rate[0] if cfg.load.rate and cfg.load.rate[0] != float("inf") else 1.0
+            summary["max_rate"] = await find_max_rate(
+                lambda r: measure("rate", r, None, point_label("rate", r), []), start,
+                cfg.load.goodput_share, cfg.load.rate_precision)
+            return
+        for kind, value, repeat in sweep_points(cfg):
+            label = point_label(kind, value, repeat)
+            if todo is not None and label not in todo:
+                continue  # finished before the run was cut
+            await measure(kind, value, repeat, label, todo.get(label, []) if todo is not None else [])
 
 
 def _spec_counters(engine, endpoint) -> dict | None:

@@ -61,6 +61,14 @@ class Load(_Strict):
         1, ge=1, description="Run the sweep this many times; summary and report give each "
         "metric's mean and 95% confidence interval per point.",
     )
+    find_max_rate: bool = Field(
+        False, description="Search the Poisson rate (from the first --rate, or 1) for the highest "
+        "at which --goodput-share of requests meet every --slo.",
+    )
+    goodput_share: float = Field(0.9, gt=0, le=1, description="--find-max-rate: share of requests "
+                                 "that must meet the SLOs.")
+    rate_precision: float = Field(0.1, gt=0, lt=1, description="--find-max-rate: stop when the bracket "
+                                  "(passed, failed) is this close, relative to the failed rate.")
     lag_limit_ms: float = Field(
         10.0, gt=0, description="A rate or trace point whose schedule lag p99 exceeds this is "
         "flagged: the client could not keep up.",
@@ -91,11 +99,16 @@ class Load(_Strict):
             raise ValueError("give either concurrency or rate, not both")
         if self.trace is not None and (self.concurrency or self.rate):
             raise ValueError("a trace sets its own send times: give no concurrency or rate with it")
-        if not self.concurrency and not self.rate and self.trace is None:
+        if self.find_max_rate and (self.concurrency or self.trace is not None or self.repeats > 1):
+            raise ValueError("--find-max-rate searches the Poisson rate: give no concurrency, trace "
+                             "or repeats with it (a --rate is where it starts)")
+        if not self.concurrency and not self.rate and self.trace is None and not self.find_max_rate:
             self.concurrency = [1]
         return self
 
     def points(self) -> list[tuple[str, float]]:
+        if self.find_max_rate:
+            return []  # the rates are found as it goes (harness/find_rate.py)
         if self.trace is not None:
             return [("trace", self.time_scale)]
         if self.rate:

@@ -168,6 +168,16 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
+    if mr := s.get("max_rate"):  # bench --find-max-rate (harness/find_rate.py)
+        lo, hi = mr["bracket"]
+        lines += ["", "## Highest rate under the SLOs", "",
+                  (f"**{fmt(mr['rate'])} req/s**: the highest rate at which at least {mr['goodput_share']:.0%} of "
+                   f"requests met every SLO; {fmt(hi)} req/s did not" if mr.get("found") else
+                   f"not found within {mr['precision']:.0%} (bracket {fmt(lo)}..{fmt(hi)} req/s)")
+                  + f" (precision {mr['precision']:.0%}). The walk:", "",
+                  "| step | rate req/s | SLO attainment | passed |", "|---|---|---|---|",
+                  *(f"| {i} | {fmt(w['rate'])} | {w['slo_attainment']:.1%} | {'yes' if w['passed'] else 'no'} |"
+                    for i, w in enumerate(mr["walk"], 1))]
     if s.get("repeat_stats"):
         lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
