@@ -123,7 +123,9 @@ def rebuild_summary(run_dir: RunFolder, summary: dict) -> dict:
     finished = {load_key(p): p for p in summary.get("points", []) if not p.get("partial")}
     planned = len(load_trace(cfg.load.trace)) if cfg.load.trace is not None else cfg.workload.num_requests
     points = []
-    for kind, value, rep in sweep_points(cfg):
+    walked = [("rate", float(label.split("=", 1)[1]), None) for label in by_point
+              if label.startswith("rate=")] if cfg.load.find_max_rate else []  # the rates it had tried
+    for kind, value, rep in sweep_points(cfg) or walked:
         if (kind, value, rep) in finished:
             points.append(finished[(kind, value, rep)])
         elif recs := by_point.get(point_label(kind, value, rep)):

@@ -61,3 +61,9 @@ def test_finds_the_synthetic_engines_capacity(tmp_path):
     assert 0.7 * capacity <= mr["rate"] <= (1 + precision) * capacity, mr["walk"]
     assert [p["rate"] for p in s["points"]] == [w["rate"] for w in mr["walk"]]  # every rate tried is a point
     assert "Highest rate under the SLOs" in (tmp_path / "f" / "report.md").read_text()
+    # had it been killed before writing its summary, its records still give every rate it tried
+    from harness.bench_resume import rebuild_summary
+    from harness.results import RunFolder
+
+    rebuilt = rebuild_summary(RunFolder(tmp_path / "f"), {**s, "points": []})
+    assert [p["rate"] for p in rebuilt["points"]] == [w["rate"] for w in mr["walk"]]
