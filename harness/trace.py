@@ -11,7 +11,6 @@ prefix cache as it did in production.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from harness.adapter import GenRequest
 from harness.config import Workload
 from harness.errors import HyperbenchError
+from harness.workload import _read_rows
 
 MOONCAKE_BLOCK = 512  # tokens per hash id in the Mooncake traces
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
@@ -60,14 +60,7 @@ def load_trace(path: Path) -> list[TraceEntry]:
 
 def _jsonl_rows(path: Path) -> list[tuple[str, TraceEntry]]:
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            raise HyperbenchError(f"{where}: not valid JSON") from None
+    for where, d in _read_rows(path):  # JSONL (or a JSON array), each row with its FILE:LINE
         if not isinstance(d, dict):
             raise HyperbenchError(f"{where}: expected a JSON object")
         missing = [k for k in ("timestamp", "input_length", "output_length") if k not in d]
