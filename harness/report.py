@@ -140,12 +140,12 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     lines += [
         f"- run folder: `{run.path}`  ",
         f"- served model: `{s.get('served_model')}`; started {s.get('started')}  ",
-        f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
-        f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point, "
-        f"temperature {w.get('temperature')}, seed {w.get('seed')}"
-        + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else "")
-        + (f"; trace `{cfg['load']['trace']}` (lengths from it), time scale {cfg['load'].get('time_scale')}"
-           if (cfg.get("load") or {}).get("trace") else ""),
+        (f"- workload: trace `{cfg['load']['trace']}` (its send times, lengths and requests), time scale "
+         f"{cfg['load'].get('time_scale')}" if (cfg.get("load") or {}).get("trace") else
+         f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
+         f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point")
+        + f", temperature {w.get('temperature')}, seed {w.get('seed')}"
+        + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else ""),
         f"- machine: {env.get('cpu', {}).get('model')}, "
         + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU")
         + f"; hyperbench {env.get('hyperbench')} ({env.get('git_commit')})",
