@@ -24,6 +24,10 @@ class Workload(_Strict):
     input_len: int = Field(128, ge=1, description="Prompt length in tokens (synthetic prompts).")
     output_len: int = Field(64, ge=1, description="Tokens to generate per request.")
     num_requests: int = Field(32, ge=1, description="Requests per sweep point.")
+    prefix_len: int = Field(
+        0, ge=0, description="Synthetic prompts: this many first tokens are the same in every "
+        "prompt (a shared system prompt; prefix-cache hits), the rest differ.",
+    )
     dataset: Path | None = Field(
         None, description="Prompt file: JSONL ({'prompt': ...}, ShareGPT 'conversations' or chat "
         "'messages'; the first user turn), or a JSON array of them (ShareGPT as published)."
@@ -35,6 +39,14 @@ class Workload(_Strict):
     seed: int = Field(0, description="Seed of prompts, arrival times and sampling.")
     chat: bool = Field(False, description="Send /v1/chat/completions instead of /v1/completions.")
     warmup: int = Field(1, ge=0, description="Warm-up requests before each engine's sweep.")
+
+    @model_validator(mode="after")
+    def _prefix(self):
+        if self.prefix_len > self.input_len:
+            raise ValueError(f"prefix_len {self.prefix_len} is longer than the prompt (input_len {self.input_len})")
+        if self.prefix_len and self.dataset is not None:
+            raise ValueError("prefix_len shapes synthetic prompts: not with a dataset")
+        return self
 
 
 class Load(_Strict):

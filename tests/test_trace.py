@@ -135,3 +135,17 @@ def test_bench_trace_end_to_end_flags_a_client_that_could_not_keep_up(tmp_path):
     assert point["schedule_lag_ms"]["p99"] >= 0
     assert point["client_behind"].startswith("client could not keep up")
     assert "could not keep up" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_synthetic_prompts_share_a_prefix_of_the_stated_length(capsys):
+    from harness.models import resolve_model
+    from harness.workload import load_tokenizer, synthetic_prompts
+
+    tok = load_tokenizer(resolve_model("tiny-llama").path)
+    plain = synthetic_prompts(tok, 4, 50, seed=1)
+    shared = synthetic_prompts(tok, 4, 50, seed=1, prefix_len=20)
+    assert all(len(p) == 50 for p in shared)
+    assert len({tuple(p[:20]) for p in shared}) == 1 and len({p[20] for p in shared}) > 1
+    assert [p[20:] for p in shared] == [p[20:] for p in plain]  # the rest as without a prefix
+    code, err = run_main(["bench", "--engine", "synthetic", "--input-len", "8", "--prefix-len", "9"], capsys)
+    assert code == 2 and "longer than the prompt" in err and len(err.strip().splitlines()) == 1
