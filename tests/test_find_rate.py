@@ -43,27 +43,36 @@ def test_find_max_rate_needs_slos(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_finds_the_synthetic_engines_capacity(tmp_path):
-    capacity, precision = 40.0, 0.1
+def _search(tmp_path, name, capacity, precision) -> dict:
     res = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--engine", "synthetic",
                           "--capacity-rps", str(capacity), "--ttft-ms", "20", "--itl-ms", "1", "--output-len", "2",
                           "--num-requests", "40", "--find-max-rate", "--rate", "10", "--rate-precision", str(precision),
-                          "--slo", "ttft=80", "--results-dir", str(tmp_path), "--run-name", "f", "--no-plots"],
+                          "--slo", "ttft=80", "--results-dir", str(tmp_path), "--run-name", name, "--no-plots"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    s = json.loads((tmp_path / "f" / "summary.json").read_text())
-    mr = s["max_rate"]
-    lo, hi = mr["bracket"]
-    assert mr["found"] and (hi - lo) / hi <= precision
+    return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def test_finds_the_synthetic_engines_capacity(tmp_path):
+    capacity, precision = 40.0, 0.1
     # above the capacity the queue grows for the whole point and TTFTs break the SLO (20 ms + 60 ms
     # of queueing); a little below it, Poisson bursts alone queue that long: the edge is just under
-    # capacity (32.5-37.5 req/s in runs on the 2-core box)
-    assert 0.7 * capacity <= mr["rate"] <= (1 + precision) * capacity, mr["walk"]
+    # capacity (32.5-37.5 req/s in runs on the 2-core box). A machine busy enough to delay 10% of
+    # first tokens by 60 ms makes the search stop early: a second attempt, as other timing tests do.
+    for attempt in ("f", "g"):
+        s = _search(tmp_path, attempt, capacity, precision)
+        mr = s["max_rate"]
+        lo, hi = mr["bracket"]
+        assert mr["found"] and (hi - lo) / hi <= precision
+        assert mr["rate"] <= (1 + precision) * capacity, mr["walk"]
+        if mr["rate"] >= 0.7 * capacity:
+            break
+    assert 0.7 * capacity <= mr["rate"], mr["walk"]
     assert [p["rate"] for p in s["points"]] == [w["rate"] for w in mr["walk"]]  # every rate tried is a point
-    assert "Highest rate under the SLOs" in (tmp_path / "f" / "report.md").read_text()
+    assert "Highest rate under the SLOs" in (tmp_path / attempt / "report.md").read_text()
     # had it been killed before writing its summary, its records still give every rate it tried
     from harness.bench_resume import rebuild_summary
     from harness.results import RunFolder
 
-    rebuilt = rebuild_summary(RunFolder(tmp_path / "f"), {**s, "points": []})
+    rebuilt = rebuild_summary(RunFolder(tmp_path / attempt), {**s, "points": []})
     assert [p["rate"] for p in rebuilt["points"]] == [w["rate"] for w in mr["walk"]]
