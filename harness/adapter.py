@@ -40,6 +40,9 @@ class RequestRecord:
     end: float | None = None
     # closed loop: this send minus the end of the previous request of the same stream
     send_gap: float | None = None
+    # open loop (Poisson rate, trace): when the schedule said to send it, same clock as `send`;
+    # send - scheduled is the client's schedule lag
+    scheduled: float | None = None
     prompt_tokens: int | None = None  # from the server's usage
     output_tokens: int | None = None  # from the server's usage
     expected_output_tokens: int | None = None
@@ -64,6 +67,7 @@ class GenRequest:
     max_tokens: int = 16
     sampling: dict[str, Any] = field(default_factory=dict)
     fixed_output: bool = False
+    at_s: float | None = None  # a trace's request: its send time, seconds from the trace's start
 
 
 class EngineClient:
@@ -125,7 +129,7 @@ class EngineClient:
             # a server that rejects an option it does not know (OpenAI-strict ones do): without
             # it from now on, and this request again
             self.continuous_usage = False
-            fresh = RequestRecord(request_id=rec.request_id, point=rec.point)
+            fresh = RequestRecord(request_id=rec.request_id, point=rec.point, scheduled=rec.scheduled)
             for f in fields(RequestRecord):
                 setattr(rec, f.name, getattr(fresh, f.name))
             await self._generate(req, rec)

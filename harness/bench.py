@@ -16,9 +16,12 @@ from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
 from harness.loadgen import run_point
 from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
-                                  this_process, writer_alive)
+                                  sweep_points, this_process, writer_alive)
+from harness.find_rate import find_max_rate
+from harness.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
+from harness.trace import load_trace, trace_requests
 from harness.workload import build_requests, load_tokenizer, warmup_requests
 
 
@@ -75,7 +78,13 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
     requests = None
-    if cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
+    if cfg.load.find_max_rate and not any(v is not None for v in cfg.slo.model_dump().values()):
+        raise HyperbenchError("--find-max-rate needs the SLOs that goodput is measured against: --slo ttft=...,tpot=...")
+    if cfg.load.trace is not None:  # a bad trace: refused now, not after the engine loaded
+        if cfg.workload.dataset is not None:
+            raise HyperbenchError("a trace gives the prompt lengths: give --trace or --dataset, not both")
+        load_trace(cfg.load.trace)
+    elif cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
     label = engine.kind if cfg.target.launcher != "external" else "external"
@@ -109,6 +118,8 @@ def resume(path: Path, progress=None) -> RunFolder:
     if summary.get("status") == "running" and writer_alive(summary):
         raise HyperbenchError(f"{run_dir.path} is still being written by process {summary['process']['pid']}")
     cfg = saved_config(run_dir)
+    if cfg.load.find_max_rate:
+        raise HyperbenchError(f"{run_dir.path} is a --find-max-rate search: its walk cannot be resumed; run it again")
     engine = cfg.engine_config()
     engine.check()
     requests = build_requests(cfg.workload) if cfg.workload.dataset is not None else None
@@ -121,7 +132,8 @@ def resume(path: Path, progress=None) -> RunFolder:
     summary.pop("reason", None)  # the cut's: `resumed` keeps the history
     done = {load_key(p) for p in summary["points"]}
     prior = records_by_point(run_dir)
-    todo = {point_label(k, v): prior.get(point_label(k, v), []) for k, v in cfg.load.points() if (k, v) not in done}
+    todo = {point_label(k, v, r): prior.get(point_label(k, v, r), []) for k, v, r in sweep_points(cfg)
+            if (k, v, r) not in done}
     return _execute(cfg, engine, model_path, requests, run_dir, summary, todo, progress, resuming=True)
 
 
@@ -147,7 +159,9 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
                     run_dir.write_json("engine.json", summary["engine_info"])
                 if requests is None:  # synthetic prompts, of the served model's tokenizer
                     tok_src = resolve_tokenizer_source(cfg, model_path)
-                    requests = build_requests(cfg.workload, load_tokenizer(tok_src) if tok_src else None)
+                    tok = load_tokenizer(tok_src) if tok_src else None
+                    requests = (trace_requests(load_trace(cfg.load.trace), cfg.workload, tok)
+                                if cfg.load.trace is not None else build_requests(cfg.workload, tok))
                 asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
                                    progress, current, todo if resuming else None))
         if spec_off is not None:
@@ -166,6 +180,8 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         summary["reason"] = str(e)
         raise
     finally:
+        if cfg.load.repeats > 1:  # over the repeats finished, however the run ended
+            summary["repeat_stats"] = repeat_stats(summary["points"])
         summary.pop("process", None)
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
@@ -193,7 +209,7 @@ def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:
     if not current.get("records") and not current.get("prior"):
         return  # nothing finished yet, or the point was summarized whole before the stop
     point = point_summary(cfg, current["kind"], current["value"], [current["prior"], current["records"]],
-                          current["planned"])
+                          current["planned"], current["repeat"])
     summary["points"].append({**point, "partial": True, "planned_requests": current["planned"]})
 
 
@@ -212,21 +228,20 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
             rec = await client.generate(warm, RequestRecord(request_id=-1, point="warmup"))
             if rec.error:
                 raise EngineError(f"warm-up request failed: {rec.error}")
-        for kind, value in cfg.load.points():
-            label = point_label(kind, value)
-            if todo is not None and label not in todo:
-                continue  # finished before the run was cut
-            prior = todo.get(label, []) if todo is not None else []
+        async def measure(kind: str, value: float, repeat: int | None, label: str, prior: list) -> dict:
+            """One point: its requests that have no record (all but a resumed point's `prior`)."""
             have = {r.request_id for r in prior}
             missing = [i for i in range(len(requests)) if i not in have]
             task = progress.start(kind, value, len(requests)) if progress else None
             for _ in prior:
                 if progress:
                     progress.advance(task)
-            current.update(kind=kind, value=value, planned=len(requests), prior=prior, records=[], not_sent=0)
+            current.update(kind=kind, value=value, repeat=repeat, planned=len(requests), prior=prior, records=[],
+                           not_sent=0)
 
             def on_record(rec: RequestRecord) -> None:
                 rec.request_id = missing[rec.request_id]  # run_point numbers the subset it was given
+                rec.point = label  # with its repeat (run_point names the load only)
                 if _not_sent(rec, launcher):
                     current["not_sent"] += 1  # no record: a resume sends it
                     return
@@ -241,7 +256,7 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                                 on_record, cfg.load.max_concurrency)
             if current["not_sent"]:  # the engine died: what it never got is missing, not failed
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
-            point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests))
+            point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests), repeat)
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):
@@ -255,6 +270,19 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
             if point["completed"] == 0:
                 raise EngineError(f"every request failed at {kind}={value}: {point.get('first_error')}")
+            return point
+
+        if cfg.load.find_max_rate:
+            start = cfg.load.rate[0] if cfg.load.rate and cfg.load.rate[0] != float("inf") else 1.0
+            summary["max_rate"] = await find_max_rate(
+                lambda r: measure("rate", r, None, point_label("rate", r), []), start,
+                cfg.load.goodput_share, cfg.load.rate_precision)
+            return
+        for kind, value, repeat in sweep_points(cfg):
+            label = point_label(kind, value, repeat)
+            if todo is not None and label not in todo:
+                continue  # finished before the run was cut
+            await measure(kind, value, repeat, label, todo.get(label, []) if todo is not None else [])
 
 
 def _spec_counters(engine, endpoint) -> dict | None:

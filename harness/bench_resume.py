@@ -17,23 +17,33 @@ from harness.config import BenchConfig
 from harness.errors import HyperbenchError
 from harness.loadgen import _fmt, rate_fields
 from harness.metrics import span, summarize
+from harness.repeats import repeat_stats
 from harness.results import RunFolder
+from harness.trace import load_trace
 
 NO_SUMMARY = "process ended without writing a summary"
 
 
-def point_label(kind: str, value: float) -> str:
-    """A point as records.jsonl names it (`point` of each record, written by the load generator)."""
-    return f"{kind}={_fmt(value)}"
+def point_label(kind: str, value: float, repeat: int | None = None) -> str:
+    """A point as records.jsonl names it (`point` of each record): the load generator's name,
+    and `#R` for repeat R of a sweep run several times (--repeats)."""
+    return f"{kind}={_fmt(value)}" + (f"#{repeat}" if repeat is not None else "")
+
+
+def sweep_points(cfg: BenchConfig) -> list[tuple[str, float, int | None]]:
+    """(kind, value, repeat) of every point the run sends, in order: the sweep once, or
+    --repeats times over (repeat 1..N; None when it runs once)."""
+    n = cfg.load.repeats
+    return [(k, v, r if n > 1 else None) for r in range(1, n + 1) for k, v in cfg.load.points()]
 
 
 def load_key(point: dict):
-    """(kind, value) of a summary point; a rate of `inf` reads back from JSON as the string."""
-    kind = next((k for k in ("concurrency", "rate") if k in point), None)
+    """(kind, value, repeat) of a summary point; a rate of `inf` reads back from JSON as the string."""
+    kind = next((k for k in ("concurrency", "rate", "trace") if k in point), None)
     if kind is None:
         return None
     value = point[kind]
-    return kind, float(value) if isinstance(value, str) else value
+    return kind, float(value) if isinstance(value, str) else value, point.get("repeat")
 
 
 def this_process() -> dict:
@@ -84,17 +94,22 @@ def saved_config(run_dir: RunFolder) -> BenchConfig:
 
 
 def point_summary(cfg: BenchConfig, kind: str, value: float, sessions: list[list[RequestRecord]],
-                  planned: int) -> dict:
+                  planned: int, repeat: int | None = None) -> dict:
     """One point from its records, over one or more sessions (a resumed point: its wall time is
     the sum of each session's, see metrics.summarize); `partial` when requests are missing."""
     records = sorted((r for s in sessions for r in s), key=lambda r: r.request_id)
     ran = [s for s in sessions if s]
     duration = sum(span(s) for s in ran) if len(ran) > 1 else None
-    point = {kind: value, **summarize(records, cfg.slo, duration)}
+    point = {kind: value, **({"repeat": repeat} if repeat is not None else {}),
+             **summarize(records, cfg.slo, duration)}
     if len(ran) > 1:
         point["sessions"] = len(ran)
     if kind == "rate" and len(ran) == 1:  # the schedule's own rate and the send rate (one session's sends)
         point.update(rate_fields(records, value, cfg.workload.seed))
+    lag_p99 = (point.get("schedule_lag_ms") or {}).get("p99")
+    if lag_p99 is not None and lag_p99 > cfg.load.lag_limit_ms:
+        point["client_behind"] = (f"client could not keep up: schedule lag p99 {lag_p99:.1f} ms "
+                                  f"> {cfg.load.lag_limit_ms:g} ms")
     if len(records) < planned:
         point.update(partial=True, planned_requests=planned)
     return point
@@ -106,13 +121,17 @@ def rebuild_summary(run_dir: RunFolder, summary: dict) -> dict:
     cfg = saved_config(run_dir)
     by_point = records_by_point(run_dir)
     finished = {load_key(p): p for p in summary.get("points", []) if not p.get("partial")}
-    planned = cfg.workload.num_requests
+    planned = len(load_trace(cfg.load.trace)) if cfg.load.trace is not None else cfg.workload.num_requests
     points = []
-    for kind, value in cfg.load.points():
-        if (kind, value) in finished:
-            points.append(finished[(kind, value)])
-        elif recs := by_point.get(point_label(kind, value)):
-            points.append(point_summary(cfg, kind, value, [recs], planned))
+    walked = [("rate", float(label.split("=", 1)[1]), None) for label in by_point
+              if label.startswith("rate=")] if cfg.load.find_max_rate else []  # the rates it had tried
+    for kind, value, rep in sweep_points(cfg) or walked:
+        if (kind, value, rep) in finished:
+            points.append(finished[(kind, value, rep)])
+        elif recs := by_point.get(point_label(kind, value, rep)):
+            points.append(point_summary(cfg, kind, value, [recs], planned, rep))
     summary = {**summary, "points": points, "status": "incomplete", "reason": NO_SUMMARY}
+    if cfg.load.repeats > 1:
+        summary["repeat_stats"] = repeat_stats(points)
     summary.setdefault("finished", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return summary

@@ -415,7 +415,7 @@ def _d(point: dict, key: str, stat: str):
 
 
 def _load_of(point: dict) -> tuple[str, float] | None:
-    for k in ("concurrency", "rate"):
+    for k in ("concurrency", "rate", "trace"):
         if k in point:
             v = point[k]
             return k, math.inf if v == "inf" else float(v)

@@ -24,6 +24,10 @@ class Workload(_Strict):
     input_len: int = Field(128, ge=1, description="Prompt length in tokens (synthetic prompts).")
     output_len: int = Field(64, ge=1, description="Tokens to generate per request.")
     num_requests: int = Field(32, ge=1, description="Requests per sweep point.")
+    prefix_len: int = Field(
+        0, ge=0, description="Synthetic prompts: this many first tokens are the same in every "
+        "prompt (a shared system prompt; prefix-cache hits), the rest differ.",
+    )
     dataset: Path | None = Field(
         None, description="Prompt file: JSONL ({'prompt': ...}, ShareGPT 'conversations' or chat "
         "'messages'; the first user turn), or a JSON array of them (ShareGPT as published)."
@@ -36,10 +40,18 @@ class Workload(_Strict):
     chat: bool = Field(False, description="Send /v1/chat/completions instead of /v1/completions.")
     warmup: int = Field(1, ge=0, description="Warm-up requests before each engine's sweep.")
 
+    @model_validator(mode="after")
+    def _prefix(self):
+        if self.prefix_len > self.input_len:
+            raise ValueError(f"prefix_len {self.prefix_len} is longer than the prompt (input_len {self.input_len})")
+        if self.prefix_len and self.dataset is not None:
+            raise ValueError("prefix_len shapes synthetic prompts: not with a dataset")
+        return self
+
 
 class Load(_Strict):
-    # one sweep or the other: a CLI flag of one replaces the file's other (see `build`)
-    alternatives: ClassVar[tuple[str, ...]] = ("concurrency", "rate")
+    # one sweep or the other, or a trace: a CLI flag of one replaces the file's other (see `build`)
+    alternatives: ClassVar[tuple[str, ...]] = ("concurrency", "rate", "trace")
 
     concurrency: list[int] | None = Field(
         None, description="Closed-loop sweep: concurrent streams, e.g. 1,4,8."
@@ -47,8 +59,31 @@ class Load(_Strict):
     rate: list[float] | None = Field(
         None, description="Open-loop Poisson sweep: requests/s, e.g. 1,2,4,inf."
     )
+    trace: Path | None = Field(
+        None, description="Replay a request trace on its own schedule instead of a sweep: "
+        "Mooncake JSONL (timestamp ms, input_length, output_length, hash_ids) or BurstGPT CSV.",
+    )
+    time_scale: float = Field(
+        1.0, gt=0, description="Trace send times are multiplied by this (0.5: twice as fast)."
+    )
     max_concurrency: int | None = Field(
         None, ge=1, description="Cap on in-flight requests during a rate sweep."
+    )
+    repeats: int = Field(
+        1, ge=1, description="Run the sweep this many times; summary and report give each "
+        "metric's mean and 95% confidence interval per point.",
+    )
+    find_max_rate: bool = Field(
+        False, description="Search the Poisson rate (from the first --rate, or 1) for the highest "
+        "at which --goodput-share of requests meet every --slo.",
+    )
+    goodput_share: float = Field(0.9, gt=0, le=1, description="--find-max-rate: share of requests "
+                                 "that must meet the SLOs.")
+    rate_precision: float = Field(0.1, gt=0, lt=1, description="--find-max-rate: stop when the bracket "
+                                  "(passed, failed) is this close, relative to the failed rate.")
+    lag_limit_ms: float = Field(
+        10.0, gt=0, description="A rate or trace point whose schedule lag p99 exceeds this is "
+        "flagged: the client could not keep up.",
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
     spec_baseline: bool = Field(
@@ -74,11 +109,20 @@ class Load(_Strict):
     def _default(self):
         if self.concurrency and self.rate:
             raise ValueError("give either concurrency or rate, not both")
-        if not self.concurrency and not self.rate:
+        if self.trace is not None and (self.concurrency or self.rate):
+            raise ValueError("a trace sets its own send times: give no concurrency or rate with it")
+        if self.find_max_rate and (self.concurrency or self.trace is not None or self.repeats > 1):
+            raise ValueError("--find-max-rate searches the Poisson rate: give no concurrency, trace "
+                             "or repeats with it (a --rate is where it starts)")
+        if not self.concurrency and not self.rate and self.trace is None and not self.find_max_rate:
             self.concurrency = [1]
         return self
 
     def points(self) -> list[tuple[str, float]]:
+        if self.find_max_rate:
+            return []  # the rates are found as it goes (harness/find_rate.py)
+        if self.trace is not None:
+            return [("trace", self.time_scale)]
         if self.rate:
             return [("rate", r) for r in self.rate]
         return [("concurrency", c) for c in self.concurrency or [1]]

@@ -1,9 +1,11 @@
-"""Load patterns: a closed loop of N concurrent streams, or open-loop Poisson arrivals."""
+"""Load patterns: a closed loop of N concurrent streams, open-loop Poisson arrivals, or a trace's
+own send times (harness/trace.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -29,8 +31,8 @@ async def run_point(
         records.append(rec)
         on_record(rec)
 
-    async def one(i: int, req: GenRequest) -> RequestRecord:
-        rec = await client.generate(req, RequestRecord(request_id=i, point=point))
+    async def one(i: int, req: GenRequest, scheduled: float | None = None) -> RequestRecord:
+        rec = await client.generate(req, RequestRecord(request_id=i, point=point, scheduled=scheduled))
         # after the stream's next send: writing the record (bench appends it to records.jsonl)
         # must not delay the next request of a closed loop
         loop.call_soon(done, rec)
@@ -51,27 +53,37 @@ async def run_point(
         await asyncio.gather(*(stream() for _ in range(int(value))))
     else:
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-        gaps = poisson_gaps(len(requests), value, seed)
-        t0 = loop.time()
-        arrival = 0.0
+        offsets = schedule(requests, kind, value, seed)
+        # perf_counter: the clock of `send`, so that send - scheduled is the lag
+        t0 = time.perf_counter()
         tasks = []
-        for (i, req), gap in zip(enumerate(requests), gaps):
-            arrival += gap
-            delay = t0 + arrival - loop.time()
+        for (i, req), offset in zip(enumerate(requests), offsets):
+            due = t0 + offset
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
 
-            async def limited(i=i, req=req):
+            async def limited(i=i, req=req, due=due):
                 if sem is None:
-                    return await one(i, req)
+                    return await one(i, req, due)
                 async with sem:
-                    return await one(i, req)
+                    return await one(i, req, due)
 
             tasks.append(asyncio.create_task(limited()))
         await asyncio.gather(*tasks)
     await asyncio.sleep(0)  # the last records' `done` callbacks
     records.sort(key=lambda r: r.request_id)
     return records
+
+
+def schedule(requests: list[GenRequest], kind: str, value: float, seed: int) -> np.ndarray:
+    """Each request's send time, seconds from the point's start: Poisson arrivals at `value`
+    req/s, or a trace's own times (GenRequest.at_s) times the time scale `value`, from the
+    first request given (a resumed point sends its missing requests on the trace's schedule)."""
+    if kind == "trace":
+        at = np.array([r.at_s or 0.0 for r in requests]) * value
+        return at - at.min() if len(at) else at
+    return np.cumsum(poisson_gaps(len(requests), value, seed))
 
 
 def poisson_gaps(n: int, rate: float, seed: int) -> np.ndarray:

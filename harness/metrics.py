@@ -66,6 +66,11 @@ def token_itls(r: RequestRecord) -> list[float]:
     return out
 
 
+def schedule_lags(records: list[RequestRecord]) -> list[float]:
+    """Open loop: each request's send minus its scheduled send (the client's own lateness)."""
+    return [r.send - r.scheduled for r in records if r.scheduled is not None]
+
+
 def send_gaps(records: list[RequestRecord]) -> list[float]:
     return [r.send_gap for r in records if r.send_gap is not None]
 
@@ -120,6 +125,9 @@ def summarize(records: list[RequestRecord], slo: SLO | None = None, duration_s: 
         # closed loop: a stream's finished request (its last read) to its next send, the client's
         # own idle time between requests, which lowers the load it offers
         out["send_gap_ms"] = distribution(gaps)
+    if lags := schedule_lags(records):
+        # open loop: a late send lowers the offered load and hides client queueing from latency
+        out["schedule_lag_ms"] = distribution(lags)
     if slo is not None and any(v is not None for v in slo.model_dump().values()):
         good = sum(1 for r in ok if meets_slo(r, slo))
         out["goodput"] = good / duration

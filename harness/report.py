@@ -71,13 +71,34 @@ def _d(point: dict, key: str, stat: str):
 
 
 def point_label(p: dict) -> str:
-    for k in ("concurrency", "rate"):
+    rep = f" #{p['repeat']}" if p.get("repeat") is not None else ""  # bench --repeats
+    for k in ("concurrency", "rate", "trace"):
         if k in p:
             v = p[k]
             if isinstance(v, float) and math.isinf(v) or v == "inf":
-                return f"{k}=inf"
-            return f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                return f"{k}=inf{rep}"
+            return (f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}") + rep
     return "?"
+
+
+# bench --repeats: mean ± 95% CI half-width over the repeats (harness/repeats.py)
+REPEAT_COLUMNS = (("req/s", "request_throughput"), ("out tok/s", "output_throughput"),
+                  ("TTFT p50", "ttft_ms.p50"), ("TTFT p99", "ttft_ms.p99"), ("TPOT p50", "tpot_ms.p50"),
+                  ("E2E p50", "e2e_ms.p50"), ("goodput req/s", "goodput"))
+
+
+def repeats_section(stats: list[dict]) -> list[str]:
+    def cell(m):
+        if not m:
+            return "-"
+        return fmt(m["mean"]) + (f" ± {fmt(m['ci95'])}" if m.get("ci95") is not None else "")
+
+    cols = [(c, k) for c, k in REPEAT_COLUMNS if any(k in e for e in stats)]
+    return ["## Repeats", "", "Mean ± half-width of the 95% confidence interval (Student's t) over the "
+            "finished repeats of each point; latencies in ms.", "",
+            "| point | repeats | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (len(cols) + 2),
+            *(f"| {point_label(e)} | {e['repeats']} | " + " | ".join(cell(e.get(k)) for _, k in cols) + " |"
+              for e in stats)]
 
 
 def row_label(p: dict) -> str:
@@ -119,9 +140,11 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     lines += [
         f"- run folder: `{run.path}`  ",
         f"- served model: `{s.get('served_model')}`; started {s.get('started')}  ",
-        f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
-        f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point, "
-        f"temperature {w.get('temperature')}, seed {w.get('seed')}"
+        (f"- workload: trace `{cfg['load']['trace']}` (its send times, lengths and requests), time scale "
+         f"{cfg['load'].get('time_scale')}" if (cfg.get("load") or {}).get("trace") else
+         f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
+         f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point")
+        + f", temperature {w.get('temperature')}, seed {w.get('seed')}"
         + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else ""),
         f"- machine: {env.get('cpu', {}).get('model')}, "
         + (", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU")
@@ -138,9 +161,25 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         if p.get("partial"):
             lines.append(f"- {row_label(p)}: cut short; {p.get('requests', 0)} of {p.get('planned_requests')} "
                          "requests finished, and its numbers are over those only.")
+    for p in points:  # open loop: how late the client sent against its schedule
+        if lag := p.get("schedule_lag_ms"):
+            lines.append(f"- {point_label(p)}: schedule lag (send - scheduled send) p50 {fmt(lag['p50'])} ms, "
+                         f"p99 {fmt(lag['p99'])} ms" + (f"; **{p['client_behind']}**" if p.get("client_behind") else ""))
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
+    if mr := s.get("max_rate"):  # bench --find-max-rate (harness/find_rate.py)
+        lo, hi = mr["bracket"]
+        lines += ["", "## Highest rate under the SLOs", "",
+                  (f"**{fmt(mr['rate'])} req/s**: the highest rate at which at least {mr['goodput_share']:.0%} of "
+                   f"requests met every SLO; {fmt(hi)} req/s did not" if mr.get("found") else
+                   f"not found within {mr['precision']:.0%} (bracket {fmt(lo)}..{fmt(hi)} req/s)")
+                  + f" (precision {mr['precision']:.0%}). The walk:", "",
+                  "| step | rate req/s | SLO attainment | passed |", "|---|---|---|---|",
+                  *(f"| {i} | {fmt(w['rate'])} | {w['slo_attainment']:.1%} | {'yes' if w['passed'] else 'no'} |"
+                    for i, w in enumerate(mr["walk"], 1))]
+    if s.get("repeat_stats"):
+        lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
         lines += ["", *spec_section(s, points)]
     info = s.get("engine_info")
@@ -235,7 +274,9 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     ok = [p for p in points if p.get("completed")]
     if not ok:
         return []
-    kind = "concurrency" if "concurrency" in ok[0] else "rate"
+    kind = next(k for k in ("concurrency", "rate", "trace") if k in ok[0])
+    # --repeats: each load's repeats side by side, not a line that goes back and forth
+    ok.sort(key=lambda p: float("inf") if p[kind] == "inf" else float(p[kind]))
     xs = [float("inf") if p[kind] == "inf" else float(p[kind]) for p in ok]
     finite = [x for x in xs if math.isfinite(x)]
     top = (max(finite) * 2) if finite else 1.0

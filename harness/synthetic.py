@@ -54,6 +54,9 @@ class SyntheticConfig(EngineConfig):
     jitter_ms: float = Field(0.0, ge=0, description="Add uniform [0, jitter] ms to each deadline.")
     fail_rate: float = Field(0.0, ge=0, le=1, description="Fraction of requests answered HTTP 500.")
     jitter_seed: int = Field(0, description="Seed of the synthetic jitter and failures.")
+    capacity_rps: float = Field(0.0, ge=0, description=(
+        "Requests it starts per second at most, one every 1/capacity s in arrival order (a queue "
+        "that grows without bound above it: a known capacity for --find-max-rate); 0: no limit."))
     tokens_per_chunk: int = Field(1, ge=1, description=(
         "Tokens sent together in one chunk, when the last of them is due (a multi-token chunk)."))
     empty_text_every: int = Field(0, ge=0, description=(
@@ -80,7 +83,7 @@ class SyntheticConfig(EngineConfig):
         return python_module_cmd("harness.synthetic", *args)
 
 
-_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed", "tokens_per_chunk",
+_KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed", "capacity_rps", "tokens_per_chunk",
           "empty_text_every", "empty_chunks")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             411: "Length Required", 431: "Request Header Fields Too Large",
@@ -100,6 +103,7 @@ class SyntheticEngine:
         # token left, on the monotonic clock that the harness's perf_counter also reads (Linux):
         # a test can then split a TTFT error into engine and client shares
         self.trace: collections.deque[dict] = collections.deque(maxlen=4096)
+        self.next_start = 0.0  # capacity_rps: when the next request may start
 
     def info(self) -> dict:
         return {"engine": "synthetic", "version": "1", "model": self.cfg.model, "device": "none",
@@ -139,6 +143,9 @@ class SyntheticEngine:
             self.counters["failed"] += 1
             return conn.send_json(500, _err("synthetic failure (fail_rate)"))
         cfg = self.cfg
+        if cfg.capacity_rps:  # queued behind the requests before it: its timing starts later
+            t0 = max(t0, self.next_start)
+            self.next_start = t0 + 1.0 / cfg.capacity_rps
         deadlines = [t0 + (cfg.ttft_ms + k * cfg.itl_ms + (self.rng.uniform(0, cfg.jitter_ms)
                      if cfg.jitter_ms else 0.0)) / 1000.0 for k in range(n)]
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{self.counters['requests']}",

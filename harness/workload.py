@@ -27,14 +27,18 @@ def load_tokenizer(path: str | Path):
         raise HyperbenchError(f"cannot load a tokenizer from {path}: {type(e).__name__}") from None
 
 
-def synthetic_prompts(tokenizer, n: int, input_len: int, seed: int) -> list[list[int]]:
+def synthetic_prompts(tokenizer, n: int, input_len: int, seed: int, prefix_len: int = 0) -> list[list[int]]:
+    """`n` prompts of `input_len` ids; the first `prefix_len` the same in all (drawn from a
+    stream of their own, so the rest of each prompt is what it is without a prefix)."""
     rng = np.random.default_rng(seed)
     special = set(tokenizer.all_special_ids)
     # keep ordinary tokens only, so engines do not see stray BOS/EOS/control ids
     vocab = np.array([i for i in range(len(tokenizer)) if i not in special])
+    prefix = np.random.default_rng([seed, 4]).choice(vocab, size=min(prefix_len, input_len)).tolist()
     prompts = []
     for _ in range(n):
         ids = rng.choice(vocab, size=input_len).tolist()
+        ids[:len(prefix)] = prefix
         prompts.append([int(i) for i in ids])
     return prompts
 
@@ -102,7 +106,7 @@ def build_requests(w: Workload, tokenizer=None) -> list[GenRequest]:
             raise HyperbenchError(
                 "synthetic prompts need the model's tokenizer: pass --tokenizer DIR or --dataset FILE"
             )
-        prompts = synthetic_prompts(tokenizer, w.num_requests, w.input_len, w.seed)
+        prompts = synthetic_prompts(tokenizer, w.num_requests, w.input_len, w.seed, w.prefix_len)
         if w.chat:
             prompts = [tokenizer.decode(p) for p in prompts]
     reqs = []
