@@ -364,6 +364,15 @@ def _add_agree_commands() -> None:
 _add_agree_commands()
 
 
+def _add_seed_commands() -> None:
+    from harness.lora_cli import merge_lora
+
+    cli.add_command(merge_lora)
+
+
+_add_seed_commands()
+
+
 def _sigterm(signum, frame):
     # a batch scheduler or `docker stop` sends SIGTERM: unwind like Ctrl-C so the engine is torn
     # down and the run folder is marked incomplete
