@@ -365,9 +365,11 @@ _add_agree_commands()
 
 
 def _add_seed_commands() -> None:
+    from harness.export.cli import export
     from harness.lora_cli import merge_lora
 
     cli.add_command(merge_lora)
+    cli.add_command(export)
 
 
 _add_seed_commands()
