@@ -98,12 +98,17 @@ def merge(base: str, adapter: Path, out: Path) -> MergeResult:
         raise HyperbenchError(f"base {base} is a GGUF file: merge-lora needs the HF folder of the base")
 
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # the base's shapes from its config alone (no weights read, nothing allocated), checked
+    # before peft is even imported
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolved.path))
+    check_adapter_fits(skeleton, adapter_cfg, _adapter_shapes(weights), base, adapter)
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     # the checkpoint's own dtype: merging in another precision would change every weight
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype="auto")
-    check_adapter_fits(model, adapter_cfg, _adapter_shapes(weights), base, adapter)
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tmp = out.with_name(f".{out.name}.partial")

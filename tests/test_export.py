@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def hb(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
-
-
-def one_line_error(res) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr
-    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1, res.stderr
-    return err[0]
+from tests.test_cli_errors import assert_one_line_error, hb
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +97,6 @@ def test_wandb_offline_run_holds_config_steps_and_artifacts(bench_run, tmp_path)
 
 @pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
 def test_folder_that_is_not_a_run_is_one_line(tmp_path, tracker):
-    line = one_line_error(hb("export", tracker, str(tmp_path), "--tracking-uri", str(tmp_path / "m"),
-                             "--dir", str(tmp_path)))
-    assert f"{tmp_path} is not a run folder (no summary.json)" in line, line
+    assert_one_line_error(hb("export", tracker, str(tmp_path), "--tracking-uri", str(tmp_path / "m"),
+                             "--dir", str(tmp_path)), f"{tmp_path} is not a run folder (no summary.json)")
     assert not (tmp_path / "m").exists() and not (tmp_path / "wandb").exists()

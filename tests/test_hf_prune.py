@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 import pytest
 import torch
 
 from backends.hf.pruning import prunable, prune_model
 from tests.conftest import start_server
+from tests.test_cli_errors import assert_one_line_error, hb
 
 
 def load(tiny_model):
@@ -61,10 +59,6 @@ def test_hf_server_reports_measured_sparsity(tiny_model, tmp_path):
     (["--prune", "0.3", "--quant", "int8"], "prune=0.3 cannot be combined with --quant int8"),
 ], ids=["over-one", "with-bnb"])  # fmt: skip
 def test_bad_prune_is_one_line(tiny_model, tmp_path, args, message):
-    res = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--engine", "hf", "--model",
-                          str(tiny_model), "--num-requests", "1", "--results-dir", str(tmp_path), *args],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines() == [f"error: {res.stderr.strip().split('error: ', 1)[1]}"]
-    assert message in res.stderr, res.stderr
+    assert_one_line_error(hb("bench", "--engine", "hf", "--model", str(tiny_model), "--num-requests", "1",
+                             "--results-dir", str(tmp_path), *args), "error: ", message)
     assert not any(tmp_path.iterdir())  # refused before a run folder was made

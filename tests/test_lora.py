@@ -4,8 +4,6 @@ its one-line refusal of an adapter made for another base model."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +12,9 @@ pytest.importorskip("peft", reason="peft is not installed: pip install 'hyperben
 
 import torch  # noqa: E402
 
+from tests.test_cli_errors import assert_one_line_error, hb  # noqa: E402
+
 TEXT = "The quick brown fox jumps over the lazy dog. " * 4
-
-
-def hb(*args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
-def one_line_error(res) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr, res.stderr
-    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1, res.stderr
-    return err[0]
 
 
 def train_adapter(base: Path, out: Path, steps: int = 20) -> Path:
@@ -89,12 +76,10 @@ def test_adapter_for_another_base_is_one_line(tiny_model, tmp_path):
     get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     res = hb("merge-lora", "--base", str(tiny_model), "--adapter", str(tmp_path / "adapter"),
              "--out", str(tmp_path / "merged"))
-    line = one_line_error(res)
-    assert "does not fit base" in line and "q_proj has input size 64 there, the adapter expects 32" in line, line
+    assert_one_line_error(res, "does not fit base", "q_proj has input size 64 there, the adapter expects 32")
     assert not (tmp_path / "merged").exists()
 
 
 def test_not_an_adapter_folder_is_one_line(tiny_model, tmp_path):
-    line = one_line_error(hb("merge-lora", "--base", str(tiny_model), "--adapter", str(tmp_path),
-                             "--out", str(tmp_path / "m")))
-    assert "not a peft adapter folder" in line, line
+    assert_one_line_error(hb("merge-lora", "--base", str(tiny_model), "--adapter", str(tmp_path),
+                             "--out", str(tmp_path / "m")), "not a peft adapter folder")
