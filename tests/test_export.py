@@ -100,3 +100,36 @@ def test_folder_that_is_not_a_run_is_one_line(tmp_path, tracker):
     assert_one_line_error(hb("export", tracker, str(tmp_path), "--tracking-uri", str(tmp_path / "m"),
                              "--dir", str(tmp_path)), f"{tmp_path} is not a run folder (no summary.json)")
     assert not (tmp_path / "m").exists() and not (tmp_path / "wandb").exists()
+
+
+def write_run(folder: Path, summary: dict) -> Path:
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "complete", **summary}))
+    (folder / "config.json").write_text(json.dumps({"engine": {"kind": "hf", "dtype": "float32"}}))
+    return folder
+
+
+def test_score_tasks_and_tune_trials_become_metrics(tmp_path):
+    """The score and tune readers on summaries of the shape those jobs write (harness/score/run.py,
+    harness/tune/run.py): a metric per task and lm-eval metric; a step per trial."""
+    from harness.export.runs import read_run
+
+    score = read_run(write_run(tmp_path / "s", {"kind": "score", "tasks": {
+        "gsm8k": {"metrics": {"exact_match,strict-match": {"value": 0.25, "stderr": 0.1}}},
+        "mmlu_anatomy": {"metrics": {"acc": {"value": 0.5, "stderr": None}}}}}))
+    assert {(m.key, m.value, m.step) for m in score.metrics} == {
+        ("gsm8k/exact_match_strict-match", 0.25, 0), ("gsm8k/exact_match_strict-match_stderr", 0.1, 0),
+        ("mmlu_anatomy/acc", 0.5, 0)}
+    assert score.params == {"engine.kind": "hf", "engine.dtype": "float32"}
+    tune = read_run(write_run(tmp_path / "t", {"kind": "tune", "trials": [
+        {"index": 0, "params": {"temperature": 0.8}, "metrics": {"accuracy": {"mean": 0.1, "sem": 0.05}}},
+        {"index": 1, "params": {"temperature": 0.2}, "status": "failed"}]}))
+    assert {(m.key, m.value, m.step) for m in tune.metrics} == {
+        ("param/temperature", 0.8, 0), ("accuracy", 0.1, 0), ("param/temperature", 0.2, 1)}
+    assert [str(a) for a in tune.artifacts] == ["summary.json", "config.json"]
+
+
+def test_a_kind_that_cannot_be_exported_is_one_line(tmp_path):
+    run = write_run(tmp_path / "c", {"kind": "compare"})
+    assert_one_line_error(hb("export", "mlflow", str(run), "--tracking-uri", str(tmp_path / "m")),
+                          "kind 'compare'; one of bench, score, tune")
