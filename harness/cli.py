@@ -376,6 +376,16 @@ def _add_study_command() -> None:
 
 _add_study_command()
 
+def _add_seed_commands() -> None:
+    from harness.export.cli import export
+    from harness.lora_cli import merge_lora
+
+    cli.add_command(merge_lora)
+    cli.add_command(export)
+
+
+_add_seed_commands()
+
 
 def _sigterm(signum, frame):
     # a batch scheduler or `docker stop` sends SIGTERM: unwind like Ctrl-C so the engine is torn

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${1:-hf,bnb,eval,tune,dev}
+EXTRAS=${1:-hf,bnb,eval,tune,lora,track,dev}
 
 # torch first, pinned: on these CPU machines 2.13.0 is a local CPU wheel; any range would pull
 # the multi-GB CUDA build from the registry. On a GPU workstation the same pin is a CUDA build.

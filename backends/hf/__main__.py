@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-speculative-tokens", type=int, default=f.default, help=f.description)
     f = fields["assistant_confidence_threshold"]
     p.add_argument("--assistant-confidence-threshold", type=float, default=f.default, help=f.description)
+    p.add_argument("--prune", type=float, default=0.0, help=fields["prune"].description)
+    p.add_argument("--prune-scope", choices=get_args(fields["prune_scope"].annotation),
+                   default=fields["prune_scope"].default, help=fields["prune_scope"].description)
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                    help="dummy: random weights of the model's config (speed runs without weights).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -59,9 +62,14 @@ def run(args: argparse.Namespace) -> None:
         raise HyperbenchError("--num-speculative-tokens must be in [1, 64]")
     if not 0 <= args.assistant_confidence_threshold <= 1:
         raise HyperbenchError("--assistant-confidence-threshold must be in [0, 1]")
+    if not 0 <= args.prune < 1:
+        raise HyperbenchError(f"--prune {args.prune}: the fraction of weights pruned must be in [0, 1)")
+    if args.prune and args.quant != "none":
+        raise HyperbenchError(f"--prune cannot be combined with --quant {args.quant}")
     _, draft = parse_speculative(args.speculative)
     load_settings = LoadSettings(
-        args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft
+        args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft,
+        args.prune, args.prune_scope,
     )
     preflight(load_settings)
     sock = bind(args.host, args.port)

@@ -28,6 +28,8 @@ class LoadSettings:
     device: str = "auto"  # auto | cpu | cuda
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape, as vLLM's)
     draft: str | None = None  # speculative decoding: the draft model's folder (or .gguf)
+    prune: float = 0.0  # fraction of Linear weights zeroed at load (backends/hf/pruning.py)
+    prune_scope: str = "global"  # global | layer
 
 
 def draft_settings(s: LoadSettings) -> LoadSettings:
@@ -200,6 +202,13 @@ def load(s: LoadSettings) -> LoadedModel:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HyperbenchError(f"cannot load {s.model}: {first}") from None
     model.eval()
+    pruned = None
+    if s.prune:
+        from backends.hf.pruning import prune_model
+
+        pruned = prune_model(model, s.prune, s.prune_scope)
+        log.info("pruned %.0f%% of %d Linear weights (%s): measured sparsity %.4f", 100 * s.prune,
+                 pruned["modules"], s.prune_scope, pruned["sparsity_pruned_linear"])
 
     weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
     weight_bytes += sum(t.numel() * t.element_size() for t in model.buffers())
@@ -228,7 +237,7 @@ def load(s: LoadSettings) -> LoadedModel:
         pad_id=int(pad_id),
         vocab_size=int(vocab),
         info={"model_type": config.model_type, "num_parameters": model.num_parameters(),
-              "torch_threads": torch.get_num_threads()},  # fmt: skip
+              "torch_threads": torch.get_num_threads(), "pruning": pruned},  # fmt: skip
     )
 
 

@@ -54,6 +54,15 @@ class HFConfig(EngineConfig):
         "this (transformers' default 0.4; 0: always propose num_speculative_tokens).",
     )  # fmt: skip
 
+    prune: float = Field(
+        0.0, ge=0, lt=1,
+        description="Unstructured L1-magnitude pruning: the fraction of Linear weights (lm_head "
+        "excluded) zeroed at load, made permanent (0: off). Dense kernels get no speed from it.",
+    )  # fmt: skip
+    prune_scope: Literal["global", "layer"] = Field(
+        "global", description="Pruning ranks all weights together (global) or each layer on its own (layer).",
+    )
+
     extra = "hf"
     probe_module = "transformers"
 
@@ -72,6 +81,9 @@ class HFConfig(EngineConfig):
                 raise HyperbenchError(
                     f"--quant {self.quant} needs bitsandbytes: pip install 'hyperbench[bnb]'"
                 )
+        if self.prune and self.quant != "none":
+            raise HyperbenchError(f"prune={self.prune} cannot be combined with --quant {self.quant} "
+                                  "(bitsandbytes weights are not prunable tensors)")
         _, draft = parse_speculative(self.speculative)
         if draft is None:
             # (a default passed along, as the container launchers pass every field, is no request)
@@ -97,6 +109,8 @@ class HFConfig(EngineConfig):
         ]  # fmt: skip
         if self.enforce_eager:
             args.append("--enforce-eager")
+        if self.prune:
+            args += ["--prune", str(self.prune), "--prune-scope", self.prune_scope]
         if (draft := parse_speculative(self.speculative)[1]) is not None:
             args += [
                 "--speculative", f"draft:{resolve_draft(draft)}",
