@@ -297,12 +297,7 @@ def resume(path, progress=None) -> RunFolder:
     """Finish a cut agree run: the engines whose outputs it saved are read back, not run again."""
     from harness.launchers.process import stop_orphan
 
-    folder = RunFolder.open(path)
-    summary = folder.summary()
-    if summary.get("kind") != "agree":
-        raise HyperbenchError(f"{folder.path} is not an agree run (kind {summary.get('kind')!r})")
-    if summary.get("status") == "complete":
-        raise HyperbenchError(f"{folder.path} is complete: nothing to resume")
+    folder, summary = RunFolder.open_to_resume(path, "agree")
     saved = folder.read_json("config.json")
     saved.pop("resolved_engines", None)
     cfg = AgreeConfig(**saved)

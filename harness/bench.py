@@ -109,12 +109,7 @@ def resume(path: Path, progress=None) -> RunFolder:
     """Finish a bench run that was cut (killed, interrupted, its engine died): the same config,
     seed and prompts; finished points are kept, and of the point it was in only the requests
     that have no record are sent."""
-    run_dir = RunFolder.open(path)
-    summary = run_dir.summary()
-    if summary.get("kind", "bench") != "bench":
-        raise HyperbenchError(f"{run_dir.path} is not a bench run (kind {summary.get('kind')!r})")
-    if summary.get("status") == "complete":
-        raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+    run_dir, summary = RunFolder.open_to_resume(path, "bench")
     if summary.get("status") == "running" and writer_alive(summary):
         raise HyperbenchError(f"{run_dir.path} is still being written by process {summary['process']['pid']}")
     cfg = saved_config(run_dir)

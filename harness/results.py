@@ -94,6 +94,19 @@ class RunFolder:
             raise HyperbenchError(f"{path} is not a run folder (no summary.json)")
         return cls(path)
 
+    @classmethod
+    def open_to_resume(cls, path: Path, kind: str) -> tuple[RunFolder, dict]:
+        """A cut run of `kind` and its summary, for `--resume`; one-line errors for a folder of
+        another kind or one that is complete (nothing to do). A summary without a kind is bench's
+        (bench wrote none before schema 1 carried it)."""
+        folder = cls.open(path)
+        summary = folder.summary()
+        if summary.get("kind", "bench") != kind:
+            raise HyperbenchError(f"{folder.path} is not a {kind} run (kind {summary.get('kind')!r})")
+        if summary.get("status") == "complete":
+            raise HyperbenchError(f"{folder.path} is complete: nothing to resume")
+        return folder, summary
+
     def file(self, name: str) -> Path:
         return self.path / name
 

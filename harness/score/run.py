@@ -26,12 +26,7 @@ log = logging.getLogger("hyperbench.score")
 
 def run(cfg: ScoreConfig) -> RunFolder:
     if cfg.output.resume is not None:
-        run_dir = RunFolder.open(cfg.output.resume)
-        summary = run_dir.summary()
-        if summary.get("kind") != "score":
-            raise HyperbenchError(f"{run_dir.path} is not a score run (kind {summary.get('kind')!r})")
-        if summary.get("status") == "complete":
-            raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+        run_dir, summary = RunFolder.open_to_resume(cfg.output.resume, "score")
         saved = run_dir.read_json("config.json")
         saved.get("output", {}).pop("resume", None)
         cfg = ScoreConfig(**saved)

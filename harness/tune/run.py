@@ -185,12 +185,7 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
 def resume(path: Path, echo: Echo = lambda s: None) -> RunFolder:
     from harness.launchers.process import stop_orphan
 
-    run_dir = RunFolder.open(path)
-    summary = run_dir.summary()
-    if summary.get("kind") != "tune":
-        raise HyperbenchError(f"{run_dir.path} is not a tune run (kind {summary.get('kind')!r})")
-    if summary.get("status") == "complete":
-        raise HyperbenchError(f"{run_dir.path} is complete: nothing to resume")
+    run_dir, summary = RunFolder.open_to_resume(path, "tune")
     if not run_dir.file("plan.json").is_file():
         raise HyperbenchError(f"{run_dir.path} was interrupted before its plan was written: start it again")
     saved = run_dir.read_json("config.json")
