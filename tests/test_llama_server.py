@@ -96,7 +96,7 @@ def test_bench_through_the_harness_client(tiny_model, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "ls" / "summary.json").read_text())
     assert [p["concurrency"] for p in summary["points"]] == [1, 2]
-    records = [json.loads(x) for x in (tmp_path / "ls" / "requests.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "ls" / "records.jsonl").read_text().splitlines()]
     assert records and all(r.get("error") is None and r["output_tokens"] == 6 for r in records)
 
 
