@@ -9,6 +9,8 @@ from harness.errors import HyperbenchError
 ENGINES: dict[str, str] = {
     "hf": "backends.hf.spec:HFConfig",
     "llamacpp": "backends.llamacpp.spec:LlamaCppConfig",
+    # llama.cpp's own C++ server (scripts/build_llama_server.sh), beside the llamacpp engine
+    "llama-server": "backends.llama_server.spec:LlamaServerConfig",
     "vllm": "backends.vllm.spec:VLLMConfig",
     # a test engine with known timings (it says so in /v1/engine): client-overhead benchmarks
     "synthetic": "harness.synthetic:SyntheticConfig",

@@ -138,10 +138,11 @@ def test_a_request_joins_while_others_decode(engine):
 
 def test_a_request_that_leaves_frees_its_slot(engine):
     """Both slots taken by requests whose consumers stop after two tokens (what the server does
-    when a client disconnects); their slots and KV cells are free again, and the next runs."""
+    when a client disconnects); their slots are free again, and the next request runs."""
     from backends.llamacpp.engine import Result
 
     ids = engine.tokenize(PROMPTS[0])
+    expected = [s.token.id for s in engine.generate(ids, greedy(5), Result([]))]
     gens = [engine.generate(ids, greedy(900), Result([])) for _ in range(2)]
     for gen in gens:
         next(gen), next(gen)
@@ -152,11 +153,14 @@ def test_a_request_that_leaves_frees_its_slot(engine):
     while len(engine.batcher.free) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sorted(engine.batcher.free) == [0, 1] and not engine.batcher.running
+    # their cells stay as a prompt cache, and the cache's bookkeeping matches llama.cpp's cells
     mem = engine.lib.llama_get_memory(engine.ctx.ctx)
-    assert [engine.lib.llama_memory_seq_pos_max(mem, s) for s in (0, 1)] == [-1, -1]  # cells freed
+    for seq, cached in enumerate(engine.batcher.cached):
+        assert cached[: len(ids)] == ids
+        assert engine.lib.llama_memory_seq_pos_max(mem, seq) == len(cached) - 1
     result = Result([])
-    steps = list(engine.generate(ids, greedy(5), result))
-    assert len(steps) == 5 and result.finish_reason == "length"
+    steps = list(engine.generate(ids, greedy(5), result))  # reuses a cached prompt
+    assert [s.token.id for s in steps] == expected and result.finish_reason == "length"
 
 
 def test_prompt_longer_than_a_sequences_share(batched):

@@ -69,6 +69,10 @@ class BatchScheduler:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Slot] = []
         self.free = list(range(n_seq))
+        # the tokens whose KV each sequence holds: a finished request's cells stay as a prompt
+        # cache, and a new request takes the free sequence sharing the longest prefix with it
+        # (llama-server's slot selection by similarity and cache_prompt do the same)
+        self.cached: list[list[int]] = [[] for _ in range(n_seq)]
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
         self._thread.start()
@@ -150,9 +154,28 @@ class BatchScheduler:
                 req.events.put(("end", "length"))
                 continue
             chain = _SamplerChain(self.lib, s, engine.n_ctx, engine.n_vocab, req.ids)
-            slot = _Slot(self.free.pop(0), req, chain, TextRelease(s.stop), list(req.ids))
-            self.ctx.kv_cache_seq_rm(slot.seq, 0, -1)
+            seq, keep = self._reuse(req)
+            self.free.remove(seq)
+            self.ctx.kv_cache_seq_rm(seq, keep, -1)
+            del self.cached[seq][keep:]
+            slot = _Slot(seq, req, chain, TextRelease(s.stop), list(req.ids[keep:]), n_past=keep)
             self.running.append(slot)
+
+    def _reuse(self, req: _Request) -> tuple[int, int]:
+        """The free sequence whose cached tokens share the longest prefix with the prompt, and
+        how many of them to keep (at least one prompt token is evaluated: it makes the logits;
+        echo evaluates them all: it needs a logits row at every position)."""
+        if req.sampling.prompt_logprobs:
+            return self.free[0], 0
+        best, keep = self.free[0], 0
+        for seq in self.free:
+            have, n = self.cached[seq], 0
+            limit = min(len(have), len(req.ids) - 1)
+            while n < limit and have[n] == req.ids[n]:
+                n += 1
+            if n > keep:
+                best, keep = seq, n
+        return best, keep
 
     def _step(self) -> None:
         """One llama_decode: every decoding sequence's next token first (each is one row), then
@@ -188,6 +211,7 @@ class BatchScheduler:
             n += m
             slot.pending = slot.pending[len(chunk) :]
             slot.n_past += len(chunk)
+            self.cached[slot.seq].extend(chunk)
         b.n_tokens = n
         rc = self.lib.llama_decode(self.ctx.ctx, b)
         if rc != 0:
@@ -236,8 +260,11 @@ class BatchScheduler:
         slot.req.events.put(("prompt", out))
 
     def _finish(self, slot: _Slot, reason: str | None) -> None:
-        """The request leaves: its cells and its slot are free for the next one."""
-        self.ctx.kv_cache_seq_rm(slot.seq, 0, -1)
+        """The request leaves: its slot is free for the next one, its cells stay as a prompt
+        cache (None: a failed batch, whose cells are dropped)."""
+        if reason is None and not slot.req.cancelled:
+            self.ctx.kv_cache_seq_rm(slot.seq, 0, -1)
+            self.cached[slot.seq] = []
         slot.chain.free()
         self.running.remove(slot)
         self.free.append(slot.seq)

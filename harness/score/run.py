@@ -74,6 +74,11 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     try:
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
         _check_max_length(spec, prepared)
+        loglikelihood = sorted(t for t, kind in prepared.output_types.items() if kind in LOGLIKELIHOOD_TYPES)
+        if loglikelihood and cfg.target.launcher != "external" and not engine.capabilities().prompt_logprobs:
+            raise HyperbenchError(f"the {engine.kind} engine cannot score loglikelihood tasks "
+                                  f"({', '.join(loglikelihood)}): its prompt logprobs (echo) are not "
+                                  "right; run generative tasks (gsm8k, truthfulqa_gen) on it")
         with _lm_eval_log(run_dir.file("lm_eval.log")):
             load(prepared, spec.data_dir)  # every data problem before an engine starts
         model_path = resolve_model_path(cfg, engine)
