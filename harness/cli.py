@@ -129,7 +129,7 @@ def serve(engine_kind, host, port, **params):
 
 @cli.command(context_settings={"show_default": True})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
-@click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, vllm.")
+@click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, llama-server, vllm (synthetic: the test engine).")
 @click.option("--url", help="Bench an engine someone else runs (base URL, …/v1).")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
 @click.option("--resume", type=click.Path(path_type=Path),
@@ -238,7 +238,7 @@ def compare(runs, config_file, engines, slo, **params):
 
 @cli.command(context_settings={"show_default": True})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
-@click.option("--engine", "engine_kind", help="Engine to bench: hf, llamacpp, vllm.")
+@click.option("--engine", "engine_kind", help="Engine to bench: hf, llamacpp, llama-server, vllm (synthetic: the test engine).")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
 @_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts())
 def slurm(config_file, engine_kind, slo, **params):

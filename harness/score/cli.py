@@ -39,7 +39,7 @@ def _score_opts():
 
 @click.command(context_settings={"show_default": True})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
-@click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, vllm.")
+@click.option("--engine", "engine_kind", help="Engine to start: hf, llamacpp, llama-server, vllm.")
 @click.option("--url", help="Score an engine someone else runs (base URL, …/v1).")
 @click.option("--gen-kwargs", help="Generation overrides, e.g. temperature=0.7,top_p=0.9,seed=1.")
 @click.option("--resume", type=click.Path(path_type=Path),

@@ -35,7 +35,7 @@ def _tune_opts():
 
 @click.command(context_settings={"show_default": True})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
-@click.option("--engine", "engine_kind", help="Engine to tune: hf, llamacpp, vllm.")
+@click.option("--engine", "engine_kind", help="Engine to tune: hf, llamacpp, llama-server, vllm.")
 @click.option("--url", help="Tune an engine someone else runs (base URL, …/v1; sampling parameters only).")
 @click.option("--baseline", "baseline", help="Baseline configuration (trial 0), e.g. temperature=0.8,"
               "top_p=0.95 [default: temperature=0.8,top_p=0.95].")
