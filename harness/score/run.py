@@ -77,7 +77,8 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     engine = cfg.engine_config()
     summary["status"] = "running"
     try:
-        prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+        prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity,
+                           include_paths=spec.include_path)
         _check_max_length(spec, prepared)
         with _lm_eval_log(run_dir.file("lm_eval.log")):
             load(prepared, spec.data_dir)  # every data problem before an engine starts
