@@ -73,6 +73,10 @@ def test_a_custom_task_file_scores_as_lm_eval_hf(engine_server, hf_reference, ta
     for mine, ref in zip(ours, hf_reference, strict=True):
         assert mine == pytest.approx(ref, abs=1e-3)
     assert "facts.yaml" in summary["tasks"]["my_facts"]["data"]["source"]  # where the items came from
+    # the precision that ran, as the engine reports it (all three serve these fp32 weights in fp32)
+    full = {"hf": "float32", "vllm": "float32", "llamacpp": "f32"}[engine_server.kind]
+    assert summary["precision"] == {"weights": full, "activations": full, "kv_cache": full}
+    assert f"precision: weights {full}, activations {full}, KV cache {full}" in (folder / "report.md").read_text()
 
 
 def hb(*args, cwd):
@@ -82,16 +86,44 @@ def hb(*args, cwd):
                           timeout=600, cwd=cwd, env=env)
 
 
-def test_include_path_from_the_command_line_and_its_errors(tiny_model, task_dir, tmp_path):
-    ok = hb("score", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--device", "cpu",
-            "--include-path", str(task_dir), "--tasks", "my_facts", "--results-dir", str(tmp_path),
-            "--run-name", "cli", cwd=tmp_path)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "my_facts" in ok.stdout
-    config = json.loads((tmp_path / "cli" / "config.json").read_text())
-    assert config["score"]["include_path"] == [str(task_dir)]  # saved for --resume
+def test_custom_task_errors_are_one_line_before_an_engine_starts(tiny_model, tmp_path):
     for args, says in ((["--include-path", str(tmp_path / "nope"), "--tasks", "my_facts"], "not a folder"),
                        (["--tasks", str(tmp_path / "nope.yaml")], "does not exist")):
         bad = hb("score", "--engine", "hf", "--model", str(tiny_model), *args,
                  "--results-dir", str(tmp_path), cwd=tmp_path)
         assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder left behind
+
+
+@pytest.mark.llamacpp
+def test_llamacpp_quant_f32_alone_scores_as_lm_eval_hf(tiny_model, task_dir, hf_reference, tmp_path):
+    """--quant f32 and no other flag: the KV cache follows the weights (llama.cpp's own f16 cache
+    moved every loglikelihood by 0.02-0.03 nats). Also the custom task by name from --include-path."""
+    pytest.importorskip("llama_cpp")
+    res = hb("score", "--engine", "llamacpp", "--model", str(tiny_model), "--quant", "f32",
+             "--include-path", str(task_dir), "--tasks", "my_facts", "--results-dir", str(tmp_path),
+             "--run-name", "f32", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "my_facts" in res.stdout
+    folder = tmp_path / "f32"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["score"]["include_path"] == [str(task_dir)]  # saved for --resume
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["precision"] == {"weights": "f32", "activations": "f32", "kv_cache": "f32"}
+    assert summary["engine_info"]["kv_cache_type_requested"] == "auto"
+    ours = [[r[0][0] for r in json.loads(x)["resps"]]
+            for x in (folder / "samples" / "my_facts.jsonl").read_text().splitlines()]
+    for mine, ref in zip(ours, hf_reference, strict=True):
+        assert mine == pytest.approx(ref, abs=1e-3)
+
+
+def test_precision_says_16_bit_where_dtype_auto_ran_16_bit():
+    from backends.vllm.spec import VLLMConfig
+    from harness.precision import effective_precision, precision_line
+
+    info = {"precision": {"weights": "bfloat16", "activations": "bfloat16", "kv_cache": "bfloat16"}}
+    p = effective_precision(info, VLLMConfig(model="m"))
+    assert p["note"].startswith("16-bit: dtype auto ran bfloat16")
+    assert precision_line(p).startswith("weights bfloat16, activations bfloat16, KV cache bfloat16 (16-bit")
+    assert "note" not in effective_precision(info, VLLMConfig(model="m", dtype="bfloat16"))
+    assert effective_precision(None)["weights"] is None  # an engine with no /v1/engine: said, not guessed

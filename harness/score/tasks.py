@@ -174,7 +174,7 @@ def _local_files(cfg: dict) -> dict | None:
 
 
 def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Path | None = None,
-            tm=None, include_paths: list[Path] = ()) -> Prepared:
+            tm=None, include_paths: list[Path] = (), num_fewshot: int | None = None) -> Prepared:
     """Resolve task names (custom task folders and files included), write the local-data and
     perplexity YAMLs under `work`, and return a TaskManager that knows them. Every user error
     surfaces here, before an engine starts."""
@@ -204,7 +204,8 @@ def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Pat
             continue
         if e.yaml_path is None or "class" in cfg:
             raise HyperbenchError(f"task {e.name} is defined in Python: --data-dir supports YAML tasks")
-        path, info = _override(e, cfg, data, work)
+        path, info = _override(e, cfg, data, work, zero_shot=num_fewshot == 0 or (
+            num_fewshot is None and cfg.get("num_fewshot", 0) == 0))
         yamls.append(path)
         out.data[e.name] = info
     if perplexity is not None:
@@ -245,7 +246,7 @@ def load(prepared: Prepared, data_dir: Path | None) -> None:
     prepared.tm.load = lambda *_args, **_kw: loaded
 
 
-def _override(entry, cfg: dict, data: DataDir, work: Path) -> tuple[Path, dict]:
+def _override(entry, cfg: dict, data: DataDir, work: Path, zero_shot: bool = False) -> tuple[Path, dict]:
     hub, name = cfg.get("dataset_path"), cfg.get("dataset_name")
     if not hub:
         raise HyperbenchError(f"task {entry.name} names no dataset_path: cannot run it on --data-dir")
@@ -267,9 +268,9 @@ def _override(entry, cfg: dict, data: DataDir, work: Path) -> tuple[Path, dict]:
         fallback = next((s for s in (cfg.get("training_split"), cfg.get("validation_split"), "dev")
                          if s and s in splits and s != eval_split), eval_split)
         over["fewshot_split"] = fallback
-        note = (f"{entry.name}: few-shot split {fs!r} not staged, few-shot examples come from "
-                f"{fallback!r}" + (" (the scored item itself excluded)" if fallback == eval_split else ""))
-        notes.append(note)
+        if not zero_shot:  # with no example drawn, where they would come from is no news
+            notes.append(f"{entry.name}: few-shot split {fs!r} not staged, few-shot examples come from "
+                         f"{fallback!r}" + (" (the scored item itself excluded)" if fallback == eval_split else ""))
     path = work / f"{entry.name}.yaml"
     path.write_text(yaml.safe_dump(over, sort_keys=False))
     return path, {"dataset": hub, "config": name, "source": data.source(hub), "notes": notes,
