@@ -104,7 +104,7 @@ def test_llamacpp_quant_f32_alone_scores_as_lm_eval_hf(tiny_model, task_dir, hf_
              "--include-path", str(task_dir), "--tasks", "my_facts", "--results-dir", str(tmp_path),
              "--run-name", "f32", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "my_facts" in res.stdout
+    assert "my_facts" in res.stdout and "precision: weights f32, activations f32, KV cache f32" in res.stdout
     folder = tmp_path / "f32"
     config = json.loads((folder / "config.json").read_text())
     assert config["score"]["include_path"] == [str(task_dir)]  # saved for --resume

@@ -110,6 +110,10 @@ def _print_scores(run_dir) -> None:
     hidden = len(s.get("tasks", {})) - len(tasks)
     if hidden:
         click.echo(f"({hidden} tasks of the groups above: each one in {run_dir.path / 'report.md'})")
+    if s.get("precision"):  # next to the score: what the numbers were computed in
+        from harness.precision import precision_line
+
+        click.echo(f"precision: {precision_line(s['precision'])}")
     for note in s.get("notes", []):
         click.echo(f"note: {note}", err=True)
     click.echo(f"run folder: {run_dir.path}")
