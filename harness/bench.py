@@ -15,6 +15,7 @@ from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
 from harness.loadgen import run_point
+from harness.precision import effective_precision
 from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
                                   sweep_points, this_process, writer_alive)
 from harness.find_rate import find_max_rate
@@ -150,6 +151,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
                 if label == "external":
                     summary["model"] = endpoint.model
                 summary["engine_info"] = _engine_info(endpoint)
+                summary["precision"] = effective_precision(summary["engine_info"], engine)
                 if summary["engine_info"]:
                     run_dir.write_json("engine.json", summary["engine_info"])
                 if requests is None:  # synthetic prompts, of the served model's tokenizer

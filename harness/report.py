@@ -184,7 +184,10 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         lines += ["", *spec_section(s, points)]
     info = s.get("engine_info")
     if info:
-        lines += ["", "## Engine", "", "| key | value |", "|---|---|"]
+        from harness.precision import precision_line
+
+        lines += ["", "## Engine", "", f"Precision: {precision_line(s.get('precision'))}.",
+                  "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in info.items() if not isinstance(v, (dict, list))]
     gpu_rows = [(point_label(p), g) for p in points if p.get("gpu") for g in p["gpu"]["gpus"]]
     if gpu_rows:

@@ -26,7 +26,7 @@ from tests.conftest import ENGINE_PARAMS, ENGINE_TEST_OPTIONS
 # GET /v1/engine keys every engine gives (DESIGN: engine, version, model, dtype, quantization,
 # device, weight bytes, KV-cache bytes, speculative settings and counters)
 COMMON_ENGINE_INFO = {"engine", "version", "model", "model_path", "dtype", "quantization", "device",
-                      "weight_bytes", "kv_cache_bytes", "speculative", "counters"}  # fmt: skip
+                      "weight_bytes", "kv_cache_bytes", "speculative", "counters", "precision"}  # fmt: skip
 RUN_FILES = {"config.json", "env.json", "engine.json", "engine.log", "records.jsonl", "summary.json",
              "report.md", "plots/latency.png", "plots/throughput.png"}  # fmt: skip
 
@@ -124,7 +124,8 @@ def test_the_reference_run_folder_is_the_documented_layout(reference):
     for key in ("schema_version", "kind", "status", "started", "finished", "engine", "model",
                 "served_model", "engine_info", "points", "points[].concurrency", "points[].ttft_ms.p99",
                 "points[].tpot_ms.p50", "points[].itl_ms.p50", "points[].e2e_ms.p50",
-                "points[].output_throughput", "points[].request_throughput"):  # fmt: skip
+                "points[].output_throughput", "points[].request_throughput",
+                "precision.weights", "precision.activations", "precision.kv_cache"):  # fmt: skip
         assert key in reference["summary"]
     assert {"engine", "target", "workload", "load", "slo", "output"} <= reference["config"]
 

@@ -120,6 +120,9 @@ def test_stock_yaml_included_and_pointed_at_local_files(staged, tmp_path):
     assert spec["dataset_kwargs"] == {"data_files": {"test": str(staged / "gsm8k/main/test.jsonl")}}
     assert spec["fewshot_split"] == "test" and spec["training_split"] is None  # no train split staged
     assert any("few-shot examples come from 'test'" in n for n in p.notes)
+    # with --num-fewshot 0 no example is drawn: no note says where examples come from
+    zero = prepare(["gsm8k"], staged, tmp_path / "zero", num_fewshot=0)
+    assert not any("few-shot" in n for n in zero.notes), zero.notes
     assert any("APPROXIMATION" in n for n in p.data["truthfulqa_mc2"]["notes"])
     loaded = p.tm.load(p.names)["tasks"]
     gsm = loaded["gsm8k"]

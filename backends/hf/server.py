@@ -111,6 +111,10 @@ class Runtime(openai_app.ServedEngine):
             "served_model_name": self.settings.served_model_name,
             "dtype": self.loaded.dtype,
             "quantization": self.load_settings.quant,
+            # what ran, in one shape for every engine; transformers' KV cache is in the compute dtype
+            "precision": {"weights": self.loaded.dtype if self.load_settings.quant == "none"
+                          else self.load_settings.quant,
+                          "activations": self.loaded.dtype, "kv_cache": self.loaded.dtype},
             "attention": self.load_settings.attn,
             "device": self.device,
             "load_format": self.load_settings.load_format,

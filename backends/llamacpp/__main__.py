@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-batch", type=int, default=512)
     p.add_argument("--n-threads", type=int, default=None)
     p.add_argument("--flash-attn", action="store_true")
-    p.add_argument("--kv-cache-type", default="f16", choices=sorted(KV_BYTES))
+    p.add_argument("--kv-cache-type", default="auto", choices=["auto", *sorted(KV_BYTES)],
+                   help="auto: the weights' precision (f32: f32, bf16: bf16, else f16)")
     p.add_argument("--parallel", type=int, default=1, help="sequences decoded at once (continuous batching)")
     p.add_argument("--api-key", default=api_key_arg_default(), help="[default: $HYPERBENCH_API_KEY]")
     p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
@@ -90,7 +91,11 @@ def load(args):
         log(f"n_ctx {n_ctx} is beyond the model's trained context {trained} x {args.parallel} "
             f"sequences: using {trained * args.parallel}")
         n_ctx = int(trained) * args.parallel
-    log(f"loading {gguf} ({meta['file_type']}, n_ctx {n_ctx}, n_gpu_layers {args.n_gpu_layers})")
+    args.kv_cache_type_requested = args.kv_cache_type
+    if args.kv_cache_type == "auto":
+        args.kv_cache_type = kv_type_for(meta["file_type"])
+    log(f"loading {gguf} ({meta['file_type']}, KV cache {args.kv_cache_type}, n_ctx {n_ctx}, "
+        f"n_gpu_layers {args.n_gpu_layers})")
     try:
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
@@ -100,6 +105,12 @@ def load(args):
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
     return engine, gguf, meta
+
+
+def kv_type_for(weight_type: str) -> str:
+    """The KV cache type that keeps the weights' precision: f32 and bf16 as they are; f16 for f16
+    and for quantized weights (their activations are f32, and f16 is llama.cpp's default)."""
+    return weight_type if weight_type in ("f32", "bf16") else "f16"
 
 
 def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
@@ -122,6 +133,11 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "weight_bytes": int(lib.llama_model_size(model)),  # GGUF tensor data
         "kv_cache_bytes": int(kv_bytes),  # allocated up front for n_ctx
         "kv_cache_type": args.kv_cache_type,
+        "kv_cache_type_requested": getattr(args, "kv_cache_type_requested", args.kv_cache_type),
+        # what ran, in one shape for every engine; llama.cpp's CPU kernels compute in f32, its
+        # CUDA matmuls may run in f16
+        "precision": {"weights": meta["file_type"], "activations": "f16/f32" if on_gpu else "f32",
+                      "kv_cache": args.kv_cache_type},
         "n_ctx": engine.n_ctx_total,
         "n_ctx_per_sequence": engine.n_ctx,
         "n_ctx_train": meta["context_length"],

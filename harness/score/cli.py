@@ -33,7 +33,7 @@ def _score_opts():
     from harness.cliutil import engine_options, section_options
 
     return section_options({"score": ScoreSpec, "target": Target, "output": ScoreOutput},
-                           skip={"url", "gen_kwargs", "plots", "resume"},
+                           skip={"url", "gen_kwargs", "plots", "resume", "include_path"},
                            helps={"tokenizer": TOKENIZER_HELP}) + engine_options()
 
 
@@ -44,8 +44,10 @@ def _score_opts():
 @click.option("--gen-kwargs", help="Generation overrides, e.g. temperature=0.7,top_p=0.9,seed=1.")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue an interrupted score run folder (its saved config; no other flags).")
+@click.option("--include-path", "include_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Folder of your own lm-eval task YAMLs (lm-eval's --include_path); repeatable.")
 @_with(_score_opts())
-def score(config_file, engine_kind, url, gen_kwargs, resume, **params):
+def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, **params):
     """Accuracy on lm-eval tasks (mmlu, gsm8k, truthfulqa_*, ...) or perplexity, any engine."""
     from harness.cliutil import check_engine_flags, collect
     from harness.score.config import parse_gen_kwargs
@@ -53,7 +55,7 @@ def score(config_file, engine_kind, url, gen_kwargs, resume, **params):
 
     cli_data = collect(params)
     if resume is not None:
-        if config_file or engine_kind or url or gen_kwargs or cli_data:
+        if config_file or engine_kind or url or gen_kwargs or include_paths or cli_data:
             raise HyperbenchError("--resume continues a run with its saved config: give no other options")
         cfg = ScoreConfig(output=ScoreOutput(resume=resume))
     else:
@@ -64,6 +66,8 @@ def score(config_file, engine_kind, url, gen_kwargs, resume, **params):
             cli_data.setdefault("target", {})["url"] = url
         if gen_kwargs:
             cli_data.setdefault("score", {})["gen_kwargs"] = parse_gen_kwargs(gen_kwargs)
+        if include_paths:
+            cli_data.setdefault("score", {})["include_path"] = list(include_paths)
         file_engine = file_data.get("engine", {}) if isinstance(file_data.get("engine"), dict) else {}
         engine = {**file_engine, **cli_data.get("engine", {})}
         check_engine_flags(engine.setdefault("kind", "hf"), engine)
@@ -106,6 +110,10 @@ def _print_scores(run_dir) -> None:
     hidden = len(s.get("tasks", {})) - len(tasks)
     if hidden:
         click.echo(f"({hidden} tasks of the groups above: each one in {run_dir.path / 'report.md'})")
+    if s.get("precision"):  # next to the score: what the numbers were computed in
+        from harness.precision import precision_line
+
+        click.echo(f"precision: {precision_line(s['precision'])}")
     for note in s.get("notes", []):
         click.echo(f"note: {note}", err=True)
     click.echo(f"run folder: {run_dir.path}")

@@ -47,7 +47,11 @@ class ScoreSpec(_Strict):
     tasks: list[str] = Field(
         [],
         description="lm-eval tasks, groups or tags, e.g. mmlu,gsm8k,truthfulqa_mc2 (perplexity: "
-        "the --perplexity file).",
+        "the --perplexity file), or a task YAML file of your own (path/to/task.yaml).",
+    )
+    include_path: list[Path] = Field(
+        [],
+        description="Folder of your own lm-eval task YAMLs (as lm-eval's --include_path); repeatable.",
     )
     data_dir: Path | None = Field(
         None, description="Offline data folder (`hyperbench data pull/stage`); default: the hub."
@@ -72,6 +76,17 @@ class ScoreSpec(_Strict):
         1000, ge=0, description="Bootstrap iterations for stderrs of non-mean metrics."
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _absolute_task_files(cls, v: list[str]):
+        # the saved config must name the same file when a run resumes from another folder
+        return [str(Path(t).expanduser().resolve()) if t.endswith((".yaml", ".yml")) else t for t in v]
+
+    @field_validator("include_path")
+    @classmethod
+    def _absolute_folders(cls, v: list[Path]):
+        return [Path(p).expanduser().resolve() for p in v]
 
     @field_validator("gen_kwargs")
     @classmethod

@@ -20,6 +20,10 @@ def write_report(run_dir: RunFolder) -> None:
                + f", started {s.get('started')}, finished {s.get('finished', '-')}")
     if s.get("resumed"):
         out.append(f"resumed {len(s['resumed'])} time(s): {', '.join(s['resumed'])}")
+    if s.get("precision"):
+        from harness.precision import precision_line
+
+        out.append(f"precision: {precision_line(s['precision'])}")
     out.append("")
     if s.get("notes"):
         out += ["## Read this first", ""] + [f"- {n}" for n in s["notes"]] + [""]

@@ -72,7 +72,8 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     engine = cfg.engine_config()
     summary["status"] = "running"
     try:
-        prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity)
+        prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity,
+                           include_paths=spec.include_path, num_fewshot=spec.num_fewshot)
         _check_max_length(spec, prepared)
         loglikelihood = sorted(t for t, kind in prepared.output_types.items() if kind in LOGLIKELIHOOD_TYPES)
         if loglikelihood and cfg.target.launcher != "external" and not engine.capabilities().prompt_logprobs:
@@ -102,6 +103,12 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
             summary["served_model"] = endpoint.model
             if summary["engine"] == "external":
                 summary["model"] = endpoint.model
+            from harness.bench import _engine_info
+            from harness.precision import effective_precision
+
+            summary["engine_info"] = _engine_info(endpoint)
+            summary["precision"] = effective_precision(summary["engine_info"], engine)
+            run_dir.write_json("summary.json", summary)  # the precision, before any item runs
             lm = _make_lm(cfg, endpoint, tokenizer, run_dir)
             summary["lm"] = {"tokenizer": lm.tokenizer_source, "max_length": lm.max_length,
                              "concurrency": lm.concurrency}

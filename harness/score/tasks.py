@@ -33,6 +33,8 @@ PERPLEXITY_TASK = "perplexity"
 LM_EVAL_DEFAULT_GEN = {"until": ["\n\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 256}
 # output types that need prompt logprobs from the engine
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "multiple_choice", "loglikelihood_rolling")
+# `datasets` builders that read local files: a task on them needs no hub and no --data-dir
+LOCAL_BUILDERS = ("json", "csv", "parquet", "arrow", "text")
 
 
 def _lm_eval():
@@ -127,12 +129,57 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def add_custom_tasks(tm, include_paths: list[Path], tasks: list[str]) -> list[str]:
+    """Index the user's own task folders (lm-eval's --include_path) and task YAML files named in
+    `tasks`, on top of the stock tasks; return `tasks` with each file replaced by the task or
+    group it defines (what lm-eval runs it as)."""
+    from lm_eval.tasks._index import TaskIndex
+
+    for folder in include_paths:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise HyperbenchError(f"--include-path {folder}: not a folder of task YAMLs")
+        _add_to_index(tm, folder)
+    names = []
+    for name in tasks:
+        if not name.endswith((".yaml", ".yml")):
+            names.append(name)
+            continue
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise HyperbenchError(f"task file {name} does not exist")
+        index: dict = {}
+        try:
+            from lm_eval.tasks._yaml_loader import load_yaml
+
+            TaskIndex.process_cfg(load_yaml(path, resolve_func=False, recursive=True), path, index)
+        except Exception as e:  # a YAML error, a missing include, a shape lm-eval does not know
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise HyperbenchError(f"task file {name} is not an lm-eval task YAML: {first}") from None
+        defined = [n for n, e in index.items() if e.yaml_path == path]
+        if not defined:
+            raise HyperbenchError(f"task file {name} defines no task or group (no 'task:' or 'group:' key)")
+        tm._index.update(index) if hasattr(tm, "_index") else _add_to_index(tm, path.parent)
+        names.append(defined[0])
+    return names
+
+
+def _local_files(cfg: dict) -> dict | None:
+    """The data files of a task that reads local files (`dataset_path: json` with `data_files`),
+    else None (a hub dataset)."""
+    if cfg.get("dataset_path") not in LOCAL_BUILDERS:
+        return None
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    return files if isinstance(files, dict) else {"files": files}
+
+
 def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Path | None = None,
-            tm=None) -> Prepared:
-    """Resolve task names, write the local-data and perplexity YAMLs under `work`, and return a
-    TaskManager that knows them. Every user error surfaces here, before an engine starts."""
+            tm=None, include_paths: list[Path] = (), num_fewshot: int | None = None) -> Prepared:
+    """Resolve task names (custom task folders and files included), write the local-data and
+    perplexity YAMLs under `work`, and return a TaskManager that knows them. Every user error
+    surfaces here, before an engine starts."""
     tm = tm or task_manager()
-    names = list(dict.fromkeys(tasks))
+    names = list(dict.fromkeys(add_custom_tasks(tm, list(include_paths), tasks)))
     if PERPLEXITY_TASK in names and perplexity is None:
         raise HyperbenchError(f"task {PERPLEXITY_TASK!r} needs --perplexity FILE")
     names = [n for n in names if n != PERPLEXITY_TASK]
@@ -146,13 +193,19 @@ def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Pat
         out.output_types[e.name] = cfg.get("output_type", "generate_until")
         if out.output_types[e.name] == "generate_until":  # lm-eval's default where a task sets none
             out.gen_kwargs[e.name] = cfg.get("generation_kwargs") or dict(LM_EVAL_DEFAULT_GEN)
+        local = _local_files(cfg)
+        if local is not None:  # a custom task on its own files: read as they are, hub or not
+            out.data[e.name] = {"dataset": cfg["dataset_path"], "config": cfg.get("dataset_name"),
+                                "source": f"local files of task {e.yaml_path}", "files": local}
+            continue
         if data is None:
             out.data[e.name] = {"dataset": cfg.get("dataset_path"), "config": cfg.get("dataset_name"),
                                 "source": "Hugging Face hub (lm-eval's stock loader)"}
             continue
         if e.yaml_path is None or "class" in cfg:
             raise HyperbenchError(f"task {e.name} is defined in Python: --data-dir supports YAML tasks")
-        path, info = _override(e, cfg, data, work)
+        path, info = _override(e, cfg, data, work, zero_shot=num_fewshot == 0 or (
+            num_fewshot is None and cfg.get("num_fewshot", 0) == 0))
         yamls.append(path)
         out.data[e.name] = info
     if perplexity is not None:
@@ -193,7 +246,7 @@ def load(prepared: Prepared, data_dir: Path | None) -> None:
     prepared.tm.load = lambda *_args, **_kw: loaded
 
 
-def _override(entry, cfg: dict, data: DataDir, work: Path) -> tuple[Path, dict]:
+def _override(entry, cfg: dict, data: DataDir, work: Path, zero_shot: bool = False) -> tuple[Path, dict]:
     hub, name = cfg.get("dataset_path"), cfg.get("dataset_name")
     if not hub:
         raise HyperbenchError(f"task {entry.name} names no dataset_path: cannot run it on --data-dir")
@@ -215,9 +268,9 @@ def _override(entry, cfg: dict, data: DataDir, work: Path) -> tuple[Path, dict]:
         fallback = next((s for s in (cfg.get("training_split"), cfg.get("validation_split"), "dev")
                          if s and s in splits and s != eval_split), eval_split)
         over["fewshot_split"] = fallback
-        note = (f"{entry.name}: few-shot split {fs!r} not staged, few-shot examples come from "
-                f"{fallback!r}" + (" (the scored item itself excluded)" if fallback == eval_split else ""))
-        notes.append(note)
+        if not zero_shot:  # with no example drawn, where they would come from is no news
+            notes.append(f"{entry.name}: few-shot split {fs!r} not staged, few-shot examples come from "
+                         f"{fallback!r}" + (" (the scored item itself excluded)" if fallback == eval_split else ""))
     path = work / f"{entry.name}.yaml"
     path.write_text(yaml.safe_dump(over, sort_keys=False))
     return path, {"dataset": hub, "config": name, "source": data.source(hub), "notes": notes,

@@ -93,6 +93,9 @@ def test_engine_info(client, engine_server):
         assert key in info, key
     assert isinstance(info["weight_bytes"], int) and info["weight_bytes"] > 0
     assert isinstance(info["counters"], dict)
+    # the precision that runs, after the engine's own defaults, in one shape for every engine
+    assert set(info["precision"]) == {"weights", "activations", "kv_cache"}
+    assert all(isinstance(v, str) and v for v in info["precision"].values())
 
 
 # --- completions ------------------------------------------------------------------------------

@@ -98,6 +98,11 @@ def engine_info(state) -> dict:
         "kv_cache_blocks": cc.num_gpu_blocks,
         "block_size": cc.block_size,
         "kv_cache_dtype": str(cc.cache_dtype),
+        # what ran, in one shape for every engine (the harness writes it beside every score)
+        "precision": {"weights": mc.quantization or str(mc.dtype).removeprefix("torch."),
+                      "activations": str(mc.dtype).removeprefix("torch."),
+                      "kv_cache": (str(mc.dtype).removeprefix("torch.") if str(cc.cache_dtype) == "auto"
+                                   else str(cc.cache_dtype))},
         "max_model_len": mc.max_model_len,
         "max_num_seqs": vc.scheduler_config.max_num_seqs,
         "prefix_caching": bool(cc.enable_prefix_caching),
