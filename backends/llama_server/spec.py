@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from backends.base import Capabilities
-from backends.llamacpp.spec import MIN_CTX_PER_SEQUENCE, LlamaCppConfig, draft_model, parse_speculative
+from backends.llamacpp.spec import (MIN_CTX_PER_SEQUENCE, LlamaCppConfig, draft_model, kv_type_for,
+                                     parse_speculative)
 from harness.errors import HyperbenchError
 
 BUILD_HINT = "build it once with: bash scripts/build_llama_server.sh (or set HYPERBENCH_LLAMA_SERVER)"
@@ -58,7 +59,7 @@ class LlamaServerConfig(LlamaCppConfig):
         )
 
     def check(self) -> None:
-        if parse_speculative(self.speculative) == "ngram":
+        if parse_speculative(self.speculative)[0] == "ngram":
             raise HyperbenchError("speculative=ngram: the llama-server engine here maps draft:<model> "
                                   "only (use --engine llamacpp for prompt lookup)")
         ok, why = self.installed()
@@ -66,15 +67,16 @@ class LlamaServerConfig(LlamaCppConfig):
             raise HyperbenchError(why)
         super().check()
 
-    def check_parallel(self, spec: str | None) -> None:
+    def check_parallel(self, spec: str) -> None:
         # llama-server speculates in every slot: only the room per sequence is checked
         if self.n_ctx // self.parallel < MIN_CTX_PER_SEQUENCE:
-            super().check_parallel(None)
+            super().check_parallel("none")
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
-        from backends.llamacpp.gguf import ensure_gguf  # converts an HF folder once (cached)
+        from backends.llamacpp.gguf import ensure_gguf, gguf_file_type  # converts an HF folder once (cached)
 
         gguf = ensure_gguf(model_path, self.quant)
+        kv = self.kv_cache_type if self.kv_cache_type != "auto" else kv_type_for(gguf_file_type(gguf))
         args = [
             str(binary()), "-m", str(gguf), "--alias", self.display_name(),
             "--host", host, "--port", str(port),
@@ -82,7 +84,7 @@ class LlamaServerConfig(LlamaCppConfig):
             "-np", str(self.parallel), "--kv-unified",
             "-ngl", str(self.n_gpu_layers if self.n_gpu_layers >= 0 else 999),
             "-fa", "on" if self.flash_attn else "off",
-            "-ctk", self.kv_cache_type, "-ctv", self.kv_cache_type,
+            "-ctk", kv, "-ctv", kv,
             # vLLM's sampling defaults: every filter off unless a request asks
             "--temp", "1.0", "--top-k", "0", "--top-p", "1.0", "--min-p", "0.0", "--repeat-penalty", "1.0",
             "--no-webui", "--metrics", "--no-warmup",

@@ -81,6 +81,7 @@ def speculation(args):
 def load(args):
     from backends.llamacpp.engine import Engine, load_error
     from backends.llamacpp.gguf import ensure_gguf, gguf_info, log
+    from backends.llamacpp.spec import kv_type_for
 
     spec = speculation(args)
     gguf = ensure_gguf(args.model, args.quant)
@@ -105,12 +106,6 @@ def load(args):
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
     return engine, gguf, meta
-
-
-def kv_type_for(weight_type: str) -> str:
-    """The KV cache type that keeps the weights' precision: f32 and bf16 as they are; f16 for f16
-    and for quantized weights (their activations are f32, and f16 is llama.cpp's default)."""
-    return weight_type if weight_type in ("f32", "bf16") else "f16"
 
 
 def engine_info(args, engine, gguf: Path, meta: dict) -> dict:

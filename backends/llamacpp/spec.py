@@ -191,6 +191,13 @@ class LlamaCppConfig(EngineConfig):
         return lo, hi
 
 
+def kv_type_for(weight_type: str) -> str:
+    """The KV cache type that keeps the weights' precision (kv_cache_type=auto): f32 and bf16 as
+    they are; f16 for f16 and for quantized weights (their activations are f32, and f16 is
+    llama.cpp's default)."""
+    return weight_type if weight_type in ("f32", "bf16") else "f16"
+
+
 def parse_speculative(text: str) -> tuple[str, str | None]:
     """'none' | 'ngram' | 'draft:<model>' -> (method, model or None). Anything else: a one-line error."""
 
