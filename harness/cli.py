@@ -221,7 +221,7 @@ def compare(runs, config_file, engines, slo, **params):
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
 @_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts())
 def slurm(config_file, engine_kind, slo, **params):
-    """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch)."""
+    """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch), or --submit it."""
     from harness.cliutil import check_engine_flags, collect, parse_slo
     from harness.slurm import SlurmJob, render
 
@@ -238,6 +238,12 @@ def slurm(config_file, engine_kind, slo, **params):
         data["slo"] = parse_slo(slo)
     cfg = build(BenchConfig, file_data, data)
     argv = sys.argv[sys.argv.index("slurm") + 1:] if "slurm" in sys.argv else None
+    if job.submit:
+        from harness.slurm_follow import submit
+
+        code, line = submit(cfg, job, argv, lambda text: click.echo(text, err=True))
+        click.echo(line)
+        sys.exit(code)
     click.echo(render(cfg, job, argv), nl=False)
 
 

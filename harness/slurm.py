@@ -34,13 +34,15 @@ class SlurmJob(BaseModel):
     gpus: int = Field(1, ge=0, description="GPUs for the job (--gres=gpu:N; 0 for a CPU job).")
     cpus_per_task: int = Field(8, ge=1, description="CPU cores for the job.")
     mem: str = Field("64G", description="Memory for the job (SLURM syntax).")
-    job_log: str = Field("hyperbench-%x-%j.out", description="SLURM --output file pattern.")
+    job_log: str = Field("%x-%j.out", description="SLURM --output file pattern.")
     sif_dir: str | None = Field(None, description="Folder of the engines' SIF files on the cluster "
                                 "(default: $HYPERBENCH_CACHE/sif).")
     cache: str | None = Field(None, description="HYPERBENCH_CACHE on the cluster (default: "
                               "$HYPERBENCH_CACHE, else ~/.cache/hyperbench).")
     modules: list[str] = Field(default_factory=list, description="Environment modules to load, e.g. apptainer.")
     venv: str | None = Field(None, description="Virtualenv with hyperbench installed, to activate.")
+    submit: bool = Field(False, description="Submit the script with sbatch and follow the job (state, "
+                         "log) until it ends; the exit status is the run's.")
 
 
 def render(bench: BenchConfig, job: SlurmJob, argv: list[str] | None = None) -> str:
