@@ -58,18 +58,23 @@ Package: *
 Pin: release n=sid
 Pin-Priority: 100
 EOF
-    cp /etc/resolv.conf "$ROOT.tmp/etc/resolv.conf" 2>/dev/null || true
     log "apt-get install apptainer (sid) in the root"
     # the sid list is a dated snapshot: its Valid-Until may have passed
     chroot "$ROOT.tmp" sh -c 'export DEBIAN_FRONTEND=noninteractive
         apt-get -qq -o Acquire::Check-Valid-Until=false update &&
         apt-get install -y -qq --no-install-recommends -t sid apptainer squashfs-tools ca-certificates &&
         apt-get clean' >"$DIR/apt.log" 2>&1 || { tail -20 "$DIR/apt.log" >&2; exit 1; }
+    cp -L /etc/resolv.conf "$ROOT.tmp/etc/resolv.conf" 2>/dev/null || true  # apt in the chroot
     sed -i 's/^root default capabilities = .*/root default capabilities = no/' \
         "$ROOT.tmp/etc/apptainer/apptainer.conf"
     mkdir -p "$ROOT.tmp/oldroot"
     mv "$ROOT.tmp" "$ROOT"
 fi
+
+# apptainer binds the "host's" hosts and resolv.conf into every container: the root's are that host
+for f in hosts resolv.conf; do
+    [[ -s "$ROOT/etc/$f" ]] || cp -L "/etc/$f" "$ROOT/etc/$f" 2>/dev/null || touch "$ROOT/etc/$f"
+done
 
 # 2. the wrapper ------------------------------------------------------------------------------
 mkdir -p "$DIR/bin"
