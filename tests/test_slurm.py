@@ -3,6 +3,7 @@
 - a job that cannot start (no SIF) ends in one line with the job's own error, exit 1;
 - a request the cluster refuses (no such partition) or can never run (more memory than the node
   has) is one line, exit 2, nothing left queued;
+- `compare --executor slurm`: 4 cells of one job array, at least 3 at once, one cancelled;
 - (with the Apptainer tier's SIFs) a bench job is followed from submission to its run folder;
   `scancel` leaves the run incomplete, its records kept, no instance behind.
 
@@ -136,3 +137,52 @@ def test_scancel_leaves_the_run_incomplete(sif_env, tmp_path):
     kept = [json.loads(ln) for ln in (tmp_path / "results" / "cut" / "records.jsonl").read_text().splitlines()]
     assert sum(1 for rec in kept if rec["error"] is None) >= 3
     assert not [n for n in instances(sif_env["binary"]) if n.startswith("hyperbench-llamacpp-")]
+
+
+# ---------------------------------------------------------------------------- compare as a job array
+
+
+@pytest.mark.slow  # ~50 s: four engines start at once on 2 cores
+def test_compare_cells_as_a_job_array_one_cancelled(tmp_path):
+    """4 llamacpp quants of tiny-llama (process launcher: the scheduling is under test here; the
+    engine-in-SIF path is the bench job's above), all at once; one cancelled mid-run is recorded
+    as failed, the three others finish, and the comparison is the local one's."""
+    from backends.llamacpp.gguf import ensure_gguf
+    from harness.models import resolve_model
+
+    quants = ["f32", "f16", "q8_0", "q4_0"]
+    model = resolve_model("tiny-llama").path
+    for q in quants:  # made once, before four tasks would race to make them
+        ensure_gguf(model, q)
+    cells = [f"llamacpp:{q}" for q in quants]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "compare", "--engines", ",".join(cells), "--model", "tiny-llama",
+         "--input-len", "16", "--output-len", "16", "--num-requests", "12", "--concurrency", "1", "--no-plots",
+         "--executor", "slurm", "--max-parallel", "4", *CPU_JOB, "--job-name", "hb-test-array",
+         "--results-dir", str(tmp_path), "--run-name", "cmp"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    victim = tmp_path / "cmp" / "runs" / "llamacpp-q8_0" / "records.jsonl"
+    try:
+        wait_for_records(victim, 2, proc)
+        task = next(t for t in subprocess.run(["squeue", "-h", "-n", "hb-test-array", "-o", "%i"],
+                                              capture_output=True, text=True).stdout.split() if t.endswith("_2"))
+        subprocess.run(["scancel", task], check=True)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", "-n", "hb-test-array"])
+    assert proc.returncode == 0, err[-3000:]
+    jobs = json.loads((tmp_path / "cmp" / "jobs" / "jobs.json").read_text())
+    assert [j["cell"] for j in jobs] == cells
+    assert [j["state"] for j in jobs] == ["COMPLETED", "COMPLETED", "CANCELLED", "COMPLETED"], jobs
+    assert "llamacpp:q8_0 failed: CANCELLED (cancelled)" in err
+    # at least 3 cells ran at the same time, by the tasks' own clocks
+    latest_start = sorted(j["start"] for j in jobs)[2]
+    assert sum(1 for j in jobs if j["start"] <= latest_start < j.get("end", float("inf"))) >= 3, jobs
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    status = {run["label"]: run["status"] for run in data["runs"]}
+    assert status == {"llamacpp:f32": "complete", "llamacpp:f16": "complete", "llamacpp:q8_0": "incomplete",
+                      "llamacpp:q4_0": "complete"}, status
+    assert (tmp_path / "cmp" / "report.md").is_file()
