@@ -104,6 +104,12 @@ pivot_root . oldroot
 umount -l /oldroot
 set +e
 cd "$cwd" 2>/dev/null || cd /
+# HYPERBENCH_APPTAINER_USER=uid:gid: apptainer as that user (user namespaces, no privilege), as on
+# a cluster node where users are not root
+if [[ -n "${HYPERBENCH_APPTAINER_USER:-}" ]]; then
+    exec setpriv --reuid="${HYPERBENCH_APPTAINER_USER%%:*}" --regid="${HYPERBENCH_APPTAINER_USER##*:}" \
+        --clear-groups env HOME="${HYPERBENCH_APPTAINER_HOME:-/tmp}" /usr/bin/apptainer "$@"
+fi
 exec /usr/bin/apptainer "$@"
 EOF
 chmod 755 "$DIR/bin/apptainer.tmp" && mv "$DIR/bin/apptainer.tmp" "$DIR/bin/apptainer"
