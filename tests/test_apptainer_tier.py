@@ -197,3 +197,37 @@ def test_harness_from_a_sif(binary, docker, tiny, tmp_path):  # noqa: F811
     s = json.loads((tmp_path / "from-sif" / "summary.json").read_text())
     assert s["status"] == "complete" and s["points"][0]["completed"] == 4
     assert (tmp_path / "from-sif" / "env.json").is_file()
+
+
+def test_bench_as_an_unprivileged_user(binary, sif_dir, tiny, tmp_path):
+    """As on a node without root: apptainer runs as uid 65534 in user namespaces (the wrapper of
+    scripts/apptainer_setup.sh drops to HYPERBENCH_APPTAINER_USER; a real node's apptainer is the
+    user's own). The model and the cache are the user's (world-readable here), the instance state
+    in the user's HOME."""
+    if "apptainer/bin/apptainer" not in binary:
+        pytest.skip("needs the wrapper of scripts/apptainer_setup.sh to drop privileges")
+    if subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged user namespaces here")
+    import shutil
+
+    user = tmp_path / "user"
+    for d in ("cache", "home", "models"):
+        (user / d).mkdir(parents=True)
+    model = user / "models" / "tiny-llama"
+    shutil.copytree(tiny, model)
+    from backends.llamacpp.gguf import ensure_gguf
+
+    # a GGUF beside the weights is served as is (the image has no torch to convert with)
+    shutil.copy(ensure_gguf(tiny, "f32"), model / "tiny-llama-f32.gguf")
+    subprocess.run(["chown", "-R", "65534:65534", str(user)], check=True)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path.parent, 0o755)
+    r = hyperbench("bench", "--launcher", "apptainer", "--engine", "llamacpp", "--model", model, *SMALL,
+                   "--results-dir", tmp_path / "results", "--run-name", "unpriv",
+                   env=env_for(binary, sif_dir, HYPERBENCH_CACHE=str(user / "cache"),
+                               HYPERBENCH_APPTAINER_USER="65534:65534",
+                               HYPERBENCH_APPTAINER_HOME=str(user / "home")))
+    log = (tmp_path / "results" / "unpriv" / "engine.log")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (log.read_text()[-3000:] if log.is_file() else "")
+    assert json.loads((tmp_path / "results" / "unpriv" / "summary.json").read_text())["status"] == "complete"
+    assert "Converting SIF file to temporary sandbox" in log.read_text() or "instance started" in log.read_text()
