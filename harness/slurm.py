@@ -84,6 +84,20 @@ def node_setup(job: SlurmJob, sif_kinds: list[str]) -> list[str]:
     return lines
 
 
+def until_done(command: str) -> list[str]:
+    """Run `command` and wait for it even through SIGTERM. scancel and the time limit signal every
+    process of the job: hyperbench then marks its run incomplete and stops its engine. A shell that
+    died at once would end the job (and the follower's wait) before that was written, and leave
+    hyperbench untracked; so the shell outlives it, and the job ends when hyperbench does (or at
+    KillWait's SIGKILL)."""
+    return [f"{command} &",
+            "child=$!",
+            "trap : TERM INT",
+            "status=0",
+            'while kill -0 "$child" 2>/dev/null; do wait "$child" && status=0 || status=$?; done',
+            'exit "$status"']
+
+
 def render(bench: BenchConfig, job: SlurmJob, argv: list[str] | None = None) -> str:
     from harness import __version__
 
@@ -126,7 +140,7 @@ def render(bench: BenchConfig, job: SlurmJob, argv: list[str] | None = None) -> 
         config_yaml,
         "HYPERBENCH_CONFIG",
         "",
-        "hyperbench bench --config \"$config\" --run-name "
-        + (shlex.quote(run_name) if run_name else '"${SLURM_JOB_NAME:-hyperbench}-${SLURM_JOB_ID:-local}"'),
+        *until_done("hyperbench bench --config \"$config\" --run-name "
+                    + (shlex.quote(run_name) if run_name else '"${SLURM_JOB_NAME:-hyperbench}-${SLURM_JOB_ID:-local}"')),
     ]  # fmt: skip
     return "\n".join(line for line in lines if line is not None) + "\n"

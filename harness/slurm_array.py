@@ -27,7 +27,7 @@ import yaml
 
 from harness.config import BenchConfig, jsonable
 from harness.errors import HyperbenchError, Interrupted
-from harness.slurm import SlurmJob, node_setup, sbatch_directives
+from harness.slurm import SlurmJob, node_setup, sbatch_directives, until_done
 from harness.slurm_follow import CUT, TERMINAL, _FIELD, _run, sbatch
 
 
@@ -48,9 +48,8 @@ def array_script(jobs_dir: Path, n: int, job: SlurmJob, max_parallel: int | None
     lines += [f"cd {shlex.quote(str(jobs_dir))}",
               # the job's own clock, beside scontrol's (whole seconds): when the cell really ran
               'echo "hyperbench-task-start $(date +%s.%N)"',
-              'status=0; hyperbench bench --config "$SLURM_ARRAY_TASK_ID.yaml" || status=$?',
-              'echo "hyperbench-task-end $(date +%s.%N)"',
-              'exit "$status"']
+              'trap \'echo "hyperbench-task-end $(date +%s.%N)"\' EXIT',
+              *until_done('hyperbench bench --config "$SLURM_ARRAY_TASK_ID.yaml"')]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 

@@ -82,6 +82,16 @@ def job_info(job_id: str) -> dict[str, str] | None:
     return dict(_FIELD.findall(r.stdout.splitlines()[0]))
 
 
+def wait_completing(job_id: str, poll_s: float, limit_s: float = 600) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        r = _run(["squeue", "-h", "-j", job_id, "-o", "%T"])
+        if "COMPLETING" not in r.stdout:
+            break
+        time.sleep(poll_s)
+    time.sleep(poll_s)  # the node flushes the log's last lines after the state changes
+
+
 class LogTail:
     """New complete lines of the job's log since the last call (the file appears when the job
     starts, on the shared filesystem)."""
@@ -126,7 +136,9 @@ def follow(job_id: str, echo: Callable[[str], None], poll_s: float = 1.0, show_l
         for line in tail.read() if (tail and show_log) else []:
             echo(f"  | {line}")
         if state in TERMINAL:
-            time.sleep(poll_s)  # the node flushes the log's last lines after the state changes
+            # a cancelled job's processes are still unwinding (marking the run incomplete, tearing
+            # the engine down) until KillWait ends them: squeue says COMPLETING until then
+            wait_completing(job_id, poll_s)
             for line in tail.read() if (tail and show_log) else []:
                 echo(f"  | {line}")
             break

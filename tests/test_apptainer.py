@@ -210,7 +210,9 @@ def test_slurm_script(tmp_path):
     engine = cfg.engine_config()
     assert engine.kind == "vllm" and engine.model == "smollm2-135m" and engine.api_key is None
     assert "gpu_memory_utilization" in cfg.engine  # fully resolved, not the cluster's defaults
-    assert script.rstrip().endswith('--run-name "${SLURM_JOB_NAME:-hyperbench}-${SLURM_JOB_ID:-local}"')
+    # the bench runs in the background of a shell that waits for it through scancel's SIGTERM
+    assert '--run-name "${SLURM_JOB_NAME:-hyperbench}-${SLURM_JOB_ID:-local}" &\n' in script
+    assert script.rstrip().endswith('exit "$status"')
 
     cpu = subprocess.run([sys.executable, "-m", "harness.cli", "slurm", "--engine", "llamacpp", "--gpus", "0"],
                          capture_output=True, text=True, timeout=120).stdout
