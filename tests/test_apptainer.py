@@ -283,3 +283,22 @@ def test_engine_image_runs_like_a_sif(tmp_path, built_images):
         assert ip is not None
     finally:
         subprocess.run([docker, "rm", "-f", cid], env=env, capture_output=True)
+
+
+def test_leftover_instances_are_those_of_dead_harnesses():
+    """`apptainer instance list --json` as 1.4 prints it: only hyperbench's own names whose
+    harness pid is gone are leftovers (the real reaping: test_apptainer_tier.py)."""
+    from harness.launchers.apptainer import instance_name, leftover_instances
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = instance_name("llamacpp")
+    assert mine.startswith(f"hyperbench-llamacpp-{os.getpid()}-")
+    listing = json.dumps({"instances": [
+        {"instance": mine, "pid": 1, "img": "/x.sif"},
+        {"instance": f"hyperbench-hf-{dead.pid}-0123abcd", "pid": 2, "img": "/hf.sif"},
+        {"instance": f"someone-elses-{dead.pid}", "pid": 3, "img": "/y.sif"},
+        {"instance": f"hyperbench-vllm-{dead.pid}-nothex!", "pid": 4, "img": "/v.sif"},
+    ]})  # fmt: skip
+    assert leftover_instances(listing) == [f"hyperbench-hf-{dead.pid}-0123abcd"]
+    assert leftover_instances("") == [] and leftover_instances("not json") == []
