@@ -228,7 +228,9 @@ def test_bench_as_an_unprivileged_user(binary, sif_dir, tiny, tmp_path):
 
         # a GGUF beside the weights is served as is (the image has no torch to convert with)
         shutil.copy(ensure_gguf(tiny, "f32"), model / "tiny-llama-f32.gguf")
-        subprocess.run(["chown", "-R", "65534:65534", str(user)], check=True)
+        # the user's own folders (not the SIF: a hard link shares its owner with the cached file)
+        subprocess.run(["chown", "-R", "65534:65534", *(str(user / d) for d in ("cache", "home", "models"))],
+                       check=True)
         r = hyperbench("bench", "--launcher", "apptainer", "--engine", "llamacpp", "--model", model, *SMALL,
                        "--results-dir", tmp_path / "results", "--run-name", "unpriv",
                        env=env_for(binary, user / "sif", HYPERBENCH_CACHE=str(user / "cache"),
