@@ -5,7 +5,7 @@
     job 42: PENDING (Resources)
     job 42: RUNNING on node07
       | ... the job's own log, as it grows ...
-    job 42: COMPLETED: run folder results/hyperbench-llamacpp-42 (complete)
+    job 42: COMPLETED: run folder /home/u/results/hyperbench-llamacpp-42 (complete)
 
 Following needs only what every SLURM installation has: `sbatch --parsable` and `scontrol show
 job -o` (no accounting database: a finished job stays visible for MinJobAge, 5 minutes by

@@ -69,8 +69,10 @@ def ours(binary, pid: int) -> list[str]:
     return [n for n in instances(binary) if f"-{pid}-" in n]
 
 
-@pytest.mark.parametrize("engine", ["hf", "llamacpp"])
-def test_bench_through_an_instance(binary, sif_dir, tiny, engine, tmp_path):
+@pytest.mark.parametrize("engine", ["hf", "llamacpp", pytest.param("vllm", marks=pytest.mark.slow)])
+def test_bench_through_an_instance(binary, sif_dir, docker, tiny, engine, tmp_path):  # noqa: F811
+    if engine == "vllm":  # 4 GB image: its SIF only for the slow tier
+        build_sif(binary, docker, "vllm")
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--launcher", "apptainer", "--engine", engine,
                              "--model", "tiny-llama", *TINY[engine], "--concurrency", "1,2", *SMALL,
