@@ -1,7 +1,7 @@
 """`hyperbench slurm ... --submit`: sbatch the generated script, follow the job, say how it ended.
 
     hyperbench slurm --engine llamacpp --model smollm2-135m --gpus 0 --submit
-    job 42 submitted (log: /home/u/hyperbench-hyperbench-llamacpp-42.out)
+    job 42 submitted (log: /home/u/hyperbench-llamacpp-42.out)
     job 42: PENDING (Resources)
     job 42: RUNNING on node07
       | ... the job's own log, as it grows ...
