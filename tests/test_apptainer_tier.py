@@ -244,3 +244,14 @@ def test_bench_as_an_unprivileged_user(binary, sif_dir, tiny, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (log.read_text()[-3000:] if log.is_file() else "")
     assert json.loads((tmp_path / "results" / "unpriv" / "summary.json").read_text())["status"] == "complete"
     assert "Converting SIF file to temporary sandbox" in log.read_text() or "instance started" in log.read_text()
+
+
+def test_agree_through_instances(binary, sif_dir, tiny, tmp_path):
+    """`agree` with both engines in their SIFs: the same fp32 weights give the same greedy tokens."""
+    r = hyperbench("agree", "--launcher", "apptainer", "--engines", "hf,llamacpp:f32", "--model", "tiny-llama",
+                   "--dtype", "float32", "--device", "cpu", "--prompts", "3", "--max-tokens", "8",
+                   "--results-dir", tmp_path, "--run-name", "ag", env=env_for(binary, sif_dir))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path / "ag" / "summary.json").read_text())
+    assert s["status"] == "complete" and s["kind"] == "agree"
+    assert s["agreement"]["llamacpp:f32"]["greedy"]["identical"] == 3, s["agreement"]
