@@ -246,6 +246,7 @@ def test_bench_as_an_unprivileged_user(binary, sif_dir, tiny, tmp_path):
     assert "Converting SIF file to temporary sandbox" in log.read_text() or "instance started" in log.read_text()
 
 
+@pytest.mark.slow  # ~55 s: two engines in turn
 def test_agree_through_instances(binary, sif_dir, tiny, tmp_path):
     """`agree` with both engines in their SIFs: the same fp32 weights give the same greedy tokens."""
     r = hyperbench("agree", "--launcher", "apptainer", "--engines", "hf,llamacpp:f32", "--model", "tiny-llama",
