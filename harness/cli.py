@@ -200,11 +200,11 @@ def report(run_dir, no_plots):
     click.echo(run.file("report.md"))
 
 
-def _slurm_opts():
+def _slurm_opts(skip: frozenset = frozenset()):
     from harness.cliutil import section_options
     from harness.slurm import SlurmJob
 
-    return section_options({"slurm": SlurmJob})
+    return section_options({"slurm": SlurmJob}, skip=skip)
 
 
 @cli.command(context_settings={"show_default": True})
@@ -212,8 +212,11 @@ def _slurm_opts():
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML experiment file.")
 @click.option("--engines", help="Engines to bench in turn, a quant after a colon: hf,llamacpp:q8_0,vllm.")
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
-@_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts())
-def compare(runs, config_file, engines, slo, **params):
+@click.option("--executor", type=click.Choice(["local", "slurm"]), help="Run the cells here in turn (local), "
+              "or each as a task of a SLURM job array (slurm; the --partition.. options apply to each task).")
+@click.option("--max-parallel", type=int, help="With --executor slurm: at most this many cells at once.")
+@_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts(frozenset({"submit", "job_log"})))
+def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
     """Bench engines in turn on one workload (--engines), or put finished RUNS side by side.
 
     Engine options apply to every listed engine that has them. With --launcher docker each
@@ -230,6 +233,7 @@ def compare(runs, config_file, engines, slo, **params):
         cli_data["runs"] = list(runs)
     if slo:
         cli_data["slo"] = parse_slo(slo)
+    cli_data.update({k: v for k, v in (("executor", executor), ("max_parallel", max_parallel)) if v is not None})
     cfg = build_config(file_data, cli_data)
     with _Progress() as progress:
         folder = run(cfg, progress)
@@ -242,7 +246,7 @@ def compare(runs, config_file, engines, slo, **params):
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
 @_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts())
 def slurm(config_file, engine_kind, slo, **params):
-    """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch)."""
+    """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch), or --submit it."""
     from harness.cliutil import check_engine_flags, collect, parse_slo
     from harness.slurm import SlurmJob, render
 
@@ -259,6 +263,12 @@ def slurm(config_file, engine_kind, slo, **params):
         data["slo"] = parse_slo(slo)
     cfg = build(BenchConfig, file_data, data)
     argv = sys.argv[sys.argv.index("slurm") + 1:] if "slurm" in sys.argv else None
+    if job.submit:
+        from harness.slurm_follow import submit
+
+        code, line = submit(cfg, job, argv, lambda text: click.echo(text, err=True))
+        click.echo(line)
+        sys.exit(code)
     click.echo(render(cfg, job, argv), nl=False)
 
 

@@ -25,12 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.config import SLO, BenchConfig, Load, Output, Target, Workload
 from harness.errors import HyperbenchError
 from harness.results import SCHEMA_VERSION, RunFolder, slug
+from harness.slurm import SlurmJob
 
 # workload fields that must agree for a speed comparison to mean anything
 WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat")
@@ -47,6 +49,11 @@ class CompareConfig(BaseModel):
     load: Load = Field(default_factory=Load)
     slo: SLO = Field(default_factory=SLO)
     output: Output = Field(default_factory=Output)
+    executor: Literal["local", "slurm"] = Field("local", description="Where the cells run: one after another "
+                                                "here, or each as a task of a SLURM job array.")
+    max_parallel: int | None = Field(None, ge=1, description="With --executor slurm: cells running at once "
+                                     "(default: as many as the cluster gives).")
+    slurm: SlurmJob = Field(default_factory=SlurmJob)
 
     @field_validator("engines")
     @classmethod
@@ -126,19 +133,26 @@ def run(cfg: CompareConfig, progress=None) -> RunFolder:
     model = cfg.engine.get("model", "default-model")
     folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "compare", str(model))
     folder.write_json("config.json", cfg.model_dump(mode="json"))
-    runs = []
+    runs, cells = [], []
     for engine in engines:
         name = slug(label_of(engine).replace(":", "-"))
-        bench_cfg = BenchConfig(
+        cells.append((name, label_of(engine), BenchConfig(
             engine=engine, target=cfg.target, workload=cfg.workload, load=cfg.load, slo=cfg.slo,
             output=Output(results_dir=folder.path / "runs", run_name=name, plots=cfg.output.plots),
-        )  # fmt: skip
-        try:
-            bench_run(bench_cfg, progress)
-        except HyperbenchError as e:
-            # one engine failing (cannot start, dies) leaves its run folder marked and the
-            # comparison goes on: the report says what happened to it
-            print(f"compare: {label_of(engine)} failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        )))  # fmt: skip
+    if cfg.executor == "slurm":  # every cell a task of one job array; failures recorded in jobs/jobs.json
+        from harness.slurm_array import run_cells
+
+        run_cells(folder.path, [(label, b) for _, label, b in cells], cfg.slurm, cfg.max_parallel,
+                  lambda text: print(text, file=sys.stderr))
+    for name, label, bench_cfg in cells:
+        if cfg.executor == "local":
+            try:
+                bench_run(bench_cfg, progress)
+            except HyperbenchError as e:
+                # one engine failing (cannot start, dies) leaves its run folder marked and the
+                # comparison goes on: the report says what happened to it
+                print(f"compare: {label} failed: {str(e).splitlines()[0]}", file=sys.stderr)
         path = folder.path / "runs" / name
         if (path / "summary.json").is_file():
             runs.append(RunFolder(path))

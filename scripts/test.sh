@@ -14,4 +14,10 @@ if [[ "${HYPERBENCH_SKIP_CONTAINERS:-0}" != 1 && "$markers" != *"not container"*
    && [[ "$markers" == *container* || "$markers" == "not "* ]]; then
   bash scripts/containers_setup.sh >/dev/null || { rc=$?; [[ $rc == 3 ]] || exit $rc; }
 fi
+# the HPC tiers (tests/test_apptainer_tier.py, tests/test_slurm.py): apptainer in a cached trixie
+# root (~80 s cold, 1 s after) and a one-node SLURM cluster (~10 s cold). Exit 3 = cannot here.
+if [[ "${HYPERBENCH_SKIP_HPC:-0}" != 1 ]]; then
+  if path_line="$(bash scripts/apptainer_setup.sh)"; then eval "$path_line"; else rc=$?; [[ $rc == 3 ]] || exit $rc; fi
+  bash scripts/slurm_setup.sh || { rc=$?; [[ $rc == 3 ]] || exit $rc; }
+fi
 python3 -m pytest -m "${HYPERBENCH_TEST_MARKERS:-not gpu}" "$@"

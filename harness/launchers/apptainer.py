@@ -14,6 +14,9 @@ shares the host's network). Teardown stops the server, then the instance, whatev
   cache read-write at its own path, and every writable cache (HF_HOME, TRITON_CACHE_DIR,
   VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR, XDG_CACHE_HOME) points into it. HYPERBENCH_BINDS
   adds binds (`src[:dst[:opts]],...`, Apptainer's own syntax).
+- Nothing left behind: an instance is named hyperbench-<engine>-<pid of the harness>-<random>,
+  and every start first stops this user's hyperbench instances whose harness is gone (killed with
+  -9, a node's OOM killer): a dead harness's engine never holds the GPU or the port for the next.
 - Offline: the harness resolved the model before the engine starts, so the engine never needs
   the hub: HF_HUB_OFFLINE=1 and no usage statistics, with --cleanenv so the host's environment
   (PYTHONPATH, a conda env...) does not leak into the image.
@@ -21,7 +24,9 @@ shares the host's network). Teardown stops the server, then the instance, whatev
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +110,52 @@ def instance_stop_cmd(apptainer: str, name: str) -> list[str]:
     return [apptainer, "instance", "stop", "--timeout", "15", name]
 
 
+def instance_name(kind: str) -> str:
+    """hyperbench-<engine>-<harness pid>-<random>: the owner's pid is how a later start tells a
+    leftover from an instance that another live harness on the node is using."""
+    return f"hyperbench-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_OWNED = re.compile(r"^hyperbench-[a-z0-9_]+-(\d+)-[0-9a-f]{8}$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def leftover_instances(listing: str) -> list[str]:
+    """Names in `apptainer instance list --json` output that a dead harness started."""
+    try:
+        instances = json.loads(listing or "{}").get("instances") or []
+    except (ValueError, AttributeError):
+        return []
+    names = [i.get("instance", "") for i in instances if isinstance(i, dict)]
+    return [n for n in names if (m := _OWNED.match(n)) and not pid_alive(int(m[1]))]
+
+
+def reap_leftovers(apptainer: str, log) -> list[str]:
+    """Stop the instances of harnesses that died without tearing down (best effort: a failure
+    here must not stop this run; it is written to the engine log)."""
+    try:
+        listing = subprocess.run([apptainer, "instance", "list", "--json"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    reaped = leftover_instances(listing)
+    for name in reaped:
+        log.write(f"# stopping leftover instance {name} (its harness is gone)\n".encode())
+        log.flush()
+        subprocess.run(instance_stop_cmd(apptainer, name), stdout=log,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+    return reaped
+
+
 class ApptainerLauncher(Launcher):
     def __init__(self, engine, model_path: str, log_path: Path | None = None, port: int | None = None,
                  startup_timeout_s: float = 600, image: str | None = None, **_):
@@ -114,7 +165,7 @@ class ApptainerLauncher(Launcher):
         self.timeout = startup_timeout_s
         self.sif = Path(image) if image else sif_path(engine.kind)
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(suffix="-engine.log")[1])
-        self.name = f"hyperbench-{engine.kind}-{uuid.uuid4().hex[:8]}"
+        self.name = instance_name(engine.kind)
         self.proc: subprocess.Popen | None = None
         self.started = False
         self.apptainer = apptainer_binary()
@@ -152,6 +203,7 @@ class ApptainerLauncher(Launcher):
             check_port_free("127.0.0.1", self.port)
         cmds = self.commands(self.port)
         with open(self.log_path, "ab") as log:
+            reap_leftovers(cmds["start"][0], log)
             log.write(("$ " + " ".join(cmds["start"]) + "\n").encode())
             log.flush()
             start = subprocess.run(cmds["start"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
