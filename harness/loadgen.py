@@ -56,7 +56,16 @@ async def run_point(
         offsets = schedule(requests, kind, value, seed)
         # perf_counter: the clock of `send`, so that send - scheduled is the lag
         t0 = time.perf_counter()
-        tasks = []
+        # only the requests in flight are held: a finished one's task is dropped at once (a long
+        # open-loop point would otherwise keep every task it ever made until its end)
+        pending: set[asyncio.Task] = set()
+        failed: list[BaseException] = []
+
+        def finished(task: asyncio.Task) -> None:
+            pending.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failed.append(task.exception())
+
         for (i, req), offset in zip(enumerate(requests), offsets):
             due = t0 + offset
             delay = due - time.perf_counter()
@@ -69,8 +78,12 @@ async def run_point(
                 async with sem:
                     return await one(i, req, due)
 
-            tasks.append(asyncio.create_task(limited()))
-        await asyncio.gather(*tasks)
+            task = asyncio.create_task(limited())
+            pending.add(task)
+            task.add_done_callback(finished)
+        await asyncio.gather(*pending)
+        if failed:
+            raise failed[0]
     await asyncio.sleep(0)  # the last records' `done` callbacks
     records.sort(key=lambda r: r.request_id)
     return records
