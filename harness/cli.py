@@ -112,8 +112,13 @@ def serve(engine_kind, host, port, **params):
 
     engine_dict = {"kind": engine_kind, **collect(params).get("engine", {})}
     check_engine_flags(engine_kind, engine_dict)
+    cls = engine_class(engine_kind)
+    env_key = os.environ.get("HYPERBENCH_API_KEY") or os.environ.get(cls.api_key_env)
+    if engine_dict.get("api_key") is None and env_key:
+        # the key from the environment (the engine images' entrypoint): never on a command line
+        engine_dict["api_key"] = env_key
     cfg = BenchConfig(engine=engine_dict).engine_config()
-    ok, why = engine_class(engine_kind).installed()
+    ok, why = cls.installed()
     if not ok:
         raise HyperbenchError(f"engine {engine_kind} is not installed here: {why}")
     cfg.check()

@@ -109,6 +109,35 @@ def test_api_key_is_not_on_the_engine_command_line(tmp_path):
     assert summary["points"][0]["completed"] == 6  # the engine required the key, and got it
 
 
+def test_serve_takes_the_key_from_the_environment(tmp_path, tiny_model):
+    """`hyperbench serve` with HYPERBENCH_API_KEY set (how the engine images pass it): the engine
+    requires the key, and it is on no command line, before or after serve hands over."""
+    import httpx
+
+    from harness.launchers.process import free_port
+
+    key, port = "env-only-key-3", free_port()
+    env = {**os.environ, "HYPERBENCH_API_KEY": key}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "hf", "--model", str(tiny_model),
+                             "--dtype", "float32", "--device", "cpu", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(url + "/v1/models", timeout=10).status_code == 401
+        ok = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert ok.status_code == 200
+        assert key not in " ".join(psutil.Process(proc.pid).cmdline())  # serve exec'd the engine
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL])
 def test_engine_killed_mid_bench_is_named_by_its_signal(tmp_path, sig):
     """A killed engine leaves no error line of its own: the reason names the signal."""
