@@ -321,6 +321,7 @@ SPEED_COLUMNS = (
 
 
 def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
+    from harness.compare_gpu import gpu_table
     from harness.report import fmt, point_label
 
     bench = [e for e in entries if e.kind == "bench"]
@@ -357,49 +358,12 @@ def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
             lines.append(f"| {e.label} | {ok} | " + " | ".join(cells) + " |")
     if bench:
         lines += ["", "Best per column in bold (highest throughput, lowest latency)."]
-        lines += _gpu(bench)
+        lines += gpu_table(bench)
     if score:
         lines += ["", "## Accuracy" + (" beside speed" if bench else ""), ""] + _accuracy(bench, score)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
     return "\n".join(lines) + "\n"
-
-
-def _gpu(bench: list[Entry]) -> list[str]:
-    """Memory, energy and roofline per run and point, where NVML sampled a GPU: the card's peak
-    above its idle baseline beside what the engine says it holds (vLLM preallocates most of the
-    card, so its peak says little; its weights and KV cache say what it uses)."""
-    rows = []
-    for e in bench:
-        for p in e.points:
-            gpus = (p.get("gpu") or {}).get("gpus") or []
-            if not gpus:
-                continue
-            roof = p.get("roofline") or {}
-            peak = sum(g.get("peak_above_baseline_bytes") or 0 for g in gpus)
-            frac = roof.get("fraction_of_roofline")
-            rows.append([e.label, point_text(p), f"{peak / 2**30:.1f}",
-                         _gib(e.engine_memory.get("weight_bytes")), _gib(e.engine_memory.get("kv_cache_bytes")),
-                         f"{roof['joules_per_output_token']:.3f}" if _number(roof.get("joules_per_output_token")) else "-",
-                         f"{100 * frac:.1f}" if _number(frac) else "-"])  # fmt: skip
-    if not rows:
-        return []
-    head = ["run", "point", "peak GPU mem above idle GiB", "engine: weights GiB", "engine: KV cache GiB",
-            "J / output token", "% of roofline"]
-    return (["", "## GPU memory, energy and roofline", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            + ["| " + " | ".join(r) + " |" for r in rows]
-            + ["", "% of roofline: decode tok/s of one stream against weight bytes ÷ memory bandwidth "
-                   "(above one stream it is per stream)."])
-
-
-def point_text(point: dict) -> str:
-    from harness.report import point_label
-
-    return point_label(point)
-
-
-def _gib(v) -> str:
-    return f"{v / 2**30:.1f}" if _number(v) and v else "-"
 
 
 def _accuracy(bench: list[Entry], score: list[Entry]) -> list[str]:
