@@ -27,11 +27,23 @@ async def run_point(
     records: list[RequestRecord] = []
     loop = asyncio.get_running_loop()
 
+    # on_record runs as a loop callback, where an exception would only be logged: a record that
+    # cannot be written (a full disk) is kept here and stops the point at its next request
+    write_failed: list[BaseException] = []
+
     def done(rec: RequestRecord) -> None:
         records.append(rec)
-        on_record(rec)
+        try:
+            on_record(rec)
+        except BaseException as e:  # noqa: BLE001 (raised again in the point's own task)
+            write_failed.append(e)
+
+    def check_written() -> None:
+        if write_failed:
+            raise write_failed[0]
 
     async def one(i: int, req: GenRequest, scheduled: float | None = None) -> RequestRecord:
+        check_written()
         rec = await client.generate(req, RequestRecord(request_id=i, point=point, scheduled=scheduled))
         # after the stream's next send: writing the record (bench appends it to records.jsonl)
         # must not delay the next request of a closed loop
@@ -85,6 +97,7 @@ async def run_point(
         if failed:
             raise failed[0]
     await asyncio.sleep(0)  # the last records' `done` callbacks
+    check_written()
     records.sort(key=lambda r: r.request_id)
     return records
 
