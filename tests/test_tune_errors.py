@@ -30,7 +30,7 @@ def assert_one_line_error(res, *needles):
 
 @pytest.mark.parametrize("args,needles", [
     (["--params", "foo"], ["unknown parameter 'foo' for engine hf", "temperature, top_p"]),
-    (["--params", "n_ctx"], ["unknown parameter 'n_ctx' for engine hf", "option of engine llamacpp"]),
+    (["--params", "n_ctx"], ["unknown parameter 'n_ctx' for engine hf", "option of engine llama-server, llamacpp"]),
     (["--engine", "llamacpp", "--params", "temperature,max_batch_size"],
      ["unknown parameter 'max_batch_size' for engine llamacpp"]),
     (["--engine", "vllm", "--speculative", "ngram", "--params", "min_p"],
