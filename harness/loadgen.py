@@ -79,6 +79,8 @@ async def run_point(
                 failed.append(task.exception())
 
         for (i, req), offset in zip(enumerate(requests), offsets):
+            if failed or write_failed:
+                break  # a request or its record failed past recovery: send no more of the point
             due = t0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
