@@ -8,8 +8,9 @@
 #      `root default capabilities = no`: this sandbox lacks one capability of root's default set.
 #   2. bin/apptainer: a wrapper that runs root/'s apptainer as if that root were the machine's:
 #      apptainer reads the mount table, so a chroot does not do. The wrapper enters a private
-#      mount namespace, binds the host's own data folders (/work /root /home /tmp /srv /scratch
-#      /var/tmp, the docker socket for docker-daemon:// builds) into root/, and pivot_roots there.
+#      mount namespace, binds the host's own data folders (every top-level
+#      folder but the system's: /work, /root, /tmp, wherever the checkout is; /var/tmp; the
+#      docker socket for docker-daemon:// builds) into root/, and pivot_roots there.
 #      Instance state lives in $HOME/.apptainer (the host's /root): instances started by one call
 #      are listed, joined and stopped by the next.
 # A cluster node with apptainer installed needs none of this.
@@ -90,8 +91,14 @@ shift; cwd="$1"; shift
 set -e
 mount --make-rprivate /
 mount --bind "$ROOT" "$ROOT"
-for d in /work /root /home /tmp /var/tmp /srv /scratch /dev /sys /proc; do
-    [[ -d "$d" ]] || continue
+# every top-level folder of the host that is data, not system (a checkout may live anywhere:
+# /work, /check, /scratch...), then /var/tmp and the kernel's file systems
+for d in /*/ /var/tmp/ /dev/ /sys/ /proc/; do
+    d="${d%/}"
+    [[ -d "$d" && ! -L "$d" ]] || continue
+    case "$d" in
+        /bin|/boot|/etc|/lib|/lib32|/lib64|/libx32|/sbin|/usr|/var|/run|/opt|/media|/mnt|/lost+found|/oldroot) continue ;;
+    esac
     mkdir -p "$ROOT$d" && mount --rbind "$d" "$ROOT$d"
 done
 for sock in /run/docker.sock /run/munge; do  # docker-daemon:// builds; munge for srun inside
