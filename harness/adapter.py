@@ -24,6 +24,9 @@ import httpx
 
 from harness.sse_http import StreamingHTTP, TransportError
 
+# seconds an idle pooled connection is kept: under the servers' own idle close (5 s)
+KEEPALIVE_EXPIRY_S = 2.0
+
 
 @dataclass
 class RequestRecord:
@@ -80,7 +83,11 @@ class EngineClient:
         self.continuous_usage = True
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # no connection cap: the load generator, not the HTTP pool, decides concurrency
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        # an idle pooled connection is dropped before the server's own idle close (5 s in uvicorn
+        # and llama-server's cpp-httplib): reused at that moment, the request meets a closed
+        # socket ("Server disconnected without sending a response"), which httpx does not retry
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None,
+                              keepalive_expiry=KEEPALIVE_EXPIRY_S)
         ssl_context = httpx.create_ssl_context()  # ~35 ms each: made once, shared
         # non-streamed calls (score, agree, /engine) go through httpx
         self._http = httpx.AsyncClient(

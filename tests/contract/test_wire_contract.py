@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.adapter import KEEPALIVE_EXPIRY_S
+
 PROMPTS = [
     "Hello world",
     "The quick brown fox jumps over the lazy dog",
@@ -32,7 +34,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def client(engine_server):
-    with httpx.Client(base_url=engine_server.base_url, timeout=120) as c:
+    # idle connections dropped before the server's idle close, as the harness's own client does
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)
+    with httpx.Client(base_url=engine_server.base_url, timeout=120, limits=limits) as c:
         yield c
 
 
