@@ -22,7 +22,7 @@ import sys
 import time
 
 import pytest
-from hpc import REPO, slurm_up
+from hpc import REPO, queued, slurm_up, stop
 
 from harness.slurm_array import stamps
 
@@ -40,18 +40,6 @@ def cluster():
 def hb(*args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
-
-
-def queued(job_name: str) -> list[str]:
-    return subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True, text=True).stdout.split()
-
-
-def cancel_all(job_name: str, proc: subprocess.Popen | None = None) -> None:
-    """Whatever a failed test left: its controlling process and its jobs."""
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    subprocess.run(["scancel", "-n", job_name])
 
 
 def trial(run, i: int) -> dict:
@@ -90,7 +78,7 @@ def test_tune_killed_mid_batch_resumes_adopting_its_jobs(tmp_path):
         unfinished = [i for i in range(3) if trial(run, i).get("status") not in ("completed", "failed")]
         res = hb("tune", "--resume", run)
     finally:
-        cancel_all(name, proc)
+        stop(proc, name)
     print(f"\n[slurm] tune of 5 trials, 3 at a time, killed and resumed: {time.monotonic() - start:.0f} s",
           file=sys.stderr)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -157,7 +145,7 @@ def test_study_cells_as_a_job_array_one_failed_one_cancelled(tmp_path):
         subprocess.run(["scancel", task], check=True)
         out, err = proc.communicate(timeout=300)
     finally:
-        cancel_all(name, proc)
+        stop(proc, name)
     assert proc.returncode == 2, err[-3000:]
     jobs = json.loads((study / "jobs" / "jobs.json").read_text())
     assert [(j["cell"], j["state"]) for j in jobs] == [
