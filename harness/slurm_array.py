@@ -1,15 +1,20 @@
-"""`compare --executor slurm`: each engine/quant cell as one task of a SLURM job array.
+"""SLURM job arrays, the one machinery of every `--executor slurm`: compare's cells, tune's trials
+(harness/tune/slurm_trials.py) and study's cells (harness/study/slurm_executor.py). Each writes its
+tasks' inputs into a jobs folder, `submit_array` writes the array script there (one task per
+index, its log jobs/<index>.out with the task's own start/end stamps) and sbatches it, `follow`
+waits on the tasks (scontrol) and `task_record` says how each ended.
 
     hyperbench compare --engines hf,llamacpp:q8_0,vllm --model smollm2-135m --launcher apptainer \\
         --executor slurm --max-parallel 3 --partition gpu --gpus 1
 
-The comparison folder is made here, on the login node, as for a local compare. Each cell's bench
-config (fully resolved) is written to <folder>/jobs/<i>.yaml; one array job (`--array=0-N%P`, P =
---max-parallel) runs `hyperbench bench --config jobs/$SLURM_ARRAY_TASK_ID.yaml` per task, writing
-its run folder to <folder>/runs/<cell> on the shared filesystem, exactly where the local compare
-writes it. This process follows the tasks (scontrol), then writes the same compare.json/report as
-a local run from whatever run folders exist. A task that fails or is cancelled is recorded as
-failed (jobs/jobs.json has every task's state, exit code, start and end); the others finish.
+`compare --executor slurm`: the comparison folder is made here, on the login node, as for a local
+compare. Each cell's bench config (fully resolved) is written to <folder>/jobs/<i>.yaml; one array
+job (`--array=0-N%P`, P = --max-parallel) runs `hyperbench bench --config
+jobs/$SLURM_ARRAY_TASK_ID.yaml` per task, writing its run folder to <folder>/runs/<cell> on the
+shared filesystem, exactly where the local compare writes it. This process follows the tasks, then
+writes the same compare.json/report as a local run from whatever run folders exist. A task that
+fails or is cancelled is recorded as failed (jobs/jobs.json has every task's state, exit code,
+start and end); the others finish.
 
 The scheduler is SLURM's own (a plain sbatch array): no home-made queue, and the user's cluster
 limits (QOS, fair share) apply unchanged.
@@ -157,7 +162,8 @@ def run_cells(folder: Path, cells: list[tuple[str, BenchConfig]], job: SlurmJob,
     array_id = submit_array(jobs_dir, indices, job, max_parallel, sif_kinds, job.job_name or "hyperbench-compare",
                             'hyperbench bench --config "$SLURM_ARRAY_TASK_ID.yaml"',
                             "hyperbench compare --executor slurm: one task per cell; configs in this folder.")
-    echo(f"compare: job array {array_id}, {len(cells)} cells" + (f", at most {max_parallel} at once" if max_parallel else ""))
+    echo(f"compare: job array {array_id}, {len(cells)} cells"
+         + (f", at most {max_parallel} at once" if max_parallel else ""))
     tasks = follow(array_id, {i: label for i, (label, _) in enumerate(cells)}, echo, "compare", poll_s,
                    f"; compare their run folders later: hyperbench compare {folder}/runs/*")
     records = []
