@@ -267,8 +267,10 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
         else:
             summary["holdout"] = {"items": 0, "why": "--test-limit 0: no held-out split was asked for"}
         summary["status"] = "complete"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         summary.update(status="incomplete", reason="interrupted")
+        if isinstance(e, Interrupted):  # Ctrl-C while following SLURM jobs: they go on; it says so
+            raise
         done = sum(r.get("status") in ("completed", "failed") for r in store.all())
         raise Interrupted(f"tune interrupted: {done} finished trial(s) kept, marked incomplete; continue "
                           f"(the cut trial from its finished requests): hyperbench tune --resume "
