@@ -79,8 +79,8 @@ def test_tune_killed_mid_batch_resumes_adopting_its_jobs(tmp_path):
         res = hb("tune", "--resume", run)
     finally:
         stop(proc, name)
-    print(f"\n[slurm] tune of 5 trials, 3 at a time, killed and resumed: {time.monotonic() - start:.0f} s",
-          file=sys.stderr)
+    print(f"\n[slurm] tune of 5 trials, 3 at a time, killed and resumed: {time.monotonic() - start:.0f} s; "
+          f"trials {unfinished} unfinished at the resume, {res.stderr.count('(adopted)')} adopted", file=sys.stderr)
     assert res.returncode == 0, res.stderr[-3000:]
     array = before[0]["job"]
     assert all(before[i]["job"] == array for i in range(3)), before  # one array for the first batch
