@@ -93,3 +93,31 @@ def wait_for_records(path: Path, n: int, proc: subprocess.Popen | None = None, t
             raise AssertionError(f"ended before {n} records: " + (proc.stdout.read() if proc.stdout else ""))
         assert time.monotonic() < deadline, f"fewer than {n} records in {path} after {timeout_s:.0f} s"
         time.sleep(0.3)
+
+
+def queued(job_name: str) -> list[str]:
+    """Ids of the jobs (array tasks: <array>_<i>) of this name that SLURM still holds."""
+    return subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+def stop(proc: subprocess.Popen | None, job_name: str) -> None:
+    """Whatever a test leaves running, gone: its harness process and every job of its name."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    subprocess.run(["scancel", "-n", job_name])
+
+
+def cancel_when_recorded(proc: subprocess.Popen, records: Path, n: int, job_name: str,
+                         task_suffix: str = "") -> tuple[str, str, str]:
+    """Once `records` holds n records, scancel the job of `job_name` (the array task whose id ends
+    in `task_suffix`) and let `proc` (the follower) end; nothing is left running either way.
+    Returns (the job cancelled, proc's stdout, its stderr)."""
+    try:
+        wait_for_records(records, n, proc)
+        job = next(t for t in queued(job_name) if t.endswith(task_suffix))
+        subprocess.run(["scancel", job], check=True)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        stop(proc, job_name)
+    return job, out, err

@@ -21,7 +21,7 @@ import sys
 import time
 
 import pytest
-from hpc import REPO, apptainer, build_sif, cache, instances, slurm_up, wait_for_records
+from hpc import REPO, apptainer, build_sif, cache, cancel_when_recorded, instances, queued, slurm_up
 
 pytestmark = [pytest.mark.timeout(1800)]
 CPU_JOB = ["--gpus", "0", "--cpus-per-task", "1", "--mem", "1G", "--time-limit", "00:20:00"]
@@ -37,10 +37,6 @@ def submit(*args, cwd, env=None, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", "slurm", *map(str, args), "--submit"], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})})
-
-
-def queued(job_name: str) -> list[str]:
-    return subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True, text=True).stdout.split()
 
 
 def test_start_up_failure_is_the_jobs_own_line(tmp_path):
@@ -120,15 +116,7 @@ def test_scancel_leaves_the_run_incomplete(sif_env, tmp_path):
                              "--run-name", "cut", "--submit"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **sif_env["env"]})
-    try:
-        wait_for_records(tmp_path / "results" / "cut" / "records.jsonl", 3, proc)
-        (job,) = queued("hb-test-cancel")
-        subprocess.run(["scancel", job], check=True)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", "-n", "hb-test-cancel"])
+    job, out, err = cancel_when_recorded(proc, tmp_path / "results" / "cut" / "records.jsonl", 3, "hb-test-cancel")
     assert proc.returncode == 130, out + err[-3000:]
     line = out.strip()
     assert line.startswith(f"job {job}: CANCELLED") and f"run folder {tmp_path}/results/cut is incomplete" in line, line
@@ -162,17 +150,8 @@ def test_compare_cells_as_a_job_array_one_cancelled(tmp_path):
          "--results-dir", str(tmp_path), "--run-name", "cmp"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
-    victim = tmp_path / "cmp" / "runs" / "llamacpp-q8_0" / "records.jsonl"
-    try:
-        wait_for_records(victim, 2, proc)
-        task = next(t for t in subprocess.run(["squeue", "-h", "-n", "hb-test-array", "-o", "%i"],
-                                              capture_output=True, text=True).stdout.split() if t.endswith("_2"))
-        subprocess.run(["scancel", task], check=True)
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(["scancel", "-n", "hb-test-array"])
+    _, _, err = cancel_when_recorded(proc, tmp_path / "cmp" / "runs" / "llamacpp-q8_0" / "records.jsonl", 2,
+                                     "hb-test-array", "_2")
     assert proc.returncode == 0, err[-3000:]
     jobs = json.loads((tmp_path / "cmp" / "jobs" / "jobs.json").read_text())
     assert [j["cell"] for j in jobs] == cells

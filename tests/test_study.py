@@ -73,7 +73,6 @@ def test_paired_test_calls_a_known_difference_and_not_equal_results():
     (["--variants", "hf,hf"], "listed twice"),
     ([], "no variants to study"),
     (["--variants", "hf:q9_9"], "variant 'hf:q9_9'"),
-    (["--variants", "hf", "--executor", "slurm"], "slurm executor is not available"),
     (["--variants", "hf", "--n-ctx", "512"], "--n-ctx is an option of none of the variants"),
     (["--variants", "hf", "--resume", "x"], "give no other options"),
 ])  # fmt: skip

@@ -45,6 +45,8 @@ def assert_one_line_error(res, *needles):
     (["--objectives", "accuracy,-speed"], ["unknown metric 'speed'"]),
     (["--url", "http://127.0.0.1:9/v1", "--params", "temperature,max_batch_size=1:4", "--max-batch-size", "2"],
      ["need an engine restart, which an external engine (--url) does not allow"]),
+    (["--max-parallel", "3"], ["--max-parallel runs trials side by side as SLURM jobs: add --executor slurm"]),
+    (["--url", "http://127.0.0.1:9/v1", "--executor", "slurm"], ["starts an engine in every trial's job"]),
 ])  # fmt: skip
 def test_bad_search_input(tmp_path, args, needles):
     res = tune(tmp_path, *args)

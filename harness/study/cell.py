@@ -1,7 +1,7 @@
 """One cell in its own process: `python -m harness.study.cell STUDY_DIR CELL_NAME`.
 
 This is the whole contract between a study and an executor: the local executor runs this line
-in turn; a cluster executor can put the same line in a batch job. The cell's job is called
+in turn; the SLURM executor puts the same line in each task of a job array. The cell's job is called
 through its own Python entry point with the config the plan holds, so the cell's run folder is
 exactly what `hyperbench bench/score/agree/tune` would have written.
 """

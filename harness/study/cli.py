@@ -23,8 +23,11 @@ def _with(options):
 def _study_opts():
     from harness.cliutil import engine_options, section_options
 
+    from harness.slurm import SlurmJob
+
     return section_options({"study": StudySpec, "workload": Workload, "load": Load, "target": Target,
-                            "output": StudyOutput}, skip={"url", "resume", "rate", "max_concurrency"},
+                            "output": StudyOutput, "slurm": SlurmJob},
+                           skip={"url", "resume", "rate", "max_concurrency", "submit", "job_log"},
                            helps={"tokenizer": TOKENIZER_HELP}) + engine_options()
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from harness.config import Load, Output, Target, Workload, _Strict
+from harness.slurm import SlurmJob
 
 
 class StudySpec(_Strict):
@@ -33,7 +34,10 @@ class StudySpec(_Strict):
     agree_prompts: int = Field(16, ge=1, description="Prompts of each agree cell (greedy agreement, KL).")
     alpha: float = Field(0.05, gt=0, lt=1, description="Level of the paired accuracy test.")
     executor: Literal["local", "slurm"] = Field(
-        "local", description="Where cells run: local (in turn, here) or slurm (not yet available).")
+        "local", description="Where cells run: local (in turn, here) or slurm (each cell a task of one "
+        "SLURM job array; the --partition.. options apply to each).")
+    max_parallel: int | None = Field(None, ge=1, description="With --executor slurm: at most this many cells "
+                                     "at once (1: no two cells' timings share a node).")
 
     @field_validator("variants")
     @classmethod
@@ -55,6 +59,7 @@ class StudyConfig(_Strict):
     workload: Workload = Field(default_factory=Workload)
     load: Load = Field(default_factory=Load)
     output: StudyOutput = Field(default_factory=StudyOutput)
+    slurm: SlurmJob = Field(default_factory=SlurmJob)
 
     def reference(self) -> str:
         return self.study.reference or (self.study.variants[0] if self.study.variants else "")

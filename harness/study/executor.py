@@ -3,8 +3,8 @@ the study reads every result from the cell's own run folder, never from the exec
 
 `local` runs them here in turn, each in its own process (`harness.study.cell`): the engine of
 one cell is gone, its memory freed, before the next starts, and a cell that crashes cannot take
-the study down. A cluster executor (SLURM) plugs in by implementing `run` with the same command
-in a batch job, and being added to EXECUTORS.
+the study down. `slurm` runs the same command as the tasks of one SLURM job array
+(harness/study/slurm_executor.py).
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ class LocalExecutor:
             done(cell, rc)
 
 
-EXECUTORS: dict[str, Callable[[], Executor]] = {"local": LocalExecutor}
+def executor(name: str, cfg) -> Executor:
+    """The executor `name`, set up from the study's config (`cfg`: a StudyConfig)."""
+    if name == "local":
+        return LocalExecutor()
+    if name == "slurm":
+        from harness.study.slurm_executor import SlurmExecutor
 
-
-def executor(name: str) -> Executor:
-    if name not in EXECUTORS:
-        raise HyperbenchError(f"the {name} executor is not available yet: use --executor local "
-                              f"(known: {', '.join(EXECUTORS)})")
-    return EXECUTORS[name]()
+        return SlurmExecutor(cfg.slurm, cfg.study.max_parallel, cfg.target.launcher)
+    raise HyperbenchError(f"no executor {name!r} (known: local, slurm)")

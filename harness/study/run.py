@@ -31,7 +31,7 @@ def run(cfg: StudyConfig, echo=lambda line: None) -> RunFolder:
         raise HyperbenchError(f"--reference {ref} is not one of --variants ({', '.join(s.variants)})")
     if cfg.target.launcher == "external":
         raise HyperbenchError("study starts each variant itself: use --launcher process, docker or apptainer")
-    runner = executor(s.executor)
+    runner = executor(s.executor, cfg)
     model = str(cfg.engine.get("model") or variants[0].engine.get("model") or "model")
     folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "study", model)
     try:
@@ -55,7 +55,10 @@ def resume(path: Path, echo=lambda line: None) -> RunFolder:
     if summary.get("kind") != "study":
         raise HyperbenchError(f"{folder.path} is not a study (kind {summary.get('kind')!r})")
     summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return _execute(folder, summary, executor(summary.get("executor", "local")), echo)
+    saved = folder.read_json("config.json")
+    saved.pop("reference", None)
+    cfg = StudyConfig(**{k: v for k, v in saved.items() if k != "output"})
+    return _execute(folder, summary, executor(summary.get("executor", "local"), cfg), echo)
 
 
 def _finished(cell: Cell, study_dir: Path) -> bool:

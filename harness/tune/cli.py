@@ -26,8 +26,10 @@ def _with(options):
 def _tune_opts():
     from harness.cliutil import engine_options, section_options
 
-    return section_options({"tune": TuneSpec, "target": Target, "output": TuneOutput},
-                           skip={"url", "baseline", "resume"},
+    from harness.slurm import SlurmJob
+
+    return section_options({"tune": TuneSpec, "target": Target, "output": TuneOutput, "slurm": SlurmJob},
+                           skip={"url", "baseline", "resume", "submit", "job_log"},
                            helps={"tokenizer": "The served model's tokenizer folder: to cut prompts longer "
                                   "than the engine's context as lm-eval does [default: the served "
                                   "model's folder; only needed with --url]."}) + engine_options()

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError
 
 from harness.config import Output, Target, _first_error, _Strict
 from harness.errors import HyperbenchError
+from harness.slurm import SlurmJob
 
 
 class TuneSpec(_Strict):
@@ -61,6 +62,12 @@ class TuneSpec(_Strict):
         "staged from its registry package when the hub is offline."
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+    executor: Literal["local", "slurm"] = Field(
+        "local", description="Where trials run: local (here, one engine kept up across trials) or slurm "
+        "(each trial a SLURM job with its own engine; the --partition.. options apply to each)."
+    )
+    max_parallel: int = Field(1, ge=1, description="With --executor slurm: trials Ax proposes at a time "
+                          "(batch generation with the running trials as pending points), run side by side.")
     # set with --baseline name=value,... (not derived: a mapping)
     baseline: dict[str, Any] = Field(
         default_factory=lambda: {"temperature": 0.8, "top_p": 0.95},
@@ -78,6 +85,7 @@ class TuneConfig(_Strict):
     target: Target = Field(default_factory=Target)
     tune: TuneSpec = Field(default_factory=TuneSpec)
     output: TuneOutput = Field(default_factory=TuneOutput)
+    slurm: SlurmJob = Field(default_factory=SlurmJob)
 
     def engine_config(self, **overrides):
         from backends import engine_class

@@ -110,28 +110,41 @@ def optimize(study: Study, evaluate: Callable[[Path, dict], Measurement], store:
         # says how far along the budget is ("trial 2/2" read as "the last of two")
         echo(f"trial {index} ({'baseline, ' if index == 0 else ''}{index + 1} of {budget}): {_fmt_params(params)}"
              + (f" (attempt {rec['attempts']})" if rec["attempts"] > 1 else ""))
-        t0 = time.perf_counter()
-        try:
-            m = evaluate(store.folder(index), params)
-            missing = [n for n in metric_names if m.metrics.get(n, {}).get("mean") is None]
-            if missing:
-                raise TrialFailed(f"no value for {', '.join(missing)} (TPOT needs answers of 2+ tokens)")
-        except TrialFailed as e:
+        rec = measure_trial(store, rec, evaluate, metric_names)
+        if rec["status"] == "failed":
             consecutive += 1
-            _fail(study, store, rec, str(e), echo, on_trial)
+            _fail(study, store, rec, rec["error"], echo, on_trial)
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
-                raise HyperbenchError(f"{consecutive} trials in a row failed (last: {e}); the tune "
-                                      "stopped: fix the cause and resume it") from None
+                raise HyperbenchError(f"{consecutive} trials in a row failed (last: {rec['error']}); the tune "
+                                      "stopped: fix the cause and resume it")
             continue
         consecutive = 0
-        rec.update(status="completed", metrics=m.metrics, raw=m.raw(metric_names), requests=m.requests,
-                   elapsed_s=round(time.perf_counter() - t0, 3), items=len(m.items),
-                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        store.write(index, rec)
         study.complete(index, _raw(rec))
         study.save()
-        echo(f"  -> {_fmt_metrics(m.metrics, metric_names)} ({rec['elapsed_s']:.1f} s)")
+        echo(f"  -> {_fmt_metrics(rec['metrics'], metric_names)} ({rec['elapsed_s']:.1f} s)")
         on_trial(rec)
+
+
+def measure_trial(store: TrialStore, rec: dict, evaluate: Callable[[Path, dict], Measurement],
+                  metric_names: list[str]) -> dict:
+    """Measure one trial into its record, written: completed with its metrics, or failed with the
+    reason (TrialFailed). Ax is not told here: the loop does that, or, for a trial run as a batch
+    job, the controlling process when it reads the record."""
+    t0 = time.perf_counter()
+    try:
+        m = evaluate(store.folder(rec["index"]), rec["params"])
+        missing = [n for n in metric_names if m.metrics.get(n, {}).get("mean") is None]
+        if missing:
+            raise TrialFailed(f"no value for {', '.join(missing)} (TPOT needs answers of 2+ tokens)")
+    except TrialFailed as e:
+        rec.update(status="failed", error=str(e), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        store.write(rec["index"], rec)
+        return rec
+    rec.update(status="completed", metrics=m.metrics, raw=m.raw(metric_names), requests=m.requests,
+               elapsed_s=round(time.perf_counter() - t0, 3), items=len(m.items),
+               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    store.write(rec["index"], rec)
+    return rec
 
 
 def _fail(study: Study, store: TrialStore, rec: dict, reason: str, echo, on_trial) -> None:

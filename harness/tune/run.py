@@ -50,6 +50,10 @@ def check_search(cfg: TuneConfig):
                               "need an engine restart, which an external engine (--url) does not allow")
     if spec.holdout_top < 1:
         raise HyperbenchError("--holdout-top must be at least 1")
+    if spec.max_parallel > 1 and spec.executor != "slurm":
+        raise HyperbenchError("--max-parallel runs trials side by side as SLURM jobs: add --executor slurm")
+    if spec.executor == "slurm" and cfg.target.launcher == "external":
+        raise HyperbenchError("--executor slurm starts an engine in every trial's job: not with --url")
     return engine, objectives, constraints, space
 
 
@@ -226,15 +230,22 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
         else:
             study = Study.create(run_dir.path, space, objectives, constraints, spec.strategy, spec.seed,
                                  spec.init_trials, plan["tracking"])
-        evaluate, session = _lm_evaluator(cfg, plan, run_dir, space)
-
         def on_trial(_rec):
             summary["trials"] = [_trial_view(r) for r in store.all()]
             run_dir.write_json("summary.json", summary)
 
         on_trial(None)
-        stopped = optimize(study, lambda folder, params: evaluate(folder, params, plan["dev"]), store,
-                           spec.trials, names, echo, on_trial)
+        if spec.executor == "slurm":  # each trial a job with its own engine; none runs here
+            from harness.tune.batch import optimize_batches
+            from harness.tune.slurm_trials import SlurmTrials
+
+            slurm = SlurmTrials(run_dir.path, cfg.slurm, spec.max_parallel,
+                                [cfg.engine_config().kind] if cfg.target.launcher == "apptainer" else [], echo)
+            stopped = optimize_batches(study, store, spec.trials, spec.max_parallel, slurm, names, echo, on_trial)
+        else:
+            evaluate, session = _lm_evaluator(cfg, plan, run_dir, space)
+            stopped = optimize(study, lambda folder, params: evaluate(folder, params, plan["dev"]), store,
+                               spec.trials, names, echo, on_trial)
         if stopped:
             summary["stopped_early"] = stopped
             echo(stopped)
@@ -246,15 +257,20 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
         else:
             summary["selection"] = select(store.all(), objectives, constraints, study, spec.holdout_top)
             run_dir.write_json("selection.json", summary["selection"])
-        if plan["test"]:
+        if plan["test"] and spec.executor == "slurm":
+            slurm.holdout()
+            summary["holdout"] = run_dir.read_json("holdout.json")
+        elif plan["test"]:
             summary["holdout"] = holdout(summary["selection"], store, run_dir.path, plan["test"], evaluate,
                                          space, objectives, constraints, HOLDOUT_ALPHA, spec.seed, echo,
                                          concurrency=spec.concurrency)
         else:
             summary["holdout"] = {"items": 0, "why": "--test-limit 0: no held-out split was asked for"}
         summary["status"] = "complete"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         summary.update(status="incomplete", reason="interrupted")
+        if isinstance(e, Interrupted):  # Ctrl-C while following SLURM jobs: they go on; it says so
+            raise
         done = sum(r.get("status") in ("completed", "failed") for r in store.all())
         raise Interrupted(f"tune interrupted: {done} finished trial(s) kept, marked incomplete; continue "
                           f"(the cut trial from its finished requests): hyperbench tune --resume "
@@ -280,8 +296,11 @@ def _trial_view(rec: dict) -> dict:
     return out
 
 
-def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: SearchSpace):
-    """evaluate(folder, params, item ids) -> Measurement, on a real engine; and its session."""
+def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: SearchSpace, work: Path | None = None):
+    """evaluate(folder, params, item ids) -> Measurement, on a real engine; and its session. The
+    engine's log and the task files go to `work` (default: the run folder; a trial's batch job
+    gives its own folder, as jobs run side by side)."""
+    work = Path(work) if work is not None else run_dir.path
     from harness.bench import resolve_model_path
     from harness.score.run import _max_length, _tokenizer
     from harness.tune.engine import EngineSession, engine_failure
@@ -292,14 +311,14 @@ def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: Search
     notes: list[str] = []
     data_dir = Path(plan["data_dir"]) if plan.get("data_dir") else None
     prepared, leaf, _, _, _ = prepare_task(cfg.model_copy(update={"tune": spec.model_copy(
-        update={"task": plan["task"]})}), run_dir.path / "tasks", data_dir, notes)
+        update={"task": plan["task"]})}), work / "tasks", data_dir, notes)
     engine = cfg.engine_config()
     model_path = resolve_model_path(cfg, engine)
     _, tokenizer = _tokenizer(cfg, model_path)
     setup = TaskSetup(prepared=prepared, task=leaf, metric=plan["metric"], filter=plan["filter"],
                       num_fewshot=spec.num_fewshot, fewshot_seed=spec.seed, tokenizer=tokenizer,
                       concurrency=spec.concurrency, timeout_s=spec.timeout_s)
-    session = EngineSession(cfg, model_path, run_dir.path)
+    session = EngineSession(cfg, model_path, work)
 
     def evaluate(folder: Path, params: dict, items: list[int]):
         sampling, overrides = space.split(params)

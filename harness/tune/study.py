@@ -132,19 +132,26 @@ class Study:
     def new_trial(self) -> tuple[int, dict] | None:
         """Ask Ax for one more trial (seeded by its index); None when Ax has nothing new to offer
         (e.g. every point of a small discrete space was tried)."""
+        got = self.new_trials(1)
+        return got[0] if got else None
+
+    def new_trials(self, n: int) -> list[tuple[int, dict]]:
+        """Ask Ax for up to n trials at once (a batch to run side by side), seeded by the index of
+        the first: Ax treats every RUNNING trial as a pending point and spreads the batch
+        around them (GenerationStrategy.gen extracts and extends the pending observations), so no
+        two trials of a batch, or of a batch and the trials still running, ask the same thing.
+        Fewer than n (or none) when Ax can offer no more: its initialization step may cap a batch
+        at what is left of it, and a small discrete space runs out."""
         from ax.utils.common.random import with_rng_seed
 
         with _quiet(), with_rng_seed((self.seed * 1_000_003 + self.count()) % 2**31):
             try:
-                got = self.client.get_next_trials(max_trials=1)
+                got = self.client.get_next_trials(max_trials=n)
             except Exception as e:  # Ax raises its own types when the space is exhausted
                 if "exhaust" in str(e).lower() or "dedup" in str(e).lower() or "no more" in str(e).lower():
-                    return None
+                    return []
                 raise
-        if not got:
-            return None
-        (index, params), = got.items()
-        return index, dict(params)
+        return [(index, dict(params)) for index, params in sorted(got.items())]
 
     def complete(self, index: int, raw: dict) -> None:
         with _quiet():
