@@ -11,6 +11,7 @@ from pathlib import Path
 from backends.base import speculative_delta
 from harness import envinfo, telemetry
 from harness.roofline import point_roofline
+from harness.server_metrics import FILE as SERVER_METRICS_FILE, JsonlSink, ServerMetrics
 from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
@@ -263,13 +264,18 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                     progress.advance(task)
 
             spec_before = _spec_counters(engine, endpoint)  # cumulative: difference around the point
+            server = ServerMetrics(endpoint.base_url, endpoint.api_key, label,
+                                   JsonlSink(run_dir.file(SERVER_METRICS_FILE)), cfg.load.metrics_interval_s)
             with telemetry.GPUSampler(baseline) as gpu:
-                await run_point(client, [requests[i] for i in missing], kind, value, cfg.workload.seed,
-                                on_record, cfg.load.max_concurrency, cfg.workload.think_time_ms / 1000.0,
-                                encode, {(r.conversation, r.turn): r.text for r in prior if r.turn is not None})
+                async with server:
+                    await run_point(client, [requests[i] for i in missing], kind, value, cfg.workload.seed,
+                                    on_record, cfg.load.max_concurrency, cfg.workload.think_time_ms / 1000.0,
+                                    encode, {(r.conversation, r.turn): r.text for r in prior if r.turn is not None})
             if current["not_sent"]:  # the engine died: what it never got is missing, not failed
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
             point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests), repeat)
+            point["server"] = server.summary([r.first_token - r.send for r in current["records"]
+                                              if r.ok and r.first_token is not None])
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):

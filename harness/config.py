@@ -99,6 +99,10 @@ class Load(_Strict):
         "flagged: the client could not keep up.",
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+    metrics_interval_s: float = Field(
+        0.5, ge=0, description="Scrape the engine's Prometheus /metrics this often during each point "
+        "(server_metrics.jsonl beside the records; 0: off).",
+    )
     spec_baseline: bool = Field(
         True, description="With speculative decoding on, also bench the same engine restarted "
         "without it (same seed and points) for the speedup; not with --url.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from harness.server_report import server_plots, server_section
 from harness.results import RunFolder
 
 COLUMNS = (
@@ -181,6 +182,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
                   "| step | rate req/s | SLO attainment | passed |", "|---|---|---|---|",
                   *(f"| {i} | {fmt(w['rate'])} | {w['slo_attainment']:.1%} | {'yes' if w['passed'] else 'no'} |"
                     for i, w in enumerate(mr["walk"], 1))]
+    lines += server_section(points, point_label)
     if s.get("repeat_stats"):
         lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
@@ -333,7 +335,7 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     fig.savefig(out_dir / "throughput.png", dpi=100)
     plt.close(fig)
     made.append("throughput.png")
-    return made
+    return made + server_plots(run, out_dir)
 
 
 def tick_inf(ax, finite: list[float], at: float) -> None:
