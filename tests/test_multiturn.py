@@ -112,3 +112,21 @@ def run_main(argv, capsys):
 def test_bad_multiturn_flags_are_one_line(argv, says, tmp_path, capsys):
     code, err = run_main(["bench", "--engine", "synthetic", "--results-dir", str(tmp_path), *argv], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_resumed_conversation_goes_on_from_the_recorded_answers(synthetic):
+    """bench --resume sends only a cut point's missing turns: a conversation's later turns carry
+    the answers its earlier turns got before the cut (from their records)."""
+    reqs = as_conversations([GenRequest(prompt=f"u{i}", max_tokens=2) for i in range(3)], 3)
+
+    async def go():
+        async with WireLog(synthetic.base_url, synthetic.model) as c:
+            c.sent = {}
+            recs = await run_point(c, reqs[1:], "concurrency", 1, 0, lambda r: None,
+                                   answered={(0, 0): " before the cut"})
+            return recs, c.sent
+
+    recs, sent = asyncio.run(go())
+    assert [(r.conversation, r.turn) for r in recs] == [(0, 1), (0, 2)]
+    assert sent[0].prompt == "u0 before the cut\nu1"
+    assert sent[1].prompt == f"u0 before the cut\nu1{recs[0].text}\nu2"
