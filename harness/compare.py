@@ -37,7 +37,8 @@ from harness.results import SCHEMA_VERSION, RunFolder, slug
 from harness.slurm import SlurmJob
 
 # workload fields that must agree for a speed comparison to mean anything
-WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat")
+WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat",
+                 "turns", "think_time_ms")
 
 
 class CompareConfig(BaseModel):
@@ -307,7 +308,8 @@ def workload_mismatch(entries: list[Entry]) -> dict[str, list]:
     """Workload settings that differ between bench runs (a comparison of unlike runs is flagged)."""
     out = {}
     for key in WORKLOAD_KEYS:
-        values = {str(e.workload.get(key)) for e in entries if e.workload}
+        # a field a run's version did not have yet reads as its default (turns: 1)
+        values = {str(e.workload.get(key, Workload.model_fields[key].default)) for e in entries if e.workload}
         if len(values) > 1:
             out[key] = sorted(values)
     return out
