@@ -46,6 +46,9 @@ class RequestRecord:
     # open loop (Poisson rate, trace): when the schedule said to send it, same clock as `send`;
     # send - scheduled is the client's schedule lag
     scheduled: float | None = None
+    # multi-turn: the conversation (0-based) and its turn (0-based); None for single requests
+    conversation: int | None = None
+    turn: int | None = None
     prompt_tokens: int | None = None  # from the server's usage
     output_tokens: int | None = None  # from the server's usage
     expected_output_tokens: int | None = None
@@ -71,6 +74,11 @@ class GenRequest:
     sampling: dict[str, Any] = field(default_factory=dict)
     fixed_output: bool = False
     at_s: float | None = None  # a trace's request: its send time, seconds from the trace's start
+    # multi-turn (harness/conversation.py): `prompt`/`messages` hold this turn's new user content
+    # only, `earlier` the user contents of the turns before it (their answers come at run time)
+    conversation: int | None = None
+    turn: int | None = None
+    earlier: list = field(default_factory=list)
 
 
 class EngineClient:
@@ -136,7 +144,8 @@ class EngineClient:
             # a server that rejects an option it does not know (OpenAI-strict ones do): without
             # it from now on, and this request again
             self.continuous_usage = False
-            fresh = RequestRecord(request_id=rec.request_id, point=rec.point, scheduled=rec.scheduled)
+            fresh = RequestRecord(request_id=rec.request_id, point=rec.point, scheduled=rec.scheduled,
+                                  conversation=rec.conversation, turn=rec.turn)
             for f in fields(RequestRecord):
                 setattr(rec, f.name, getattr(fresh, f.name))
             await self._generate(req, rec)

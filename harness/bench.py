@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from backends.base import speculative_delta
 from harness import envinfo, telemetry
 from harness.roofline import point_roofline
+from harness.server_metrics import FILE as SERVER_METRICS_FILE, JsonlSink, ServerMetrics
 from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
@@ -154,13 +156,16 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
                 summary["precision"] = effective_precision(summary["engine_info"], engine)
                 if summary["engine_info"]:
                     run_dir.write_json("engine.json", summary["engine_info"])
+                encode = None  # answer text -> ids, for multi-turn conversations of token-id prompts
                 if requests is None:  # synthetic prompts, of the served model's tokenizer
                     tok_src = resolve_tokenizer_source(cfg, model_path)
                     tok = load_tokenizer(tok_src) if tok_src else None
                     requests = (trace_requests(load_trace(cfg.load.trace), cfg.workload, tok)
                                 if cfg.load.trace is not None else build_requests(cfg.workload, tok))
+                    if tok is not None:
+                        encode = partial(tok.encode, add_special_tokens=False)
                 asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
-                                   progress, current, todo if resuming else None))
+                                   progress, current, todo if resuming else None, encode))
         if spec_off is not None:
             _spec_baseline(cfg, spec_off, run_dir, summary, progress)
         summary["status"] = "complete"
@@ -228,7 +233,7 @@ def _not_sent(rec: RequestRecord, launcher) -> bool:
 
 
 async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline, progress,
-                 current: dict, todo: dict | None) -> None:
+                 current: dict, todo: dict | None, encode=None) -> None:
     async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key,
                             timeout=cfg.load.timeout_s) as client:
         # prompts of their own: one of the measured prompts would find the warm-up's prefix cached
@@ -259,12 +264,18 @@ async def _sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, ba
                     progress.advance(task)
 
             spec_before = _spec_counters(engine, endpoint)  # cumulative: difference around the point
+            server = ServerMetrics(endpoint.base_url, endpoint.api_key, label,
+                                   JsonlSink(run_dir.file(SERVER_METRICS_FILE)), cfg.load.metrics_interval_s)
             with telemetry.GPUSampler(baseline) as gpu:
-                await run_point(client, [requests[i] for i in missing], kind, value, cfg.workload.seed,
-                                on_record, cfg.load.max_concurrency)
+                async with server:
+                    await run_point(client, [requests[i] for i in missing], kind, value, cfg.workload.seed,
+                                    on_record, cfg.load.max_concurrency, cfg.workload.think_time_ms / 1000.0,
+                                    encode, {(r.conversation, r.turn): r.text for r in prior if r.turn is not None})
             if current["not_sent"]:  # the engine died: what it never got is missing, not failed
                 raise EngineError(f"engine died during the run: {launcher.death_reason()}")
             point = point_summary(cfg, kind, value, [prior, current["records"]], len(requests), repeat)
+            point["server"] = server.summary([r.first_token - r.send for r in current["records"]
+                                              if r.ok and r.first_token is not None])
             if (g := gpu.result()) is not None:
                 point["gpu"] = g
                 if roof := point_roofline(point, (summary.get("engine_info") or {}).get("weight_bytes")):

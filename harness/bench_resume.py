@@ -105,7 +105,8 @@ def point_summary(cfg: BenchConfig, kind: str, value: float, sessions: list[list
     if len(ran) > 1:
         point["sessions"] = len(ran)
     if kind == "rate" and len(ran) == 1:  # the schedule's own rate and the send rate (one session's sends)
-        point.update(rate_fields(records, value, cfg.workload.seed))
+        # multi-turn: the schedule is of conversation starts (first turns); later turns follow answers
+        point.update(rate_fields([r for r in records if not r.turn], value, cfg.workload.seed))
     lag_p99 = (point.get("schedule_lag_ms") or {}).get("p99")
     if lag_p99 is not None and lag_p99 > cfg.load.lag_limit_ms:
         point["client_behind"] = (f"client could not keep up: schedule lag p99 {lag_p99:.1f} ms "
@@ -121,7 +122,7 @@ def rebuild_summary(run_dir: RunFolder, summary: dict) -> dict:
     cfg = saved_config(run_dir)
     by_point = records_by_point(run_dir)
     finished = {load_key(p): p for p in summary.get("points", []) if not p.get("partial")}
-    planned = len(load_trace(cfg.load.trace)) if cfg.load.trace is not None else cfg.workload.num_requests
+    planned = len(load_trace(cfg.load.trace)) if cfg.load.trace is not None else cfg.workload.total_requests()
     points = []
     walked = [("rate", float(label.split("=", 1)[1]), None) for label in by_point
               if label.startswith("rate=")] if cfg.load.find_max_rate else []  # the rates it had tried

@@ -31,11 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.config import SLO, BenchConfig, Load, Output, Target, Workload
 from harness.errors import HyperbenchError
+from harness.compare_plots import write_plots
+from harness.compare_repeats import run_interleaved, significance, significance_section
 from harness.results import SCHEMA_VERSION, RunFolder, slug
 from harness.slurm import SlurmJob
 
 # workload fields that must agree for a speed comparison to mean anything
-WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat")
+WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat",
+                 "turns", "think_time_ms")
 
 
 class CompareConfig(BaseModel):
@@ -145,8 +148,10 @@ def run(cfg: CompareConfig, progress=None) -> RunFolder:
 
         run_cells(folder.path, [(label, b) for _, label, b in cells], cfg.slurm, cfg.max_parallel,
                   lambda text: print(text, file=sys.stderr))
+    if cfg.executor == "local" and cfg.load.repeats > 1:  # A rep 1, B rep 1, A rep 2, ...
+        run_interleaved(cells, cfg.load.repeats, bench_run, progress)
     for name, label, bench_cfg in cells:
-        if cfg.executor == "local":
+        if cfg.executor == "local" and cfg.load.repeats == 1:
             try:
                 bench_run(bench_cfg, progress)
             except HyperbenchError as e:
@@ -289,6 +294,7 @@ def write_comparison(folder: RunFolder, entries: list[Entry], plots: bool = True
             for e in entries
         ],
         "workload_mismatch": workload_mismatch([e for e in entries if e.kind == "bench"]),
+        "significance": significance(entries),  # runs with repeats: Welch's t between each pair
     }  # fmt: skip
     folder.write_json("compare.json", data)
     made = write_plots(folder, [e for e in entries if e.kind == "bench"]) if plots else []
@@ -302,7 +308,8 @@ def workload_mismatch(entries: list[Entry]) -> dict[str, list]:
     """Workload settings that differ between bench runs (a comparison of unlike runs is flagged)."""
     out = {}
     for key in WORKLOAD_KEYS:
-        values = {str(e.workload.get(key)) for e in entries if e.workload}
+        # a field a run's version did not have yet reads as its default (turns: 1)
+        values = {str(e.workload.get(key, Workload.model_fields[key].default)) for e in entries if e.workload}
         if len(values) > 1:
             out[key] = sorted(values)
     return out
@@ -357,7 +364,10 @@ def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
             ok = f"{p.get('completed', 0)}/{p.get('requests', 0)}" + (" (partial)" if p.get("partial") else "")
             lines.append(f"| {e.label} | {ok} | " + " | ".join(cells) + " |")
     if bench:
-        lines += ["", "Best per column in bold (highest throughput, lowest latency)."]
+        lines += ["", "Best per column in bold (highest throughput, lowest latency)"
+                  + ("; with repeats, each run's first repeat (the means and tests follow)." if data["significance"]
+                     else ".")]
+        lines += significance_section(data["significance"])
         lines += gpu_table(bench)
     if score:
         lines += ["", "## Accuracy" + (" beside speed" if bench else ""), ""] + _accuracy(bench, score)
@@ -423,68 +433,6 @@ def _best(entries: list[Entry], point: dict) -> dict:
         if len(values) > 1:
             best[name] = max(values) if ("tok/s" in name or "req/s" in name) else min(values)
     return best
-
-
-def write_plots(folder: RunFolder, entries: list[Entry]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = []
-    for e in entries:
-        pts = [(lk, p) for p in e.points if p.get("completed") and (lk := _load_of(p)) is not None]
-        if pts:
-            series.append((e.label, pts))
-    if not series:
-        return []
-    kind = series[0][1][0][0][0]
-    finite = [lk[1] for _, pts in series for lk, _ in pts if math.isfinite(lk[1])]
-    top = max(finite) * 2 if finite else 1.0
-    out = folder.path / "plots"
-    out.mkdir(exist_ok=True)
-
-    def xs(pts):
-        return [lk[1] if math.isfinite(lk[1]) else top for lk, _ in pts]
-
-    has_inf = any(not math.isfinite(lk[1]) for _, pts in series for lk, _ in pts)
-
-    def scale(ax):  # concurrency 1, 8, 64...: evenly spaced on a log axis
-        if finite and min(finite) > 0 and max(finite) / min(finite) >= 4:
-            ax.set_xscale("log", base=2)
-        if has_inf:  # rate=inf sits at `top`: its tick says inf
-            from harness.report import tick_inf
-
-            tick_inf(ax, finite, top)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for label, pts in series:
-        axes[0].plot(xs(pts), [p.get("output_throughput") for _, p in pts], marker="o", label=label)
-        axes[1].plot(xs(pts), [p.get("request_throughput") for _, p in pts], marker="o", label=label)
-    for ax, title in zip(axes, ("output tokens/s", "requests/s")):
-        ax.set_title(title)
-        ax.set_xlabel(kind)
-        scale(ax)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_throughput.png", dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (key, title) in zip(axes, (("ttft_ms", "TTFT p50 (ms)"), ("tpot_ms", "TPOT p50 (ms)"),
-                                       ("e2e_ms", "E2E p50 (ms)"))):
-        for label, pts in series:
-            ax.plot(xs(pts), [_d(p, key, "p50") for _, p in pts], marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel(kind)
-        scale(ax)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_latency.png", dpi=100)
-    plt.close(fig)
-    return ["compare_throughput.png", "compare_latency.png"]
 
 
 def _read_optional(run: RunFolder, name: str):

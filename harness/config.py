@@ -39,6 +39,17 @@ class Workload(_Strict):
     seed: int = Field(0, description="Seed of prompts, arrival times and sampling.")
     chat: bool = Field(False, description="Send /v1/chat/completions instead of /v1/completions.")
     warmup: int = Field(1, ge=0, description="Warm-up requests before each engine's sweep.")
+    turns: int = Field(
+        1, ge=1, description="Multi-turn conversations: each of --num-requests conversations has "
+        "this many turns; a turn is sent after the previous answer (plus --think-time-ms), its prompt "
+        "the conversation so far (prompts, answers) plus input_len new tokens.",
+    )
+    think_time_ms: float = Field(0.0, ge=0, description="Multi-turn: pause between an answer's last "
+                                 "token and the next turn of its conversation.")
+
+    def total_requests(self) -> int:
+        """Requests of one sweep point: one per turn of every conversation."""
+        return self.num_requests * self.turns
 
     @model_validator(mode="after")
     def _prefix(self):
@@ -46,6 +57,8 @@ class Workload(_Strict):
             raise ValueError(f"prefix_len {self.prefix_len} is longer than the prompt (input_len {self.input_len})")
         if self.prefix_len and self.dataset is not None:
             raise ValueError("prefix_len shapes synthetic prompts: not with a dataset")
+        if self.think_time_ms and self.turns == 1:
+            raise ValueError("think_time_ms is the pause between turns: give turns > 1 with it")
         return self
 
 
@@ -86,6 +99,10 @@ class Load(_Strict):
         "flagged: the client could not keep up.",
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+    metrics_interval_s: float = Field(
+        0.5, ge=0, description="Scrape the engine's Prometheus /metrics this often during each point "
+        "(server_metrics.jsonl beside the records; 0: off).",
+    )
     spec_baseline: bool = Field(
         True, description="With speculative decoding on, also bench the same engine restarted "
         "without it (same seed and points) for the speedup; not with --url.",
@@ -180,6 +197,13 @@ class BenchConfig(_Strict):
     load: Load = Field(default_factory=Load)
     slo: SLO = Field(default_factory=SLO)
     output: Output = Field(default_factory=Output)
+
+    @model_validator(mode="after")
+    def _turns(self):
+        if self.workload.turns > 1 and self.load.trace is not None:
+            raise ValueError("a trace gives each request's send time: multi-turn conversations (turns > 1) "
+                             "are not with --trace")
+        return self
 
     def engine_config(self):
         """The typed engine config (its class is chosen by `kind` from the registry)."""

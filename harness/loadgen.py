@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
+from harness.conversation import run_conversations
 
 
 async def run_point(
@@ -21,8 +22,14 @@ async def run_point(
     seed: int,
     on_record: Callable[[RequestRecord], None],
     max_concurrency: int | None = None,
+    think_s: float = 0.0,
+    encode: Callable[[str], list[int]] | None = None,
+    answered: dict[tuple[int, int], str] | None = None,
 ) -> list[RequestRecord]:
-    """Send every request once under the load pattern; `on_record` sees each as it finishes."""
+    """Send every request once under the load pattern; `on_record` sees each as it finishes.
+    Requests that are turns of conversations (GenRequest.turn set) go through
+    harness/conversation.py: `think_s`, `encode` (answer text -> ids) and `answered` (answers a
+    cut session already has) are theirs."""
     point = f"{kind}={_fmt(value)}"
     records: list[RequestRecord] = []
     loop = asyncio.get_running_loop()
@@ -44,13 +51,17 @@ async def run_point(
 
     async def one(i: int, req: GenRequest, scheduled: float | None = None) -> RequestRecord:
         check_written()
-        rec = await client.generate(req, RequestRecord(request_id=i, point=point, scheduled=scheduled))
+        rec = await client.generate(req, RequestRecord(request_id=i, point=point, scheduled=scheduled,
+                                                       conversation=req.conversation, turn=req.turn))
         # after the stream's next send: writing the record (bench appends it to records.jsonl)
         # must not delay the next request of a closed loop
         loop.call_soon(done, rec)
         return rec
 
-    if kind == "concurrency":
+    if requests and requests[0].turn is not None:
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency and kind != "concurrency" else None
+        await run_conversations(one, requests, kind, value, seed, think_s, encode, answered or {}, sem)
+    elif kind == "concurrency":
         queue = list(enumerate(requests))[::-1]
 
         async def stream() -> None:

@@ -128,10 +128,26 @@ def summarize(records: list[RequestRecord], slo: SLO | None = None, duration_s: 
     if lags := schedule_lags(records):
         # open loop: a late send lowers the offered load and hides client queueing from latency
         out["schedule_lag_ms"] = distribution(lags)
+    if any(r.turn is not None for r in records):
+        out["turns"] = per_turn(records)
     if slo is not None and any(v is not None for v in slo.model_dump().values()):
         good = sum(1 for r in ok if meets_slo(r, slo))
         out["goodput"] = good / duration
         out["slo_attainment"] = good / len(records)
+    return out
+
+
+def per_turn(records: list[RequestRecord]) -> list[dict]:
+    """Multi-turn: TTFT and prompt length by turn (1-based). The prompt grows with the history,
+    so TTFT by turn shows what the engine's prefix cache saves of it."""
+    out = []
+    for t in sorted({r.turn for r in records if r.turn is not None}):
+        of = [r for r in records if r.turn == t]
+        ok = [r for r in of if r.ok]
+        prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+        out.append({"turn": t + 1, "requests": len(of), "completed": len(ok),
+                    "prompt_tokens_mean": sum(prompts) / len(prompts) if prompts else None,
+                    "ttft_ms": distribution(v for r in ok if (v := ttft(r)) is not None)})
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from harness.server_report import server_plots, server_section
 from harness.results import RunFolder
 
 COLUMNS = (
@@ -143,7 +144,9 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         (f"- workload: trace `{cfg['load']['trace']}` (its send times, lengths and requests), time scale "
          f"{cfg['load'].get('time_scale')}" if (cfg.get("load") or {}).get("trace") else
          f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
-         f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per point")
+         f"{' (fixed)' if w.get('fixed_output') else ''}, "
+         + (f"{w.get('num_requests')} conversations of {w['turns']} turns (think time {fmt(w.get('think_time_ms'))} ms) "
+            "per point" if (w.get("turns") or 1) > 1 else f"{w.get('num_requests')} requests per point"))
         + f", temperature {w.get('temperature')}, seed {w.get('seed')}"
         + (f", dataset `{w.get('dataset')}`" if w.get("dataset") else ""),
         f"- machine: {env.get('cpu', {}).get('model')}, "
@@ -165,6 +168,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         if lag := p.get("schedule_lag_ms"):
             lines.append(f"- {point_label(p)}: schedule lag (send - scheduled send) p50 {fmt(lag['p50'])} ms, "
                          f"p99 {fmt(lag['p99'])} ms" + (f"; **{p['client_behind']}**" if p.get("client_behind") else ""))
+    lines += turns_section(points)
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
@@ -178,6 +182,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
                   "| step | rate req/s | SLO attainment | passed |", "|---|---|---|---|",
                   *(f"| {i} | {fmt(w['rate'])} | {w['slo_attainment']:.1%} | {'yes' if w['passed'] else 'no'} |"
                     for i, w in enumerate(mr["walk"], 1))]
+    lines += server_section(points, point_label)
     if s.get("repeat_stats"):
         lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
@@ -220,6 +225,21 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
 
     atomic_write_text(run.file("report.md"), text)
     return text
+
+
+def turns_section(points: list[dict]) -> list[str]:
+    """Multi-turn: TTFT by turn at each point. Each turn's prompt holds the conversation so far,
+    so a TTFT that stays flat as the prompt grows is the engine's prefix cache at work."""
+    rows = [(point_label(p), t) for p in points for t in p.get("turns") or []]
+    if not rows:
+        return []
+    out = ["", "## TTFT by turn", "", "| point | turn | requests | prompt tokens (mean) | TTFT p50 | TTFT p99 |",
+           "|---|---|---|---|---|---|"]
+    for label, t in rows:
+        d = t.get("ttft_ms") or {}
+        out.append(f"| {label} | {t['turn']} | {t['completed']}/{t['requests']} | {fmt(t.get('prompt_tokens_mean'))} "
+                   f"| {fmt(d.get('p50'))} | {fmt(d.get('p99'))} |")
+    return out
 
 
 def spec_section(s: dict, points: list[dict]) -> list[str]:
@@ -315,7 +335,7 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     fig.savefig(out_dir / "throughput.png", dpi=100)
     plt.close(fig)
     made.append("throughput.png")
-    return made
+    return made + server_plots(run, out_dir)
 
 
 def tick_inf(ax, finite: list[float], at: float) -> None:

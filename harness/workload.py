@@ -13,6 +13,7 @@ import numpy as np
 
 from harness.adapter import GenRequest
 from harness.config import Workload
+from harness.conversation import as_conversations
 from harness.errors import HyperbenchError, missing_extra
 
 
@@ -97,16 +98,18 @@ def _prompt_of(row, where: str) -> str:
 
 
 def build_requests(w: Workload, tokenizer=None) -> list[GenRequest]:
-    """The requests of one sweep point (the same list is replayed at every point)."""
+    """The requests of one sweep point (the same list is replayed at every point); with
+    `turns` > 1, the turns of `num_requests` conversations (harness/conversation.py)."""
     sampling = {"temperature": w.temperature, "seed": w.seed}
+    n = w.total_requests()  # multi-turn: every turn's new user content is one prompt
     if w.dataset is not None:
-        prompts: list = file_prompts(w.dataset, w.num_requests, w.seed)
+        prompts: list = file_prompts(w.dataset, n, w.seed)
     else:
         if tokenizer is None:
             raise HyperbenchError(
                 "synthetic prompts need the model's tokenizer: pass --tokenizer DIR or --dataset FILE"
             )
-        prompts = synthetic_prompts(tokenizer, w.num_requests, w.input_len, w.seed, w.prefix_len)
+        prompts = synthetic_prompts(tokenizer, n, w.input_len, w.seed, w.prefix_len)
         if w.chat:
             prompts = [tokenizer.decode(p) for p in prompts]
     reqs = []
@@ -117,7 +120,7 @@ def build_requests(w: Workload, tokenizer=None) -> list[GenRequest]:
         else:
             reqs.append(GenRequest(prompt=p, max_tokens=w.output_len, sampling=dict(sampling),
                                    fixed_output=w.fixed_output))
-    return reqs
+    return as_conversations(reqs, w.turns)
 
 
 WARMUP_MAX_TOKENS = 4

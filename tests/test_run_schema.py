@@ -28,7 +28,13 @@ from tests.conftest import ENGINE_PARAMS, ENGINE_TEST_OPTIONS
 COMMON_ENGINE_INFO = {"engine", "version", "model", "model_path", "dtype", "quantization", "device",
                       "weight_bytes", "kv_cache_bytes", "speculative", "counters", "precision"}  # fmt: skip
 RUN_FILES = {"config.json", "env.json", "engine.json", "engine.log", "records.jsonl", "summary.json",
-             "report.md", "plots/latency.png", "plots/throughput.png"}  # fmt: skip
+             "report.md", "plots/latency.png", "plots/throughput.png",
+             # the engine's /metrics scraped during each point, and plotted per point
+             "server_metrics.jsonl", "plots/server_concurrency_1.png", "plots/server_concurrency_2.png"}  # fmt: skip
+# the server view every engine gives; what else its /metrics has (waiting requests, KV-cache use,
+# prefix-cache hits) is the engine's own, as engine_info is
+COMMON_SERVER_VIEW = {"status", "samples", "file", "running.mean", "running.max", "ttft_check.engine_count",
+                      "ttft_check.client_count", "ttft_check.engine_mean_ms"}
 
 
 def engine_flags(kind: str) -> list[str]:
@@ -89,12 +95,15 @@ def schema(run: Path) -> dict:
     assert {"kind", "model"} <= set(config["engine"]) and "api_key" not in config["engine"]
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2
+    for p in summary["points"]:
+        missing = COMMON_SERVER_VIEW - key_paths(p["server"])
+        assert not missing, f"{info['engine']} /metrics lacks {sorted(missing)}"
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
     if (run / "baseline").is_dir():  # the speculation-off run: the plain schema, checked alone
         files = {f for f in files if not f.startswith("baseline/")} | {"baseline/"}
     return {
         "files": files,
-        "summary": {k for k in key_paths(summary) if not k.startswith("engine_info.")},
+        "summary": {k for k in key_paths(summary) if not k.startswith(("engine_info.", "points[].server."))},
         "records": [sorted(r) for r in records],
         "config": {k for k in key_paths(config) if not k.startswith("engine.")},
         "report sections": [line for line in (run / "report.md").read_text().splitlines()

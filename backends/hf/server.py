@@ -98,6 +98,10 @@ class Runtime(openai_app.ServedEngine):
             graphs=self.graphs,
         )
 
+    def gauges(self) -> dict[str, float]:
+        load = self.scheduler.load()
+        return {"vllm:num_requests_running": load["running"], "vllm:num_requests_waiting": load["waiting"]}
+
     def info(self) -> dict:
         load = self.scheduler.load()
         return {

@@ -65,6 +65,12 @@ class LlamaServed(openai_app.ServedEngine):
             self._info["speculative"]["counters"] = self.engine.counters.as_dict()  # cumulative, live
         return self._info
 
+    def gauges(self) -> dict[str, float]:
+        batcher = self.engine.batcher  # --parallel N; one at a time (N = 1): requests in flight only
+        if batcher is None:
+            return {}
+        return {"vllm:num_requests_running": len(batcher.running), "vllm:num_requests_waiting": len(batcher.waiting)}
+
     def names(self, req) -> TokenNames:
         return TokenNames(self.token_text, self.engine.piece, req.return_tokens_as_token_ids)
 

@@ -1,4 +1,4 @@
-"""The HTTP app every in-house engine serves: /health, /v1/models, /v1/engine,
+"""The HTTP app every in-house engine serves: /health, /metrics, /v1/models, /v1/engine,
 /v1/completions and /v1/chat/completions, over a `ServedEngine`."""
 
 from __future__ import annotations
@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
 
 from backends.openai_server.auth import BearerAuth
 from backends.openai_server.errors import ApiError, install_handlers
+from backends.openai_server.metrics import MetricsMiddleware, ServerStats
 from backends.openai_server.requests import ChatRequest, CompletionRequest, parse
 
 
@@ -23,6 +25,11 @@ class ServedEngine:
     aliases: tuple[str, ...] = ()  # other names a request's "model" may use (the path given)
     root: str = ""  # what /v1/models says the served model is (its path)
     max_model_len: int = 0
+
+    def gauges(self) -> dict[str, float]:
+        """Prometheus gauges under vLLM's names for what the engine knows (e.g.
+        vllm:num_requests_running / _waiting from its scheduler); /metrics adds the rest."""
+        return {}
 
     def info(self) -> dict:
         """GET /v1/engine: engine, version, model, dtype, quantization, device, bytes, counters."""
@@ -53,6 +60,12 @@ def create_app(engine: ServedEngine, api_key: str | None = None) -> FastAPI:
     async def health():
         return {"status": "ok"}
 
+    stats = ServerStats()
+
+    @app.get("/metrics")  # open, as vLLM's is: Prometheus scrapers carry no key
+    async def metrics():
+        return PlainTextResponse(stats.render(served, engine.gauges()), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{
@@ -71,6 +84,7 @@ def create_app(engine: ServedEngine, api_key: str | None = None) -> FastAPI:
     async def chat(request: Request):
         return await engine.chat(await request_of(ChatRequest, request), request)
 
-    if api_key:
+    app.add_middleware(MetricsMiddleware, stats=stats)
+    if api_key:  # added last: outermost, so an unauthorized request is not counted
         app.add_middleware(BearerAuth, key=api_key)
     return app

@@ -347,3 +347,44 @@ def test_concurrent_requests_match_sequential(client, engine_server):
     assert [b["choices"][0]["text"] for b in bodies] == sequential
     for b in bodies:
         check_usage(b["usage"], 24)
+
+
+# --- the server's own view (GET /metrics) -----------------------------------------------------
+
+
+def test_metrics_scraped_around_a_point(engine_server):
+    """GET /metrics under vLLM's names, read the way bench reads it: a scrape before, during and
+    after a point. Every engine shows its requests; those with a TTFT histogram (vLLM and the
+    in-house engines; llama-server has none) count each streamed request once; vLLM's prefix cache
+    hits a prompt sent again."""
+    import asyncio
+
+    from harness.adapter import EngineClient, GenRequest
+    from harness.loadgen import run_point
+    from harness.server_metrics import ServerMetrics
+
+    prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)  # > 3 vLLM blocks of 16
+    reqs = [GenRequest(prompt=prompt, max_tokens=24, sampling={"temperature": 0}, fixed_output=True)] * 4
+    rows = []
+
+    async def go():
+        async with EngineClient(engine_server.base_url, engine_server.model) as c:
+            async with ServerMetrics(engine_server.base_url, None, "p", rows.append, 0.02) as srv:
+                recs = await run_point(c, reqs, "concurrency", 1, 0, lambda r: None)
+            return srv, recs
+
+    srv, recs = asyncio.run(go())
+    assert all(r.ok for r in recs), recs[0].error
+    summary = srv.summary([r.first_token - r.send for r in recs])
+    assert summary["status"] == "scraped" and summary["samples"] == len(rows) >= 2
+    assert "running" in rows[0] and rows[-1]["running"] == 0  # idle before and after the point
+    if engine_server.kind == "llama-server":
+        assert "ttft_check" not in summary
+        return
+    check = summary["ttft_check"]
+    assert check["engine_count"] == 4 == check["client_count"]
+    # the engine's clock starts after the client's send and stops before the client reads
+    assert check["engine_mean_ms"] <= check["client_mean_ms"] + 1
+    if engine_server.kind == "vllm":
+        assert "kv_cache_usage" in summary
+        assert summary["prefix_cache"]["hit_tokens"] >= 3 * 32  # requests 2..4 find the prompt cached
