@@ -34,6 +34,13 @@ def test_squad_v2_scores_follow_the_official_script():
     assert s["exact"] == pytest.approx(200 / 3) and s["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)
     assert s["HasAns_exact"] == 50 and s["NoAns_exact"] == 100 and s["HasAns_f1"] == pytest.approx(250 / 3)
     assert s["best_exact"] == pytest.approx(200 / 3)
+    # item by item (what study's paired test pairs), the mean is the aggregate
+    from harness.score.offline_tasks.squad_v2 import item_score
+
+    refs = [{"id": r["id"], "answers": r["answers"]} for r in SQUAD_ROWS]
+    for metric in ("exact", "f1"):
+        items = [item_score(metric, [p, r]) for p, r in zip(preds, refs)]
+        assert sum(items) / len(items) == pytest.approx(s[metric])
 
 
 def test_humaneval_pass_at_1_runs_the_programs():

@@ -76,6 +76,16 @@ def _best(preds: dict, scores: dict, na_probs: dict, has_ans: dict) -> float:
     return 100.0 * best / len(scores)
 
 
+def item_score(metric: str, pair) -> float | None:
+    """One item's exact or f1 (percent, as the aggregate), from the [prediction, reference] pair
+    lm-eval logs for it; None for the metrics that exist only over a set (best_*, HasAns_*...)."""
+    if metric not in ("exact", "f1") or not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+        return None
+    pred, ref = pair
+    s = squad_v2_scores([pred], [ref])
+    return s[metric]
+
+
 def squad_v2_scores(predictions, references) -> dict[str, float]:
     """predictions: {id, prediction_text, no_answer_probability}; references: {id, answers}."""
     preds = {p["id"]: p["prediction_text"] for p in predictions}
