@@ -69,3 +69,31 @@ def test_llamacpp_gguf_lora_serves_what_the_merged_model_does(tiny_model, adapte
     assert a["prompt_logprobs"]["positions"] > 0 and a["prompt_logprobs"]["max_abs_diff"] < 1e-4
     lora = next(e for e in s["engines"] if e["label"] == spec)["engine_info"]["lora"]
     assert lora["merged"] is False and lora["path"].endswith(".gguf") and lora["source"] == str(adapter.resolve())
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_lora_module_serves_what_the_merged_model_does(tiny_model, adapter_and_merged, tmp_path):
+    """vLLM's --enable-lora --lora-modules under the served name (CPU build here), against the
+    merged folder on vLLM: the adapter was applied (the merged model is 1e-2 away from the base)."""
+    from backends.vllm.spec import vllm_python
+
+    if vllm_python() is None:
+        pytest.skip("vLLM is not installed here")
+    adapter, merged = adapter_and_merged
+    spec = f"vllm:dtype=float32:enforce_eager=true:model={tiny_model}:lora={adapter}"
+    s = agreement(merged, f"vllm:dtype=float32:enforce_eager=true,{spec}", tmp_path)
+    a = s["agreement"][spec]
+    assert a["greedy"]["identical"] == a["greedy"]["prompts"] == 4
+    assert a["prompt_logprobs"]["positions"] > 0 and a["prompt_logprobs"]["max_abs_diff"] < 1e-4
+
+
+def test_vllm_lora_arguments(adapter_and_merged):
+    """The mapping, without a server: the adapter under the name the harness requests."""
+    from backends.vllm.spec import VLLMConfig, vllm_args
+
+    adapter, _ = adapter_and_merged
+    args = vllm_args(VLLMConfig(model="m", lora=adapter), "/models/m", "127.0.0.1", 8000, device="cpu")
+    assert args[args.index("--served-model-name") + 1] == "m-base"
+    assert args[args.index("--lora-modules") + 1] == f"m={adapter.resolve()}"
+    assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "8"  # rank 4 -> vLLM's 8
