@@ -57,6 +57,7 @@ def test_lora_that_is_no_adapter_is_one_line(tmp_path):
 
 
 @pytest.mark.llamacpp
+@pytest.mark.slow  # ~50 s here (the adapter's GGUF conversion and two llama.cpp engines): beyond CI's fast budget
 def test_llamacpp_gguf_lora_serves_what_the_merged_model_does(tiny_model, adapter_and_merged, tmp_path):
     """The peft folder converted by llama.cpp's convert_lora_to_gguf.py and applied at load, on two
     sequences at once (the batch context gets the adapter too), against the merged model's GGUF."""
