@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from harness.errors import HyperbenchError
+from harness.export.after_job import export_finished, export_option
 
 
 def _with(options):
@@ -51,8 +52,9 @@ def quantize(model, types):
               "hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm (kind[:quant][:option=value...]).")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Finish a cut agree run folder (its saved config; no other flags).")
+@export_option
 @_with(_agree_opts())
-def agree(config_file, engines, resume, **params):
+def agree(config_file, engines, resume, export_tracker, **params):
     """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
     from harness.agree import build_config, run
@@ -71,18 +73,19 @@ def agree(config_file, engines, resume, **params):
         if config_file or engines or cli_data:
             raise HyperbenchError("--resume continues a run with its saved config: give no other options")
         folder = resume_run(resume, progress=say)
-        _finish(folder)
+        _finish(folder, export_tracker)
         return
     if engines:
         cli_data["engines"] = [e.strip() for e in engines.split(",") if e.strip()]
     if "engines" not in cli_data and "engines" not in file_data:
         raise HyperbenchError("agree needs --engines, e.g. --engines hf,llamacpp:q8_0,llamacpp:q4_k_m")
     cfg = build_config(file_data, cli_data)
-    _finish(run(cfg, progress=say))
+    _finish(run(cfg, progress=say), export_tracker)
 
 
-def _finish(folder) -> None:
+def _finish(folder, export_tracker=None) -> None:
     _print(folder)
+    export_finished(export_tracker, folder.path)  # an incomplete run is exported too (status FAILED)
     summary = folder.read_json("summary.json")
     if summary["status"] != "complete":
         raise HyperbenchError(f"agree {summary['status']}: {summary.get('reason', '')} (run folder: {folder.path})")

@@ -11,6 +11,7 @@ import click
 
 from harness.config import BenchConfig, Load, Output, Target, Workload, build, load_yaml
 from harness.errors import HyperbenchError, Interrupted
+from harness.export.after_job import export_finished, export_option
 
 
 def _with(options):
@@ -139,8 +140,9 @@ def serve(engine_kind, host, port, **params):
 @click.option("--slo", help="Goodput SLOs in ms, e.g. ttft=500,tpot=50,e2e=5000.")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Finish a cut bench run folder (its saved config; no other flags).")
+@export_option
 @_with(_bench_opts() + _engine_opts())
-def bench(config_file, engine_kind, url, slo, resume, **params):
+def bench(config_file, engine_kind, url, slo, resume, export_tracker, **params):
     """Latency and throughput of an engine under a concurrency or Poisson-rate sweep."""
     from harness.bench import run
     from harness.cliutil import check_engine_flags, collect, parse_slo
@@ -154,6 +156,7 @@ def bench(config_file, engine_kind, url, slo, resume, **params):
         with _Progress() as progress:
             run_dir = resume_run(resume, progress)
         _print_summary(run_dir)
+        export_finished(export_tracker, run_dir.path)
         return
     file_data = load_yaml(config_file) if config_file else {}
     if engine_kind:
@@ -172,6 +175,7 @@ def bench(config_file, engine_kind, url, slo, resume, **params):
     with progress:
         run_dir = run(cfg, progress)
     _print_summary(run_dir)
+    export_finished(export_tracker, run_dir.path)
 
 
 @cli.command()
@@ -220,8 +224,9 @@ def _slurm_opts(skip: frozenset = frozenset()):
 @click.option("--executor", type=click.Choice(["local", "slurm"]), help="Run the cells here in turn (local), "
               "or each as a task of a SLURM job array (slurm; the --partition.. options apply to each task).")
 @click.option("--max-parallel", type=int, help="With --executor slurm: at most this many cells at once.")
+@export_option
 @_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts(frozenset({"submit", "job_log"})))
-def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
+def compare(runs, config_file, engines, slo, executor, max_parallel, export_tracker, **params):
     """Bench engines in turn on one workload (--engines), or put finished RUNS side by side.
 
     Engine options apply to every listed engine that has them. With --launcher docker each
@@ -243,6 +248,7 @@ def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
     with _Progress() as progress:
         folder = run(cfg, progress)
     _print_compare(folder)
+    export_finished(export_tracker, folder.path)
 
 
 @cli.command(context_settings={"show_default": True})

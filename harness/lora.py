@@ -49,6 +49,12 @@ def _adapter_files(adapter: Path) -> tuple[dict, Path]:
     return cfg, weights
 
 
+def read_adapter(adapter: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """A LoRA adapter folder's config and tensor shapes (no weights read); one-line refusals."""
+    cfg, weights = _adapter_files(Path(adapter).expanduser())
+    return cfg, _adapter_shapes(weights)
+
+
 def _adapter_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     if weights.suffix == ".safetensors":
         from safetensors import safe_open

@@ -130,6 +130,6 @@ def test_score_tasks_and_tune_trials_become_metrics(tmp_path):
 
 
 def test_a_kind_that_cannot_be_exported_is_one_line(tmp_path):
-    run = write_run(tmp_path / "c", {"kind": "compare"})
+    run = write_run(tmp_path / "c", {"kind": "study"})
     assert_one_line_error(hb("export", "mlflow", str(run), "--tracking-uri", str(tmp_path / "m")),
-                          "kind 'compare'; one of bench, score, tune")
+                          "kind 'study'; one of bench, score, tune, agree, compare")

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=float, default=0.0, help=fields["prune"].description)
     p.add_argument("--prune-scope", choices=get_args(fields["prune_scope"].annotation),
                    default=fields["prune_scope"].default, help=fields["prune_scope"].description)
+    p.add_argument("--lora", help=fields["lora"].description)
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                    help="dummy: random weights of the model's config (speed runs without weights).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     _, draft = parse_speculative(args.speculative)
     load_settings = LoadSettings(
         args.model, args.quant, args.attn, args.dtype, args.device, args.load_format, draft,
-        args.prune, args.prune_scope,
+        args.prune, args.prune_scope, args.lora,
     )
     preflight(load_settings)
     sock = bind(args.host, args.port)

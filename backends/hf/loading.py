@@ -30,6 +30,7 @@ class LoadSettings:
     draft: str | None = None  # speculative decoding: the draft model's folder (or .gguf)
     prune: float = 0.0  # fraction of Linear weights zeroed at load (backends/hf/pruning.py)
     prune_scope: str = "global"  # global | layer
+    lora: str | None = None  # a peft LoRA adapter folder, served unmerged (backends/hf/lora.py)
 
 
 def draft_settings(s: LoadSettings) -> LoadSettings:
@@ -95,6 +96,14 @@ def preflight(s: LoadSettings) -> None:
         log.warning("float16 on CPU is slow and can overflow; float32 or bfloat16 are the usual choices")
     if s.draft is not None:
         check_draft(s.model, s.draft)
+    if s.lora is not None:
+        if s.prune:  # pruning ranks every Linear weight, the adapter's own A and B among them
+            raise HyperbenchError("--lora cannot be combined with --prune")
+        if s.load_format == "dummy":
+            raise HyperbenchError("--lora cannot be combined with --load-format dummy")
+        from backends.hf.lora import check_lora
+
+        check_lora(s.lora)
 
 
 def _tokenizer(path: str):
@@ -202,6 +211,11 @@ def load(s: LoadSettings) -> LoadedModel:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HyperbenchError(f"cannot load {s.model}: {first}") from None
     model.eval()
+    lora = None
+    if s.lora is not None:
+        from backends.hf.lora import apply_lora
+
+        model, lora = apply_lora(model, s.lora, s.model)
     pruned = None
     if s.prune:
         from backends.hf.pruning import prune_model
@@ -237,7 +251,7 @@ def load(s: LoadSettings) -> LoadedModel:
         pad_id=int(pad_id),
         vocab_size=int(vocab),
         info={"model_type": config.model_type, "num_parameters": model.num_parameters(),
-              "torch_threads": torch.get_num_threads(), "pruning": pruned},  # fmt: skip
+              "torch_threads": torch.get_num_threads(), "pruning": pruned, "lora": lora},  # fmt: skip
     )
 
 

@@ -123,6 +123,7 @@ class Runtime(openai_app.ServedEngine):
             "device": self.device,
             "load_format": self.load_settings.load_format,
             "pruning": self.loaded.info.get("pruning"),  # measured sparsity, or None: dense as loaded
+            "lora": self.loaded.info.get("lora"),  # an adapter served unmerged, or None
             "weight_bytes": self.loaded.weight_bytes,
             "kv_cache_bytes": load["kv_cache_bytes"],
             "max_batch_size": self.settings.max_batch_size,

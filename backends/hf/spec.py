@@ -63,6 +63,12 @@ class HFConfig(EngineConfig):
         "global", description="Pruning ranks all weights together (global) or each layer on its own (layer).",
     )
 
+    lora: Path | None = Field(
+        None,
+        description="A peft LoRA adapter folder served unmerged on the model (compare: "
+        "`hyperbench merge-lora`'s folded copy).",
+    )
+
     extra = "hf"
     probe_module = "transformers"
 
@@ -84,6 +90,12 @@ class HFConfig(EngineConfig):
         if self.prune and self.quant != "none":
             raise HyperbenchError(f"prune={self.prune} cannot be combined with --quant {self.quant} "
                                   "(bitsandbytes weights are not prunable tensors)")
+        if self.lora is not None:
+            from harness.lora import read_adapter
+
+            if self.prune:
+                raise HyperbenchError("--lora cannot be combined with --prune")
+            read_adapter(self.lora)  # a missing or non-LoRA folder: one line before any start
         _, draft = parse_speculative(self.speculative)
         if draft is None:
             # (a default passed along, as the container launchers pass every field, is no request)
@@ -111,6 +123,8 @@ class HFConfig(EngineConfig):
             args.append("--enforce-eager")
         if self.prune:
             args += ["--prune", str(self.prune), "--prune-scope", self.prune_scope]
+        if self.lora is not None:
+            args += ["--lora", str(Path(self.lora).expanduser().resolve())]
         if (draft := parse_speculative(self.speculative)[1]) is not None:
             args += [
                 "--speculative", f"draft:{resolve_draft(draft)}",

@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="sequences decoded at once (continuous batching)")
     p.add_argument("--api-key", default=api_key_arg_default(), help="[default: $HYPERBENCH_API_KEY]")
     p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
+    p.add_argument("--lora", default=None, help="LoRA adapter served unmerged: a GGUF LoRA file or a peft folder")
     p.add_argument("--num-speculative-tokens", type=int, default=4)
     p.add_argument("--ngram-min", type=int, default=None)
     p.add_argument("--ngram-max", type=int, default=None)
@@ -86,6 +87,10 @@ def load(args):
     spec = speculation(args)
     gguf = ensure_gguf(args.model, args.quant)
     meta = gguf_info(gguf)
+    if args.lora:
+        from backends.llamacpp.gguf import ensure_lora_gguf
+
+        args.lora_gguf = str(ensure_lora_gguf(args.lora, args.model))
     n_ctx = args.n_ctx
     trained = meta["context_length"]
     if trained and n_ctx > trained * args.parallel:  # (a sequence gets n_ctx / parallel)
@@ -101,7 +106,7 @@ def load(args):
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
                         kv_cache_type=args.kv_cache_type, speculative=spec,
-                        parallel=args.parallel)  # fmt: skip
+                        parallel=args.parallel, lora=getattr(args, "lora_gguf", None))  # fmt: skip
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..." (target or draft)
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
@@ -147,6 +152,9 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "device": "cuda" if on_gpu else "cpu",
         "system_info": lib.llama_print_system_info().decode(errors="replace").strip(),
         "speculative": speculative_info(engine, args.kv_cache_type),
+        # an adapter applied at load (llama_adapter_lora), beside the base weights: unmerged
+        "lora": {"path": args.lora_gguf, "source": str(Path(args.lora).resolve()), "merged": False,
+                 "scale": 1.0} if getattr(args, "lora_gguf", None) else None,
     }
 
 

@@ -120,33 +120,39 @@ SMALLEST_CTX = 256  # the Llama that only holds the model, with parallel > 1
 class Engine:
     def __init__(self, model_path: str, *, n_ctx: int, n_batch: int, n_gpu_layers: int,
                  n_threads: int | None, flash_attn: bool, kv_cache_type: str,
-                 speculative: NgramSettings | DraftSettings | None = None, parallel: int = 1):
+                 speculative: NgramSettings | DraftSettings | None = None, parallel: int = 1,
+                 lora: str | None = None):
         import llama_cpp
 
         self.lib = llama_cpp
         capture_llama_log(llama_cpp)
         kv_type = getattr(llama_cpp, f"GGML_TYPE_{kv_cache_type.upper()}")
 
-        def open_model(path: str, n_ctx: int, n_batch: int = n_batch):  # the target, and a draft placed and sized alike
+        def open_model(path: str, n_ctx: int, n_batch: int = n_batch, lora_path: str | None = None):
+            # the target, and a draft placed and sized alike (the adapter: the target's only)
             return llama_cpp.Llama(
                 path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
                 # one thread count for prompt and decode, as llama.cpp's -t (left alone, llama-cpp-python
                 # takes half the CPUs for decode and all of them for prompts)
                 n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_threads_batch=n_threads,
                 flash_attn=flash_attn,
-                type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False,
+                type_k=kv_type, type_v=kv_type, logits_all=False, verbose=False, lora_path=lora_path,
             )  # fmt: skip
 
         self.parallel = parallel
         self.batcher = None
         if parallel == 1:
-            self.llm = open_model(model_path, n_ctx)
+            self.llm = open_model(model_path, n_ctx, lora_path=lora)
             self.n_ctx_total = self.n_ctx = self.llm.n_ctx()
         else:
             # Llama holds the model, tokenizer and metadata (its own context is kept minimal);
             # the sequences share a context of their own with n_seq_max slots
-            self.llm = open_model(model_path, SMALLEST_CTX, min(n_batch, SMALLEST_CTX))
+            self.llm = open_model(model_path, SMALLEST_CTX, min(n_batch, SMALLEST_CTX), lora_path=lora)
             self.ctx = self._batch_context(n_ctx, n_batch, parallel)
+            if lora:  # Llama set its adapter on its own context: the sequences' context needs it too
+                adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.llm._lora_adapter)
+                if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, adapters, 1, (ctypes.c_float * 1)(1.0)):
+                    raise ValueError(f"Failed to set LoRA adapter {lora} on the batch context")
             self.n_ctx_total = self.ctx.n_ctx()
             self.n_ctx = self.n_ctx_total // parallel  # a sequence's share: it never runs out
         self.n_vocab = self.llm.n_vocab()

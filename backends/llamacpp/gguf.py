@@ -219,6 +219,40 @@ def convert_hf(folder: Path, out: Path, outtype: str) -> None:
         )
 
 
+def ensure_lora_gguf(adapter: str | Path, base: str | Path, cache: Path | None = None) -> Path:
+    """A GGUF LoRA file llama.cpp applies at load: a .gguf as it is; a peft adapter folder
+    converted (f32, cached by content) with llama.cpp's convert_lora_to_gguf.py, which reads
+    the base model's HF folder for its architecture."""
+    adapter = Path(adapter).expanduser()
+    if adapter.is_file():
+        check_gguf(adapter)
+        return adapter
+    from harness.lora import read_adapter
+
+    read_adapter(adapter)  # a LoRA adapter folder, or one line saying what it is not
+    base = Path(base)
+    if not (base.is_dir() and (base / "config.json").is_file()):
+        raise HyperbenchError(f"converting the peft adapter {adapter} to a GGUF LoRA needs the base model's HF "
+                              f"folder (--model is {base}): give the HF folder, or a GGUF LoRA file")
+    digest = hashlib.sha256(b"".join(
+        (adapter / f).read_bytes() for f in sorted(os.listdir(adapter)) if f.startswith("adapter_"))).hexdigest()[:16]
+    out = (cache or cache_root()) / "gguf" / f"lora-{digest}" / "adapter-f32.gguf"
+    return _cached(out, lambda tmp: convert_lora(adapter, base, tmp))
+
+
+def convert_lora(adapter: Path, base: Path, out: Path) -> None:
+    script = converter_dir() / "convert_lora_to_gguf.py"
+    log(f"converting the LoRA adapter {adapter} to GGUF with llama.cpp's convert_lora_to_gguf.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)
+    proc = subprocess.run([sys.executable, str(script), "--base", str(base), "--outtype", "f32",
+                           "--outfile", str(out), str(adapter)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        sys.stderr.write("\n".join(lines[-30:]) + "\n")
+        raise HyperbenchError(f"convert_lora_to_gguf.py failed on {adapter}: {(lines or ['no output'])[-1].strip()}")
+
+
 def quantize(src: Path, out: Path, quant: str) -> None:
     import llama_cpp
 
@@ -234,18 +268,20 @@ def quantize(src: Path, out: Path, quant: str) -> None:
 def converter_dir(cache: Path | None = None) -> Path:
     """llama.cpp's HF->GGUF converter, extracted once from the llama-cpp-python sdist."""
     target = (cache or cache_root()) / "llamacpp" / f"converter-{LLAMACPP_VERSION}"
-    if (target / "convert_hf_to_gguf.py").is_file():
+    # (a folder extracted before the LoRA converter was kept lacks it: extracted again)
+    scripts = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
+    if all((target / f).is_file() for f in scripts):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".converter.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "convert_hf_to_gguf.py").is_file():
+        if all((target / f).is_file() for f in scripts):
             return target
         sdist = _sdist(cache or cache_root())
         tmp = Path(tempfile.mkdtemp(prefix=".converter.", dir=target.parent))
         try:
             root = f"llama_cpp_python-{LLAMACPP_VERSION}/vendor/llama.cpp/"
-            keep = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+            keep = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
             with tarfile.open(sdist) as tar:
                 members = [
                     m for m in tar.getmembers()

@@ -77,6 +77,12 @@ class LlamaCppConfig(EngineConfig):
         None, ge=1, description=f"ngram: longest n-gram matched (default {NGRAM_MAX})."
     )
 
+    lora: Path | None = Field(
+        None,
+        description="A LoRA adapter served unmerged (llama.cpp applies it at load): a GGUF LoRA file, or "
+        "a peft adapter folder, converted with llama.cpp's convert_lora_to_gguf.py (needs --model's HF folder).",
+    )
+
     extra = "llamacpp"
     probe_module = "llama_cpp"
 
@@ -126,6 +132,14 @@ class LlamaCppConfig(EngineConfig):
                 f"(n_batch={self.n_batch}: the drafts are verified in one batch)"
             )
         self.check_parallel(spec)
+        if self.lora is not None:
+            lora = Path(self.lora).expanduser()
+            if lora.is_dir():
+                from harness.lora import read_adapter
+
+                read_adapter(lora)  # a peft LoRA folder (converted at start), or one line
+            elif not lora.is_file():
+                raise HyperbenchError(f"LoRA adapter {lora} does not exist")
         if self.kv_cache_type not in ("auto", "f16", "f32", "bf16") and not self.flash_attn:
             raise HyperbenchError(
                 f"kv_cache_type={self.kv_cache_type} needs flash_attn=true "
@@ -176,6 +190,8 @@ class LlamaCppConfig(EngineConfig):
                 "--ngram-min", str(lo),
                 "--ngram-max", str(hi),
             ]  # fmt: skip
+        if self.lora is not None:
+            args += ["--lora", str(Path(self.lora).expanduser().resolve())]
         if self.api_key:
             args += ["--api-key", self.api_key]
         return python_module_cmd("backends.llamacpp", *args)

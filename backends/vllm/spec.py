@@ -108,6 +108,12 @@ class VLLMConfig(EngineConfig):
         f"gpu_memory_utilization, on CPU {CPU_DEFAULT_KV_CACHE_GB:g}.",
     )
 
+    lora: Path | None = Field(
+        None,
+        description="A peft LoRA adapter folder served unmerged (--enable-lora --lora-modules): requests "
+        "for the served name get the adapter; the base answers as <name>-base.",
+    )
+
     extra = "vllm"
     probe_module = "vllm"
 
@@ -123,6 +129,10 @@ class VLLMConfig(EngineConfig):
         )
 
     def check(self) -> None:
+        if self.lora is not None:
+            from harness.lora import read_adapter
+
+            read_adapter(self.lora)  # a peft LoRA folder, or one line saying what it is not
         mode, _ = parse_speculative(self.speculative)
         if mode != "ngram" and (self.ngram_min is not None or self.ngram_max is not None):
             raise HyperbenchError("ngram_min / ngram_max apply only to speculative=ngram")
@@ -246,9 +256,26 @@ def vllm_args(cfg: VLLMConfig, model_path: str, host: str, port: int, device: st
         args.append("--enforce-eager")
     if (spec := speculative_config(cfg, draft_path)) is not None:
         args += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
+    if cfg.lora is not None:
+        args = _lora_args(cfg, args)
     if cfg.api_key:
         args += ["--api-key", cfg.api_key]
     return args
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
+
+
+def _lora_args(cfg: VLLMConfig, args: list[str]) -> list[str]:
+    """The adapter under the served name (what the harness asks for), the base beside it."""
+    from harness.lora import read_adapter
+
+    rank = int(read_adapter(cfg.lora)[0].get("r") or 16)
+    name = cfg.display_name()
+    args = [f"{name}-base" if a == name and i and args[i - 1] == "--served-model-name" else a
+            for i, a in enumerate(args)]
+    return args + ["--enable-lora", "--lora-modules", f"{name}={Path(cfg.lora).expanduser().resolve()}",
+                   "--max-lora-rank", str(next((r for r in LORA_RANKS if r >= rank), rank))]
 
 
 def checkpoint_quant(model_path: str) -> str | None:

@@ -7,33 +7,52 @@ from pathlib import Path
 
 import click
 
+TRACKERS = ("mlflow", "wandb")
 
-@click.command(context_settings={"show_default": True})
-@click.argument("tracker", type=click.Choice(["mlflow", "wandb"]))
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tracking-uri", default=lambda: os.environ.get("MLFLOW_TRACKING_URI", "./mlruns"),
-              show_default="$MLFLOW_TRACKING_URI or ./mlruns",
-              help="mlflow: a local folder (MLflow's file store), sqlite:///mlflow.db, or a tracking server URI.")
-@click.option("--experiment", default="hyperbench", help="mlflow: experiment name.")
-@click.option("--project", default="hyperbench", help="wandb: project name.")
-@click.option("--dir", "wandb_dir", type=click.Path(path_type=Path), default=Path("."),
-              help="wandb: folder the offline runs are written under (DIR/wandb/offline-run-*).")
-def export(tracker, runs, tracking_uri, experiment, project, wandb_dir):
-    """Run folders as MLflow or W&B (offline) runs: config as params, metrics, report and plots."""
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", "./mlruns")
+
+
+def default_wandb_dir() -> Path:
+    return Path(os.environ.get("WANDB_DIR", "."))
+
+
+def export_runs(tracker: str, runs: list[Path], echo, tracking_uri: str | None = None,
+                experiment: str = "hyperbench", project: str = "hyperbench", wandb_dir: Path | None = None) -> None:
+    """Each run folder into the tracker, one line per run through `echo`; shared by `export` and
+    every job's `--export`."""
     from harness.export.runs import read_run
 
     folders = [read_run(r) for r in runs]  # every folder checked before anything is logged
     if tracker == "mlflow":
         from harness.export.mlflow_export import export as to_mlflow
 
+        tracking_uri = tracking_uri or default_tracking_uri()
         uri = tracking_uri if "://" in tracking_uri else Path(tracking_uri).resolve().as_uri()
         for run, run_id in zip(folders, to_mlflow(folders, uri, experiment)):
-            click.echo(f"{run.path} -> mlflow run {run_id} ({len(run.metrics)} metrics, "
-                       f"{len(run.artifacts)} artifacts) at {uri}")
+            echo(f"{run.path} -> mlflow run {run_id} ({len(run.metrics)} metrics, "
+                 f"{len(run.artifacts)} artifacts) at {uri}")
     else:
         from harness.export.wandb_export import export as to_wandb
 
+        wandb_dir = wandb_dir or default_wandb_dir()
         for run, folder in zip(folders, to_wandb(folders, wandb_dir, project)):
-            click.echo(f"{run.path} -> wandb offline run {folder} ({len(run.metrics)} metrics, "
-                       f"{len(run.artifacts)} artifacts)")
-        click.echo(f"upload later with: wandb sync {Path(wandb_dir) / 'wandb'}/offline-run-*")
+            echo(f"{run.path} -> wandb offline run {folder} ({len(run.metrics)} metrics, "
+                 f"{len(run.artifacts)} artifacts)")
+        echo(f"upload later with: wandb sync {Path(wandb_dir) / 'wandb'}/offline-run-*")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("tracker", type=click.Choice(TRACKERS))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tracking-uri", default=default_tracking_uri, show_default="$MLFLOW_TRACKING_URI or ./mlruns",
+              help="mlflow: a local folder (MLflow's file store), sqlite:///mlflow.db, or a tracking server URI.")
+@click.option("--experiment", default="hyperbench", help="mlflow: experiment name.")
+@click.option("--project", default="hyperbench", help="wandb: project name.")
+@click.option("--dir", "wandb_dir", type=click.Path(path_type=Path), default=default_wandb_dir,
+              show_default="$WANDB_DIR or .",
+              help="wandb: folder the offline runs are written under (DIR/wandb/offline-run-*).")
+def export(tracker, runs, tracking_uri, experiment, project, wandb_dir):
+    """Run folders as MLflow or W&B (offline) runs: config as params, metrics, report and plots."""
+    export_runs(tracker, list(runs), click.echo, tracking_uri, experiment, project, wandb_dir)

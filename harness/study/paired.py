@@ -43,10 +43,25 @@ def item_scores(run_dir: Path, metric: str, tasks: list[str]) -> list[dict]:
             continue
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("filter", "none") != filt or not _finite(row.get(name)):
+            score = _item_value(row.get(name), name)
+            if row.get("filter", "none") != filt or score is None:
                 continue
-            out.append({"doc_id": f"{path.stem}/{row['doc_id']}", "score": float(row[name])})
+            out.append({"doc_id": f"{path.stem}/{row['doc_id']}", "score": score})
     return out
+
+
+def _item_value(value, metric: str) -> float | None:
+    """A per-item number; SQuAD v2 logs each item's [prediction, reference] pair instead (its
+    metrics are computed over the set): its exact / f1 are scored item by item as the official
+    script scores them, so the paired test has items to pair."""
+    if _finite(value):
+        return float(value)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, dict) for v in value) \
+            and "prediction_text" in value[0]:
+        from harness.score.offline_tasks.squad_v2 import item_score
+
+        return item_score(metric, value)
+    return None
 
 
 def paired_test(reference: list[dict], variant: list[dict], alpha: float, seed: int = 0) -> dict | None:

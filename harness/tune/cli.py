@@ -12,6 +12,7 @@ import click
 
 from harness.config import Target, build, load_yaml
 from harness.errors import HyperbenchError
+from harness.export.after_job import export_finished, export_option
 from harness.tune.config import TuneConfig, TuneOutput, TuneSpec, parse_assignments
 
 
@@ -43,8 +44,9 @@ def _tune_opts():
               "top_p=0.95 [default: temperature=0.8,top_p=0.95].")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue an interrupted tune run folder (its saved config; no other options).")
+@export_option
 @_with(_tune_opts())
-def tune(config_file, engine_kind, url, baseline, resume, **params):
+def tune(config_file, engine_kind, url, baseline, resume, export_tracker, **params):
     """Bayesian optimization (Ax) of sampling parameters against quality and speed, then a
     held-out comparison of the best configurations with the baseline."""
     import os
@@ -75,6 +77,7 @@ def tune(config_file, engine_kind, url, baseline, resume, **params):
         cfg = build(TuneConfig, file_data, cli_data)
     run_dir = run(cfg, echo=lambda s: click.echo(s, err=True))
     print_result(run_dir)
+    export_finished(export_tracker, run_dir.path)
 
 
 def print_result(run_dir) -> None:
