@@ -172,10 +172,9 @@ def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
     mem = engine.lib.llama_get_memory(engine.ctx.ctx)
     a_ids, b_ids = engine.tokenize(PROMPTS[2]), engine.tokenize(PROMPTS[4])
     gens = [engine.generate(ids, greedy(3), Result([])) for ids in (a_ids, b_ids)]
-    for gen in gens:
-        next(gen)  # both running, one sequence each
-    for gen in gens:
-        list(gen)
+    firsts = [next(gen).token.id for gen in gens]  # both running, one sequence each
+    b_tokens = [firsts[1], *(s.token.id for s in gens[1])]
+    list(gens[0])
     assert all(engine.lib.llama_memory_seq_pos_max(mem, seq) >= 0 for seq in (0, 1))  # both cached
     (a_seq,) = [seq for seq, cached in enumerate(engine.batcher.cached) if cached[: len(a_ids)] == a_ids]
     a = engine.generate(a_ids, greedy(900), Result([]))
@@ -184,6 +183,13 @@ def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
     assert seq == a_seq  # the sequence holding its prompt, whose cells it reuses
     idle = 1 - seq
     assert engine.batcher.cached[idle] == [] and engine.lib.llama_memory_seq_pos_max(mem, idle) == -1
+    # B's cells went to host RAM, and come back for B's prompt: the same tokens, no prefill
+    b_kept = [key for key in engine.batcher.ram.entries if list(key[: len(b_ids)]) == b_ids]
+    assert b_kept
+    again = engine.generate(b_ids, greedy(3), Result([]))
+    first = next(again).token.id
+    assert b_kept[0] not in engine.batcher.ram.entries  # loaded into a sequence
+    assert [first, *(s.token.id for s in again)] == b_tokens
     a.close()
 
 
