@@ -73,7 +73,7 @@ class BatchScheduler:
         # the tokens whose KV each sequence holds: a finished request's cells stay as a prompt
         # cache until the next request is admitted, which takes the free sequence sharing the
         # longest prefix with it (llama-server's slot selection by similarity and cache_prompt
-        # do the same); the other idle sequences' cells then go (_clear_idle)
+        # do the same); the other idle sequences' cells then move to host RAM (_clear_idle)
         self.cached: list[list[int]] = [[] for _ in range(n_seq)]
         self.ram = PromptCache(llama_cpp, ctx.ctx)  # idle sequences' cells, out of the KV cache
         self._cv = threading.Condition()
