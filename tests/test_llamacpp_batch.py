@@ -176,7 +176,8 @@ def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
     b_tokens = [firsts[1], *(s.token.id for s in gens[1])]
     list(gens[0])
     assert all(engine.lib.llama_memory_seq_pos_max(mem, seq) >= 0 for seq in (0, 1))  # both cached
-    (a_seq,) = [seq for seq, cached in enumerate(engine.batcher.cached) if cached[: len(a_ids)] == a_ids]
+    cached = engine.batcher.cached
+    (a_seq,) = [seq for seq in (0, 1) if cached[seq][: len(a_ids)] == a_ids]
     a = engine.generate(a_ids, greedy(900), Result([]))
     next(a)
     (seq,) = [slot.seq for slot in engine.batcher.running]

@@ -13,7 +13,7 @@ from collections import OrderedDict
 MAX_BYTES = 2 << 30  # llama-server's default --cache-ram is 8 GiB; this engine keeps 2
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a, b) -> int:
     n, limit = 0, min(len(a), len(b))
     while n < limit and a[n] == b[n]:
         n += 1
@@ -47,7 +47,7 @@ class PromptCache:
         """The kept prompt sharing the longest prefix with `ids`, and that length."""
         best, n = None, 0
         for key in self.entries:
-            m = common_prefix(list(key), ids)
+            m = common_prefix(key, ids)
             if m > n:
                 best, n = key, m
         return best, n
