@@ -163,6 +163,37 @@ def test_a_request_that_leaves_frees_its_slot(engine):
     assert [s.token.id for s in steps] == expected and result.finish_reason == "length"
 
 
+def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
+    """A finished request's cells stay until the next request comes; that one takes the idle
+    sequence sharing its prefix (its cells are reused) and every other idle sequence's cells go,
+    so a step attends over the running sequences' cells only (as llama-server's idle-slot clear)."""
+    from backends.llamacpp.engine import Result
+
+    mem = engine.lib.llama_get_memory(engine.ctx.ctx)
+    a_ids, b_ids = engine.tokenize(PROMPTS[2]), engine.tokenize(PROMPTS[4])
+    gens = [engine.generate(ids, greedy(3), Result([])) for ids in (a_ids, b_ids)]
+    firsts = [next(gen).token.id for gen in gens]  # both running, one sequence each
+    b_tokens = [firsts[1], *(s.token.id for s in gens[1])]
+    list(gens[0])
+    assert all(engine.lib.llama_memory_seq_pos_max(mem, seq) >= 0 for seq in (0, 1))  # both cached
+    cached = engine.batcher.cached
+    (a_seq,) = [seq for seq in (0, 1) if cached[seq][: len(a_ids)] == a_ids]
+    a = engine.generate(a_ids, greedy(900), Result([]))
+    next(a)
+    (seq,) = [slot.seq for slot in engine.batcher.running]
+    assert seq == a_seq  # the sequence holding its prompt, whose cells it reuses
+    idle = 1 - seq
+    assert engine.batcher.cached[idle] == [] and engine.lib.llama_memory_seq_pos_max(mem, idle) == -1
+    # B's cells went to host RAM, and come back for B's prompt: the same tokens, no prefill
+    b_kept = [key for key in engine.batcher.ram.entries if list(key[: len(b_ids)]) == b_ids]
+    assert b_kept
+    again = engine.generate(b_ids, greedy(3), Result([]))
+    first = next(again).token.id
+    assert b_kept[0] not in engine.batcher.ram.entries  # loaded into a sequence
+    assert [first, *(s.token.id for s in again)] == b_tokens
+    a.close()
+
+
 def test_prompt_longer_than_a_sequences_share(batched):
     r = httpx.post(f"{batched.base_url}/completions", timeout=30,
                    json={"prompt": list(range(5, 5 + 250)), "max_tokens": 10})  # fmt: skip

@@ -1,0 +1,61 @@
+"""Host-RAM prompt cache of the batched llama.cpp engine, as llama-server keeps one
+(`--cache-ram`, with `--cache-idle-slots`): an idle sequence's KV cells leave the unified KV
+cache (every step attends over the span of all cells in use, so idle caches would slow the
+running sequences) and are kept here as llama.cpp's own per-sequence state; a later request
+whose prompt starts with a kept one gets those cells back instead of evaluating them again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+
+MAX_BYTES = 2 << 30  # llama-server's default --cache-ram is 8 GiB; this engine keeps 2
+
+
+def common_prefix(a, b) -> int:
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class PromptCache:
+    def __init__(self, lib, ctx, max_bytes: int = MAX_BYTES):
+        self.lib, self.ctx, self.max_bytes = lib, ctx, max_bytes  # ctx: a llama_context pointer
+        self.entries: OrderedDict[tuple[int, ...], bytes] = OrderedDict()  # least recently used first
+        self.bytes = 0
+
+    def save(self, seq: int, tokens: list[int]) -> None:
+        """Keep sequence `seq`'s cells (they hold `tokens`), before they leave the KV cache."""
+        key = tuple(tokens)
+        if not key or key in self.entries:
+            return
+        size = self.lib.llama_state_seq_get_size(self.ctx, seq)
+        if size <= 0 or size > self.max_bytes:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        if self.lib.llama_state_seq_get_data(self.ctx, buf, size, seq) != size:
+            return
+        self.entries[key] = bytes(buf)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= len(old)
+
+    def best(self, ids: list[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The kept prompt sharing the longest prefix with `ids`, and that length."""
+        best, n = None, 0
+        for key in self.entries:
+            m = common_prefix(key, ids)
+            if m > n:
+                best, n = key, m
+        return best, n
+
+    def load(self, key: tuple[int, ...], seq: int) -> bool:
+        """Put a kept prompt's cells into the (empty) sequence `seq`; False if llama.cpp has no
+        room for them (the caller then evaluates the prompt)."""
+        data = self.entries.pop(key)
+        self.bytes -= len(data)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return self.lib.llama_state_seq_set_data(self.ctx, buf, len(data), seq) == len(data)
