@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from backends.hf import scoring
 from backends.hf.batch import Batch
 from backends.hf.speculative import Speculator, accept
 from backends.hf.sampling import (
@@ -190,6 +191,10 @@ class Scheduler:
                 else:
                     admitted.append(seq)
         self._inflight = admitted
+        echo_only = [s for s in admitted if s.params.max_tokens == 0 and s.params.prompt_logprobs is not None]
+        if echo_only:  # scoring: no KV cache, no batch row, one forward per shared prefix
+            self._score(echo_only)
+            admitted = [s for s in admitted if s.params.max_tokens or s.params.prompt_logprobs is None]
         for group in self._groups(admitted):
             self._prefill(group)
             self._flush()  # first tokens out before the next decode step (time to first token)
@@ -220,6 +225,15 @@ class Scheduler:
             longest = new_longest
         if group:
             yield group
+
+    def _score(self, seqs: list[Sequence]) -> None:
+        groups = scoring.shared_prefix_groups(seqs)
+        for batch in scoring.forward_batches(groups, MAX_PREFILL_TOKENS, MAX_PROMPT_LOGIT_ELEMS, self.vocab):
+            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device):
+                self._emit(seq, ("prompt", plp))
+                self._done(seq, ("finish", "length"))
+            self.counters.prefill_batches += 1
+            self._flush()
 
     def _finish_now(self, seq: Sequence) -> None:
         self.counters.requests_finished += 1
