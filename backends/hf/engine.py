@@ -6,7 +6,9 @@ prefills them as one left-padded group, samples their first token and merges the
 running batch (`batch.py`); then runs one decode step for the whole batch. Finished or aborted
 rows leave the batch at once. Every produced token is handed to its sequence's `put` as soon as
 it is known, so streaming is real: with an event loop, the events of one step are posted to it
-in one `call_soon_threadsafe` (one wake-up per step, not per token).
+in one `call_soon_threadsafe` (one wake-up per step, not per token). Echo-only sequences
+(max_tokens 0 with prompt logprobs: scoring) take none of this: one forward per shared prefix
+and no KV cache (`scoring.py`).
 
 Events `put` receives, as tuples:
     ("prompt", prompt_logprobs)           once, before any token, if prompt logprobs were asked
