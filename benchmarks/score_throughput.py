@@ -68,10 +68,12 @@ def engine_paths(kind: str, model, args, prepared, stack) -> list:
         out = evaluate(lm, args, prepared)
         return {**out, "seconds": lm.busy_s, "alignment": dict(lm.alignment)}
 
-    return [(f"score / {label}", f"concurrency {c}", lambda c=c: run(c)) for c in args.concurrency]
+    levels = args.llamacpp_concurrency if kind == "llamacpp" and args.llamacpp_concurrency else args.concurrency
+    return [(f"score / {label}", f"concurrency {c}", lambda c=c: run(c)) for c in levels]
 
 
 def lm_eval_paths(model, args, prepared) -> list:
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     dtype = "float32" if args.dtype == "auto" else args.dtype
@@ -91,11 +93,18 @@ def lm_eval_paths(model, args, prepared) -> list:
 
         lm.loglikelihood = timed
 
-        def run(lm=lm, spent=spent) -> dict:
-            spent[0] = 0.0
-            return {**evaluate(lm, args, prepared), "seconds": spent[0]}
+        for threads in args.lm_eval_threads:
+            def run(lm=lm, spent=spent, threads=threads) -> dict:
+                before = torch.get_num_threads()
+                torch.set_num_threads(threads or before)
+                spent[0] = 0.0
+                try:
+                    return {**evaluate(lm, args, prepared), "seconds": spent[0]}
+                finally:
+                    torch.set_num_threads(before)
 
-        paths.append((f"lm-eval hf ({dtype}, in-process)", f"batch {bs}", run))
+            paths.append((f"lm-eval hf ({dtype}, in-process)",
+                          f"batch {bs}, {threads or torch.get_num_threads()} torch threads", run))
     return paths
 
 
@@ -135,6 +144,11 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--hf-batch-size", default="1,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (every path once per round)")
+    p.add_argument("--llamacpp-concurrency", type=lambda s: [int(x) for x in s.split(",")],
+                   help="default: --concurrency")
+    p.add_argument("--lm-eval-threads", default="1,0", type=lambda s: [int(x) for x in s.split(",")],
+                   help="torch threads for lm-eval's hf model (0: torch's default, all cores); the hf "
+                        "engine uses all cores but one on CPU, so 1 on a 2-core machine")
     p.add_argument("--dtype", default="float32", help="hf and vllm engines' and lm-eval hf's dtype")
     p.add_argument("--device", default="auto")
     p.add_argument("--quant", default="native", help="llamacpp weights (native: the model's GGUF)")
