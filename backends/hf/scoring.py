@@ -31,17 +31,24 @@ def shared_prefix_groups(seqs: list) -> list[tuple[list[int], list]]:
     return groups
 
 
+# padded tokens per real token a forward batch may carry: on a CPU, batching rows gains little and
+# padding costs its full share (the benchmark's concurrent MMLU questions differ by 2x in length)
+MAX_PADDING = 1.15
+
+
 def forward_batches(groups, max_tokens: int, max_logit_elems: int, vocab: int):
     """Groups in forward batches (similar lengths together) within the prefill bounds."""
-    batch, longest = [], 0
+    batch, longest, real = [], 0, 0
     for g in sorted(groups, key=lambda g: len(g[0])):
-        width = max(longest, len(g[0]), 1)
+        n = max(len(g[0]), 1)
+        width = max(longest, n)
         rows = len(batch) + 1
-        if batch and (rows * width > max_tokens or rows * width * vocab > max_logit_elems):
+        if batch and (rows * width > max_tokens or rows * width * vocab > max_logit_elems
+                      or rows * width > MAX_PADDING * (real + n)):  # fmt: skip
             yield batch
-            batch, width = [], max(len(g[0]), 1)
+            batch, width, real = [], n, 0
         batch.append(g)
-        longest = width
+        longest, real = width, real + n
     if batch:
         yield batch
 
