@@ -6,7 +6,9 @@ prefills them as one left-padded group, samples their first token and merges the
 running batch (`batch.py`); then runs one decode step for the whole batch. Finished or aborted
 rows leave the batch at once. Every produced token is handed to its sequence's `put` as soon as
 it is known, so streaming is real: with an event loop, the events of one step are posted to it
-in one `call_soon_threadsafe` (one wake-up per step, not per token).
+in one `call_soon_threadsafe` (one wake-up per step, not per token). Echo-only sequences
+(max_tokens 0 with prompt logprobs: scoring) take none of this: one forward per shared prefix
+and no KV cache (`scoring.py`).
 
 Events `put` receives, as tuples:
     ("prompt", prompt_logprobs)           once, before any token, if prompt logprobs were asked
@@ -27,6 +29,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from backends.hf import scoring
 from backends.hf.batch import Batch
 from backends.hf.speculative import Speculator, accept
 from backends.hf.sampling import (
@@ -190,6 +193,10 @@ class Scheduler:
                 else:
                     admitted.append(seq)
         self._inflight = admitted
+        echo_only = [s for s in admitted if s.params.max_tokens == 0 and s.params.prompt_logprobs is not None]
+        if echo_only:  # scoring: no KV cache, no batch row, one forward per shared prefix
+            self._score(echo_only)
+            admitted = [s for s in admitted if s.params.max_tokens or s.params.prompt_logprobs is None]
         for group in self._groups(admitted):
             self._prefill(group)
             self._flush()  # first tokens out before the next decode step (time to first token)
@@ -220,6 +227,15 @@ class Scheduler:
             longest = new_longest
         if group:
             yield group
+
+    def _score(self, seqs: list[Sequence]) -> None:
+        groups = scoring.shared_prefix_groups(seqs)
+        for batch in scoring.forward_batches(groups, MAX_PREFILL_TOKENS, MAX_PROMPT_LOGIT_ELEMS, self.vocab):
+            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device):
+                self._emit(seq, ("prompt", plp))
+                self._done(seq, ("finish", "length"))
+            self.counters.prefill_batches += 1
+            self._flush()
 
     def _finish_now(self, seq: Sequence) -> None:
         self.counters.requests_finished += 1

@@ -185,6 +185,9 @@ class Engine:
                 raise HyperbenchError(f"the draft model {speculative.model} cannot draft for this target: {why}")
             self.drafter = DraftModel(draft, stop_ids=self.eog_ids, target_vocab=self.n_vocab)
         self.lock = FifoLock()  # one llama context: one sequence at a time, first come first served
+        # the last echo prompt's ids and per-token logprobs (with top k): _eval_with_logprobs
+        # keeps the part a new echo prompt shares with it
+        self._echo: tuple[list[int], int, list[Token]] = ([], 0, [])
         if parallel > 1:
             from backends.llamacpp.batch import BatchScheduler
 
@@ -349,24 +352,38 @@ class Engine:
         llm.eval(ids[llm.n_tokens :])
 
     def _eval_with_logprobs(self, ids: list[int], k: int, into: list[Token]) -> None:
-        """Evaluate the whole prompt with logits at every position; fill `into` per token."""
+        """Evaluate the prompt with logits at every position; fill `into` per token. What it
+        shares with the last echo prompt is kept, KV cache and logprobs (a token's logprob
+        depends only on the tokens before it): the choices of one question, one after another,
+        cost their own tokens, not the context again. The last shared token is evaluated again,
+        for the logits row that predicts the first new one."""
         llm = self.llm
-        llm.n_tokens = 0
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        echo_ids, echo_k, known = self._echo
+        reuse = 0
+        if echo_k == k:
+            have = llm.input_ids[: llm.n_tokens]
+            for a, b, c in zip(have, echo_ids, ids[: len(ids) - 1]):
+                if not a == b == c:
+                    break
+                reuse += 1
+        into.extend(known[:reuse])
+        start = max(reuse - 1, 0)
+        llm.n_tokens = start
+        llm._ctx.kv_cache_seq_rm(-1, start, -1)
+        self._echo = ([], k, [])  # until this evaluation completes
         prev: np.ndarray | None = None  # log-softmax of the row that predicts the next token
-        for start in range(0, len(ids), llm.n_batch):
-            chunk = ids[start : start + llm.n_batch]
+        for pos in range(start, len(ids), llm.n_batch):
+            chunk = ids[pos : pos + llm.n_batch]
             llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
             llm._ctx.decode(llm._batch)
             rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), self.n_vocab))
             for j, tok in enumerate(chunk):
-                if prev is None:
-                    into.append(Token(tok, b""))
-                else:
-                    into.append(Token(tok, b"", float(prev[tok]), _top(prev, k)))
+                if pos + j >= reuse:  # (known tokens are in `into` already)
+                    into.append(Token(tok, b"") if prev is None else Token(tok, b"", float(prev[tok]), _top(prev, k)))
                 prev = _log_softmax(rows[j])
             llm.input_ids[llm.n_tokens : llm.n_tokens + len(chunk)] = chunk
             llm.n_tokens += len(chunk)
+        self._echo = (list(ids), k, list(into))
 
 
 class FifoLock:

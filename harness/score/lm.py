@@ -2,7 +2,9 @@
 
 - loglikelihood: `context + continuation` as text with `echo`, `logprobs: 1`, `max_tokens: 0`;
   the continuation's tokens are found in the echoed prompt by text (align.py), or by the
-  servers' own token counts where its text offsets do not describe the prompt.
+  servers' own token counts where its text offsets do not describe the prompt. The items of one
+  context (a question's choices) go in one request, `prompt` as a list, so that the engine can
+  score them together (the hf engine runs one forward for all of them, as lm-eval's `hf` does).
 - loglikelihood_rolling (perplexity): lm-eval's rolling windows over a local tokenizer's ids,
   sent as token-id prompts, so no text alignment is involved and long texts fit the context.
 - generate_until: one completion per request, the task's `until` as `stop`; sampling parameters
@@ -35,6 +37,7 @@ from harness.score.cache import RequestCache, request_key
 log = logging.getLogger("hyperbench.score")
 
 DEFAULT_MAX_GEN_TOKS = 256
+MAX_PROMPTS_PER_REQUEST = 16  # loglikelihood items of one context sent together
 # lm-eval generation kwargs that go on the wire under the same name
 WIRE_SAMPLING = ("top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty", "seed", "min_tokens", "ignore_eos")  # fmt: skip
@@ -85,7 +88,8 @@ class EngineLM(LM):
     # ------------------------------------------------------------------ lm-eval interface
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        out = self._execute("loglikelihood", [r.args for r in requests], self._loglikelihood, disable_tqdm)
+        out = self._execute("loglikelihood", [r.args for r in requests], self._loglikelihood, disable_tqdm,
+                            group_by=lambda args: _move_spaces(*args)[0], group_fn=self._loglikelihood_group)
         return [(float(ll), bool(greedy)) for ll, greedy in out]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -147,8 +151,11 @@ class EngineLM(LM):
     def _client(self) -> EngineClient:
         return EngineClient(self.base_url, self.model, self.api_key, timeout=self.timeout)
 
-    def _execute(self, kind: str, arg_list: list[tuple], fn, disable_tqdm: bool) -> list:
-        """Run `fn` for every request not in the cache, `concurrency` at a time, in order."""
+    def _execute(self, kind: str, arg_list: list[tuple], fn, disable_tqdm: bool, group_by=None,
+                 group_fn=None) -> list:  # fmt: skip
+        """Run `fn` for every request not in the cache, `concurrency` at a time, in order; with
+        `group_fn`, requests of one `group_by` value (up to MAX_PROMPTS_PER_REQUEST) in one call
+        of `group_fn(client, [args...])`, which returns their (result, record) pairs in order."""
         keys, occurrence, seen = [], [], Counter()
         for args in arg_list:
             sampled = kind == "generate_until" and _samples(args[1])
@@ -174,15 +181,20 @@ class EngineLM(LM):
             async with self._client() as client:
                 sem = asyncio.Semaphore(self.concurrency)
 
-                async def one(key: str, idxs: list[int]):
+                async def one(unit: list[str]):
                     async with sem:
-                        result, record = await fn(client, arg_list[idxs[0]], occurrence[idxs[0]])
-                    self.cache.put(kind, key, result, record)
-                    for i in idxs:
-                        results[i] = result
-                    bar.update(1)
+                        if group_fn is None:
+                            (i,) = (todo[k][0] for k in unit)
+                            pairs = [await fn(client, arg_list[i], occurrence[i])]
+                        else:
+                            pairs = await group_fn(client, [arg_list[todo[k][0]] for k in unit])
+                    for key, (result, record) in zip(unit, pairs):
+                        self.cache.put(kind, key, result, record)
+                        for i in todo[key]:
+                            results[i] = result
+                        bar.update(1)
 
-                await asyncio.gather(*(one(k, v) for k, v in todo.items()))
+                await asyncio.gather(*(one(u) for u in _units(todo, arg_list, group_by if group_fn else None)))
 
         t0 = time.perf_counter()
         try:
@@ -235,34 +247,56 @@ class EngineLM(LM):
     # ------------------------------------------------------------------ request kinds
 
     async def _loglikelihood(self, client, args, _i) -> tuple[list, dict]:
-        context, continuation = args
-        n_spaces = len(context) - len(context.rstrip())  # as lm-eval: spaces go with the continuation
-        if n_spaces:
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        if not context and self.tokenizer is not None:  # lm-eval's BOS/EOS stand-in context
-            ids = [self._prefix_id()] + self.tokenizer(continuation, add_special_tokens=False).input_ids
-            return await self._score_ids(client, ids, 1)
-        if self.tokenizer is not None and context:
-            cut = self._cut_to_context(context, continuation)
+        return (await self._loglikelihood_group(client, [args]))[0]
+
+    async def _loglikelihood_group(self, client, arg_list: list[tuple]) -> list[tuple[list, dict]]:
+        """The items of one context: their text prompts in one echo request (one choice per
+        prompt, in order); token-id prompts (an empty or cut context) one by one."""
+        out: list = [None] * len(arg_list)
+        texts = []  # (item, context, prompt)
+        for i, args in enumerate(arg_list):
+            context, continuation = _move_spaces(*args)
+            if not context and self.tokenizer is not None:  # lm-eval's BOS/EOS stand-in context
+                ids = [self._prefix_id()] + self.tokenizer(continuation, add_special_tokens=False).input_ids
+                out[i] = await self._score_ids(client, ids, 1)
+                continue
+            cut = self._cut_to_context(context, continuation) if self.tokenizer is not None and context else None
             if cut is not None:
-                return await self._score_ids(client, *cut, how="token-ids (context cut)")
-        prompt = context + continuation
-        resp = await self._echo(client, prompt)
+                out[i] = await self._score_ids(client, *cut, how="token-ids (context cut)")
+            else:
+                texts.append((i, context, context + continuation))
+        if not texts:
+            return out
+        prompts = [p for _, _, p in texts]
+        resp = await self._echo(client, prompts if len(prompts) > 1 else prompts[0])
+        choices = sorted(resp.get("choices") or [], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        if len(choices) != len(prompts):
+            raise EngineError(f"the engine answered {len(prompts)} prompts with {len(choices)} choices")
+        usage = resp.get("usage") or {}
+        generated = int(usage.get("completion_tokens") or 0) // len(prompts)  # max_tokens 0 refused: 1 each
+        for (i, context, prompt), choice in zip(texts, choices):
+            whole = usage.get("prompt_tokens") if len(prompts) == 1 else None  # one prompt's own count
+            one = {"choices": [choice], "usage": {"completion_tokens": generated}}
+            out[i] = await self._score_echo(client, one, prompt, context, whole)
+        return out
+
+    async def _score_echo(self, client, resp: dict, prompt: str, context: str,
+                          whole: int | None) -> tuple[list, dict]:  # fmt: skip
+        """Score the continuation of `prompt` (past `context`) from its echo choice."""
         lp = align.prompt_logprobs(resp)
         if lp is None:
             raise NoPromptLogprobs(f"the engine at {self.base_url} returned no prompt logprobs")
         part, first = align.locate(lp, prompt, len(context))
         how = "offsets"
         if first is None:
-            whole = int(resp["usage"]["prompt_tokens"])
+            whole = int(whole) if whole is not None else await self._prompt_tokens(client, prompt)
             ctx = await self._prompt_tokens(client, context) if context else 0
             part = align.prompt_tokens_of(lp, whole)
             first, how = align.split_by_count(part, whole, ctx), "token-count"
-        lp = part
         try:
-            ll, greedy, n = align.score(lp, first)
+            ll, greedy, n = align.score(part, first)
         except align.AlignmentError as e:
-            raise EngineError(f"cannot score continuation {continuation[:40]!r}: {e}") from None
+            raise EngineError(f"cannot score continuation {prompt[len(context):][:40]!r}: {e}") from None
         self.alignment[how] += 1
         self.tokens["loglikelihood"] += n
         return [ll, greedy], {"tokens": n, "align": how}
@@ -367,6 +401,26 @@ def _run_stoppable(main) -> None:
     finally:
         if installed and old is not None:  # the loop's close reset SIGTERM to the default
             signal.signal(signal.SIGTERM, old)
+
+
+def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """As lm-eval: trailing spaces of the context go with the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def _units(todo: dict[str, list[int]], arg_list: list[tuple], group_by) -> list[list[str]]:
+    """The request keys to send together: one each, or by `group_by` of their args, in chunks
+    of MAX_PROMPTS_PER_REQUEST, in first-seen order."""
+    if group_by is None:
+        return [[k] for k in todo]
+    groups: dict = {}
+    for key, idxs in todo.items():
+        groups.setdefault(group_by(arg_list[idxs[0]]), []).append(key)
+    return [keys[i : i + MAX_PROMPTS_PER_REQUEST] for keys in groups.values()
+            for i in range(0, len(keys), MAX_PROMPTS_PER_REQUEST)]  # fmt: skip
 
 
 def _samples(gen_kwargs: dict) -> bool:
