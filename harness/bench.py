@@ -39,7 +39,7 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
 
         if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
             return str(resolve_model(name).path)
-        if cfg.target.launcher != "external" and (fallback := cfg.engine_config().prompt_tokenizer):
+        if cfg.target.launcher_class.starts_engine and (fallback := cfg.engine_config().prompt_tokenizer):
             return str(resolve_model(fallback).path)  # an engine without weights (synthetic)
     return None
 
@@ -47,7 +47,7 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
 def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
     """Local path of the model to serve (staged if built-in); None for an external engine, and for
     an engine that loads no weights unless its model names one (then its tokenizer is used)."""
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.starts_engine:
         return None
     from harness.models import BUILTIN_MODELS, resolve_model
 
@@ -61,8 +61,8 @@ def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
 @contextmanager
 def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path | None):
     """Bring the engine up with the config's launcher; yields (endpoint, launcher)."""
-    if cfg.target.launcher == "external":
-        launcher = make_launcher("external", url=cfg.target.url,
+    if not cfg.target.launcher_class.starts_engine:
+        launcher = make_launcher(cfg.target.launcher, url=cfg.target.url,
                                  model=cfg.engine.get("served_model_name") or cfg.engine.get("model"),
                                  api_key=engine.api_key,
                                  startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
@@ -88,7 +88,7 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     elif cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
-    label = engine.kind if cfg.target.launcher != "external" else "external"
+    label = engine.kind if cfg.target.launcher_class.starts_engine else "external"
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
     resolved = cfg.model_dump(mode="json")
     resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
@@ -99,7 +99,7 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
         "kind": "bench",
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "engine": engine.kind if label != "external" else "external",
+        "engine": label,
         "model": engine.model,
         "points": [],
     }
@@ -148,7 +148,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         if not resuming or todo:
             with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
                 summary["served_model"] = endpoint.model
-                if label == "external":
+                if not launcher.starts_engine:  # the engine someone runs says what it serves
                     summary["model"] = endpoint.model
                 summary["engine_info"] = _engine_info(endpoint)
                 summary["precision"] = effective_precision(summary["engine_info"], engine)
@@ -218,7 +218,7 @@ def _not_sent(rec: RequestRecord, launcher) -> bool:
     # refused: a killed engine process refuses connections a moment before its launcher sees it
     # exit (under load this race counted a never-sent request as failed): up to 0.5 s to be seen
     # dead, where the launcher holds the engine's process (others answer alive() at once)
-    tries = 10 if getattr(launcher, "proc", None) is not None else 1
+    tries = 10 if launcher.holds_process else 1
     for i in range(tries):
         if not launcher.alive():
             return True
@@ -319,7 +319,7 @@ def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict
     (BASELINE_FOLDER); each point's `speculative.speedup` then compares the two. An engine
     someone else runs cannot be restarted: then the speedup is said to be not measured."""
     summary.pop("speculative_baseline", None)  # a cut run's `running`: decided again below
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.can_restart:
         summary["speculative_baseline"] = {
             "status": "not measured",
             "reason": "external engine (--url): the harness cannot restart it without speculation",

@@ -66,12 +66,13 @@ class CompareConfig(BaseModel):
 def build_config(file_data: dict, cli_data: dict) -> CompareConfig:
     """CLI > file > env (HYPERBENCH_LAUNCHER, set by compose/docker-compose.launcher.yml) > defaults."""
     from harness.config import build
+    from harness.launchers import LAUNCHERS
 
     launcher_given = "launcher" in cli_data.get("target", {}) or "launcher" in file_data.get("target", {})
     if not launcher_given and (env := os.environ.get("HYPERBENCH_LAUNCHER")):
         cli_data.setdefault("target", {})["launcher"] = env
     launcher = cli_data.get("target", {}).get("launcher") or file_data.get("target", {}).get("launcher")
-    if launcher == "external":  # before the config tree asks for the --url that compare has not
+    if launcher in LAUNCHERS and not LAUNCHERS[launcher].can_restart:  # before the config tree asks for the --url
         raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer "
                               "(bench engines that others run one by one, then compare their run folders)")
     cfg = build(CompareConfig, file_data, cli_data)

@@ -40,7 +40,7 @@ def run(cfg: ScoreConfig) -> RunFolder:
     engine.check()
     if not cfg.score.tasks and cfg.score.perplexity is None:
         raise HyperbenchError("no tasks to run: give --tasks (e.g. mmlu,gsm8k) or --perplexity FILE")
-    external = cfg.target.launcher == "external"
+    external = not cfg.target.launcher_class.starts_engine
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
                                "score-" + ("external" if external else engine.kind), engine.model)
     summary = {"schema_version": SCHEMA_VERSION, "kind": "score", "status": "running",
@@ -76,7 +76,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
                            include_paths=spec.include_path, num_fewshot=spec.num_fewshot)
         _check_max_length(spec, prepared)
         loglikelihood = sorted(t for t, kind in prepared.output_types.items() if kind in LOGLIKELIHOOD_TYPES)
-        if loglikelihood and cfg.target.launcher != "external" and not engine.capabilities().prompt_logprobs:
+        if loglikelihood and cfg.target.launcher_class.starts_engine and not engine.capabilities().prompt_logprobs:
             raise HyperbenchError(f"the {engine.kind} engine cannot score loglikelihood tasks "
                                   f"({', '.join(loglikelihood)}): its prompt logprobs (echo) are not "
                                   "right; run generative tasks (gsm8k, truthfulqa_gen) on it")
@@ -99,9 +99,9 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
                    notes=prepared.notes)
     run_dir.write_json("summary.json", summary)
     try:
-        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, _launcher):
+        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
             summary["served_model"] = endpoint.model
-            if summary["engine"] == "external":
+            if not launcher.starts_engine:  # the engine someone runs says what it serves
                 summary["model"] = endpoint.model
             from harness.bench import _engine_info
             from harness.precision import effective_precision

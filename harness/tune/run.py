@@ -45,7 +45,7 @@ def check_search(cfg: TuneConfig):
     objectives = parse_objectives(spec.objectives)
     constraints = parse_constraints(spec.constraint, objectives, spec.metric)
     space = build_space(spec.params, engine, dict(spec.baseline))
-    if space.by_kind("engine") and cfg.target.launcher == "external":
+    if space.by_kind("engine") and not cfg.target.launcher_class.can_restart:
         raise HyperbenchError(f"engine options ({', '.join(p.name for p in space.by_kind('engine'))}) "
                               "need an engine restart, which an external engine (--url) does not allow")
     if spec.holdout_top < 1:
@@ -149,12 +149,12 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
     if cfg.output.resume is not None:
         return resume(cfg.output.resume, echo)
     notes: list[str] = []
-    if cfg.target.launcher != "external":  # someone else's server is as it is
+    if cfg.target.launcher_class.starts_engine:  # someone else's server is as it is
         engine_data, notes = tune_engine(cfg.engine)
         cfg = cfg.model_copy(update={"engine": engine_data})
     engine, objectives, constraints, space = check_search(cfg)
     spec = cfg.tune
-    external = cfg.target.launcher == "external"
+    external = not cfg.target.launcher_class.starts_engine
     run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
                                "tune-" + ("external" if external else engine.kind), engine.model)
     try:
