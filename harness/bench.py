@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from backends.base import speculative_delta
-from harness import envinfo, telemetry
+from harness import telemetry
 from harness.roofline import point_roofline
 from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
@@ -21,7 +21,8 @@ from harness.bench_resume import (load_key, point_label, point_summary, records_
 from harness.find_rate import find_max_rate
 from harness.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
-from harness.results import SCHEMA_VERSION, RunFolder
+from harness.results import RunFolder
+from harness.run_lifecycle import close_summary, create_run, write_resolved
 from harness.trace import load_trace, trace_requests
 from harness.workload import build_requests, load_tokenizer, warmup_requests
 
@@ -88,21 +89,9 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     elif cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
-    label = engine.kind if cfg.target.launcher_class.starts_engine else "external"
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
-    resolved = cfg.model_dump(mode="json")
-    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "bench",
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "engine": label,
-        "model": engine.model,
-        "points": [],
-    }
+    run_dir, summary = create_run(cfg, engine, "bench")
+    write_resolved(run_dir, cfg, engine)
+    summary["points"] = []
     return _execute(cfg, engine, model_path, requests, run_dir, summary, {}, progress)
 
 
@@ -179,10 +168,8 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
     finally:
         if cfg.load.repeats > 1:  # over the repeats finished, however the run ended
             summary["repeat_stats"] = repeat_stats(summary["points"])
-        summary.pop("process", None)
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
-            run_dir.write_json("summary.json", summary)
+            close_summary(run_dir, summary)
         finally:
             _write_report(run_dir, cfg)
     return run_dir

@@ -16,9 +16,9 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import envinfo
 from harness.errors import HyperbenchError, Interrupted
-from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text
+from harness.results import RunFolder, atomic_write_text
+from harness.run_lifecycle import close_summary, create_run, write_resolved
 from harness.score.config import ScoreConfig
 
 log = logging.getLogger("hyperbench.score")
@@ -40,12 +40,7 @@ def run(cfg: ScoreConfig) -> RunFolder:
     engine.check()
     if not cfg.score.tasks and cfg.score.perplexity is None:
         raise HyperbenchError("no tasks to run: give --tasks (e.g. mmlu,gsm8k) or --perplexity FILE")
-    external = not cfg.target.launcher_class.starts_engine
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
-                               "score-" + ("external" if external else engine.kind), engine.model)
-    summary = {"schema_version": SCHEMA_VERSION, "kind": "score", "status": "running",
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "engine": "external" if external else engine.kind, "model": engine.model}
+    run_dir, summary = create_run(cfg, engine, "score", prefix="score-")
     return _score(cfg, run_dir, summary, fresh=True)
 
 
@@ -91,10 +86,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
         if fresh:  # a user error before anything ran: leave no empty run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
-    resolved = cfg.model_dump(mode="json")
-    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
+    write_resolved(run_dir, cfg, engine)
     summary.update(tasks_requested=spec.tasks, data_dir=str(spec.data_dir) if spec.data_dir else None,
                    notes=prepared.notes)
     run_dir.write_json("summary.json", summary)
@@ -133,8 +125,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
                        reason=str(e))
         raise
     finally:
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        run_dir.write_json("summary.json", summary)
+        close_summary(run_dir, summary)
         _write_report(run_dir)
     return run_dir
 
