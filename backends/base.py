@@ -13,10 +13,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from backends.spec_cli import NOT_SETTINGS, spec_flags
 
 # Every sampling parameter of the wire contract that an engine may or may not honour.
 ALL_SAMPLING_PARAMS = (
@@ -71,12 +74,37 @@ class EngineConfig(BaseModel):
         "num_speculative_tokens", "assistant_confidence_threshold", "ngram_min", "ngram_max",
     )  # fmt: skip
 
+    # `python -m` module of an in-house server, whose parser is built from this spec
+    # (backends/spec_cli.py); an engine that wraps another CLI (vLLM, llama-server) maps its
+    # settings to that CLI in its own server_command instead
+    server_module: ClassVar[str] = ""
+
     def capabilities(self) -> Capabilities:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
-        """argv that serves this engine on host:port for an already-resolved model path."""
-        raise NotImplementedError  # pragma: no cover
+        """argv that serves this engine on host:port for an already-resolved model path: the
+        settings that differ from the spec's defaults (the server's parser has the same ones)."""
+        if not self.server_module:
+            raise NotImplementedError  # pragma: no cover
+        defaults = {name: f.default for name, f in type(self).model_fields.items()}
+        args = ["--model", model_path, "--served-model-name", self.display_name(), "--host", host,
+                "--port", str(port), *spec_flags(self.server_values(), defaults)]  # fmt: skip
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        return python_module_cmd(self.server_module, *args)
+
+    def server_values(self) -> dict:
+        """The engine settings as the server gets them: a draft model (speculative=draft:<model>)
+        resolved to a local path here, where models are staged (the server stages none)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields if name not in NOT_SETTINGS}
+        spec = values.get("speculative")
+        if isinstance(spec, str) and spec.strip().startswith("draft:"):
+            values["speculative"] = "draft:" + resolve_draft(spec.strip().partition(":")[2].strip())
+        for name, value in values.items():  # a file or folder (a LoRA adapter): wherever the server runs from
+            if isinstance(value, Path):
+                values[name] = str(value.expanduser().resolve())
+        return values
 
     def check(self) -> None:
         """Raise HyperbenchError for settings this engine cannot honour on this machine."""

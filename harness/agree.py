@@ -137,7 +137,7 @@ def build_config(file_data: dict, cli_data: dict) -> AgreeConfig:
     cfg = build(AgreeConfig, file_data, cli_data)
     if cfg.reference() not in cfg.engines:
         raise HyperbenchError(f"--reference {cfg.reference()} is not one of --engines ({', '.join(cfg.engines)})")
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.can_restart:
         raise HyperbenchError("agree starts each engine itself: use --launcher process, docker or apptainer")
     return cfg
 
@@ -210,7 +210,7 @@ def check_engines(cfg: AgreeConfig, engines: list[tuple[str, dict]]) -> list:
             engine.check()
         except HyperbenchError as err:  # which spec it is, with the engine's own reason
             raise HyperbenchError(f"{label}: {err}") from None
-        if cfg.target.launcher == "process":
+        if cfg.target.launcher_class.uses_host_install:
             ok, why = engine_class(e["kind"]).installed()
             if not ok:
                 raise HyperbenchError(f"engine {e['kind']} ({label}) is not installed here: {why}")

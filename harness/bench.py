@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from backends.base import speculative_delta
-from harness import envinfo, telemetry
+from harness import telemetry
 from harness.roofline import point_roofline
 from harness.server_metrics import FILE as SERVER_METRICS_FILE, JsonlSink, ServerMetrics
 from harness.adapter import EngineClient, RequestRecord
@@ -23,7 +23,8 @@ from harness.bench_resume import (load_key, point_label, point_summary, records_
 from harness.find_rate import find_max_rate
 from harness.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
-from harness.results import SCHEMA_VERSION, RunFolder
+from harness.results import RunFolder
+from harness.run_lifecycle import close_summary, create_run, write_resolved
 from harness.trace import load_trace, trace_requests
 from harness.workload import build_requests, load_tokenizer, warmup_requests
 
@@ -41,7 +42,7 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
 
         if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
             return str(resolve_model(name).path)
-        if cfg.target.launcher != "external" and (fallback := cfg.engine_config().prompt_tokenizer):
+        if cfg.target.launcher_class.starts_engine and (fallback := cfg.engine_config().prompt_tokenizer):
             return str(resolve_model(fallback).path)  # an engine without weights (synthetic)
     return None
 
@@ -49,7 +50,7 @@ def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | 
 def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
     """Local path of the model to serve (staged if built-in); None for an external engine, and for
     an engine that loads no weights unless its model names one (then its tokenizer is used)."""
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.starts_engine:
         return None
     from harness.models import BUILTIN_MODELS, resolve_model
 
@@ -63,8 +64,8 @@ def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
 @contextmanager
 def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path | None):
     """Bring the engine up with the config's launcher; yields (endpoint, launcher)."""
-    if cfg.target.launcher == "external":
-        launcher = make_launcher("external", url=cfg.target.url,
+    if not cfg.target.launcher_class.starts_engine:
+        launcher = make_launcher(cfg.target.launcher, url=cfg.target.url,
                                  model=cfg.engine.get("served_model_name") or cfg.engine.get("model"),
                                  api_key=engine.api_key,
                                  startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
@@ -90,21 +91,9 @@ def run(cfg: BenchConfig, progress=None) -> RunFolder:
     elif cfg.workload.dataset is not None:  # a bad prompt file: refused now, not after the engine loaded
         requests = build_requests(cfg.workload)
     model_path = resolve_model_path(cfg, engine)
-    label = engine.kind if cfg.target.launcher != "external" else "external"
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, label, engine.model)
-    resolved = cfg.model_dump(mode="json")
-    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "bench",
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "engine": engine.kind if label != "external" else "external",
-        "model": engine.model,
-        "points": [],
-    }
+    run_dir, summary = create_run(cfg, engine, "bench")
+    write_resolved(run_dir, cfg, engine)
+    summary["points"] = []
     return _execute(cfg, engine, model_path, requests, run_dir, summary, {}, progress)
 
 
@@ -150,7 +139,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         if not resuming or todo:
             with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
                 summary["served_model"] = endpoint.model
-                if label == "external":
+                if not launcher.starts_engine:  # the engine someone runs says what it serves
                     summary["model"] = endpoint.model
                 summary["engine_info"] = _engine_info(endpoint)
                 summary["precision"] = effective_precision(summary["engine_info"], engine)
@@ -184,10 +173,8 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
     finally:
         if cfg.load.repeats > 1:  # over the repeats finished, however the run ended
             summary["repeat_stats"] = repeat_stats(summary["points"])
-        summary.pop("process", None)
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
-            run_dir.write_json("summary.json", summary)
+            close_summary(run_dir, summary)
         finally:
             _write_report(run_dir, cfg)
     return run_dir
@@ -223,7 +210,7 @@ def _not_sent(rec: RequestRecord, launcher) -> bool:
     # refused: a killed engine process refuses connections a moment before its launcher sees it
     # exit (under load this race counted a never-sent request as failed): up to 0.5 s to be seen
     # dead, where the launcher holds the engine's process (others answer alive() at once)
-    tries = 10 if getattr(launcher, "proc", None) is not None else 1
+    tries = 10 if launcher.holds_process else 1
     for i in range(tries):
         if not launcher.alive():
             return True
@@ -330,7 +317,7 @@ def _spec_baseline(cfg: BenchConfig, spec_off, run_dir: RunFolder, summary: dict
     (BASELINE_FOLDER); each point's `speculative.speedup` then compares the two. An engine
     someone else runs cannot be restarted: then the speedup is said to be not measured."""
     summary.pop("speculative_baseline", None)  # a cut run's `running`: decided again below
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.can_restart:
         summary["speculative_baseline"] = {
             "status": "not measured",
             "reason": "external engine (--url): the harness cannot restart it without speculation",

@@ -34,6 +34,7 @@ from harness.errors import HyperbenchError
 from harness.compare_plots import write_plots
 from harness.compare_repeats import run_interleaved, significance, significance_section
 from harness.results import SCHEMA_VERSION, RunFolder, slug
+from harness.summary_schema import BenchSummary, ScoreSummary, Summary
 from harness.slurm import SlurmJob
 
 # workload fields that must agree for a speed comparison to mean anything
@@ -69,12 +70,13 @@ class CompareConfig(BaseModel):
 def build_config(file_data: dict, cli_data: dict) -> CompareConfig:
     """CLI > file > env (HYPERBENCH_LAUNCHER, set by compose/docker-compose.launcher.yml) > defaults."""
     from harness.config import build
+    from harness.launchers import LAUNCHERS
 
     launcher_given = "launcher" in cli_data.get("target", {}) or "launcher" in file_data.get("target", {})
     if not launcher_given and (env := os.environ.get("HYPERBENCH_LAUNCHER")):
         cli_data.setdefault("target", {})["launcher"] = env
     launcher = cli_data.get("target", {}).get("launcher") or file_data.get("target", {}).get("launcher")
-    if launcher == "external":  # before the config tree asks for the --url that compare has not
+    if launcher in LAUNCHERS and not LAUNCHERS[launcher].can_restart:  # before the config tree asks for the --url
         raise HyperbenchError("compare starts each engine itself: use --launcher process, docker or apptainer "
                               "(bench engines that others run one by one, then compare their run folders)")
     cfg = build(CompareConfig, file_data, cli_data)
@@ -189,31 +191,31 @@ class Entry:
         return (self.engine, self.model, self.quant)
 
 
-def _common(run: RunFolder, summary: dict) -> dict:
+def _common(run: RunFolder, summary: Summary) -> dict:
     cfg = _read_optional(run, "config.json") or {}
     engine = cfg.get("engine") or {}
-    info = summary.get("engine_info") or {}
+    info = summary.engine_info or {}
     quant = engine.get("quant") or info.get("quantization")
-    kind = summary.get("engine") or engine.get("kind") or "?"
+    kind = summary.engine or engine.get("kind") or "?"
     if kind == "external" and info.get("engine"):  # benched through --url: the engine said who it is
         kind = f"{info['engine']} (external)"
     return dict(
         path=run.path, engine=str(kind),
-        model=str(summary.get("model") or engine.get("model") or "?"),
+        model=str(summary.model or engine.get("model") or "?"),
         quant=str(quant) if quant not in (None, "none") else None,
-        status=str(summary.get("status", "?")), reason=summary.get("reason"),
+        status=summary.status or "?", reason=summary.reason,
         workload=cfg.get("workload") or {},
     )  # fmt: skip
 
 
-def read_bench(run: RunFolder, summary: dict) -> Entry:
-    info = summary.get("engine_info") or {}
+def read_bench(run: RunFolder, summary: BenchSummary) -> Entry:
+    info = summary.engine_info or {}
     memory = {k: info[k] for k in ("weight_bytes", "kv_cache_bytes") if _number(info.get(k))}
-    return Entry(label="", kind="bench", points=list(summary.get("points") or []), engine_memory=memory,
-                 **_common(run, summary))
+    points = [p.model_dump(exclude_unset=True) for p in summary.points]  # as written: the tables' view
+    return Entry(label="", kind="bench", points=points, engine_memory=memory, **_common(run, summary))
 
 
-def score_metrics(summary: dict) -> dict[str, float]:
+def score_metrics(summary: ScoreSummary | dict) -> dict[str, float]:
     """Accuracy numbers of a score run, as {"task/metric": value}.
 
     Reads `hyperbench score`'s summary.json (`tasks` and `groups`, each metric a {value, stderr}),
@@ -221,22 +223,24 @@ def score_metrics(summary: dict) -> dict[str, float]:
     `"results": {"gsm8k": {"exact_match,none": 0.41}}` (lm-eval's own). Non-numeric values and
     stderr entries are left out.
     """
+    if isinstance(summary, dict):  # a summary read by someone's script
+        summary = ScoreSummary.model_validate(summary)
     out: dict[str, float] = {}
     # hyperbench score's summary.json: {"tasks"|"groups": {name: {"metrics": {m: {"value", "stderr"}}}}}
-    groups = summary.get("groups") or {}
     # a group's member tasks (mmlu: 57 subjects) stay in the score run's report: the group's rows here
-    members = {t for g in groups.values() if isinstance(g, dict) for t in g.get("subtasks") or []}
-    for section in ("tasks", "groups"):
-        for task, entry in (summary.get(section) or {}).items():
+    members = {t for g in summary.groups.values() for t in g.subtasks}
+    for section in (summary.tasks, summary.groups):
+        for task, entry in section.items():
             if task in members:
                 continue
-            for name, m in ((entry or {}).get("metrics") or {}).items():
-                if isinstance(m, dict) and _number(m.get("value")):
-                    out[f"{task}/{name}"] = float(m["value"])
-    flat = summary.get("metrics")
+            for name, m in entry.metrics.items():
+                if _number(m.value):
+                    out[f"{task}/{name}"] = float(m.value)
+    extra = summary.model_extra or {}  # other tools' shapes, kept as written
+    flat = extra.get("metrics")
     if isinstance(flat, dict):
         out.update({str(k): float(v) for k, v in flat.items() if _number(v)})
-    nested = summary.get("results")
+    nested = extra.get("results")
     if isinstance(nested, dict):
         for task, metrics in nested.items():
             if isinstance(metrics, dict):
@@ -246,7 +250,7 @@ def score_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def read_score(run: RunFolder, summary: dict) -> Entry:
+def read_score(run: RunFolder, summary: ScoreSummary) -> Entry:
     return Entry(label="", kind="score", metrics=score_metrics(summary), **_common(run, summary))
 
 
@@ -254,8 +258,8 @@ READERS = {"bench": read_bench, "score": read_score}
 
 
 def read_run(run: RunFolder) -> Entry:
-    summary = run.summary()
-    kind = summary.get("kind", "bench")
+    summary = run.typed_summary()
+    kind = summary.kind
     reader = READERS.get(kind)
     if reader is None:
         raise HyperbenchError(f"{run.path}: compare reads bench and score runs, not {kind!r} runs")

@@ -185,9 +185,17 @@ class Target(_Strict):
     def _url(self):
         if self.url and self.launcher == "process":
             self.launcher = "external"
-        if self.launcher == "external" and not self.url:
-            raise ValueError("the external launcher needs --url")
+        if not self.launcher_class.starts_engine and not self.url:
+            raise ValueError(f"the {self.launcher} launcher needs --url")
         return self
+
+    @property
+    def launcher_class(self):
+        """The launcher's class, whose attributes say what it can do (starts_engine, can_restart,
+        holds_process, uses_host_install): jobs ask those, not the launcher's name."""
+        from harness.launchers import launcher_class
+
+        return launcher_class(self.launcher)
 
 
 class BenchConfig(_Strict):

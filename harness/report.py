@@ -130,17 +130,18 @@ def points_table(points: list[dict], with_goodput: bool = False) -> str:
 
 
 def write_report(run: RunFolder, plots: bool = True) -> str:
-    s = run.read_json("summary.json")
+    summary = run.typed_summary()
+    s = summary.model_dump(exclude_unset=True)  # as written: the sections below share the dict views
     cfg = run.read_json("config.json")
     env = run.read_json("env.json")
-    points = s.get("points", [])
-    lines = [f"# hyperbench bench: {s.get('engine')} / {s.get('model')}", ""]
-    if s.get("status") != "complete":
-        lines += [f"> **status: {s.get('status')}**: {s.get('reason', '')}", ""]
+    points = [p.model_dump(exclude_unset=True) for p in summary.points]
+    lines = [f"# hyperbench bench: {summary.engine} / {summary.model}", ""]
+    if summary.status != "complete":
+        lines += [f"> **status: {summary.status}**: {summary.reason or ''}", ""]
     w = cfg.get("workload", {})
     lines += [
         f"- run folder: `{run.path}`  ",
-        f"- served model: `{s.get('served_model')}`; started {s.get('started')}  ",
+        f"- served model: `{summary.served_model}`; started {summary.started}  ",
         (f"- workload: trace `{cfg['load']['trace']}` (its send times, lengths and requests), time scale "
          f"{cfg['load'].get('time_scale')}" if (cfg.get("load") or {}).get("trace") else
          f"- workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
@@ -172,7 +173,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
-    if mr := s.get("max_rate"):  # bench --find-max-rate (harness/find_rate.py)
+    if mr := summary.max_rate:  # bench --find-max-rate (harness/find_rate.py)
         lo, hi = mr["bracket"]
         lines += ["", "## Highest rate under the SLOs", "",
                   (f"**{fmt(mr['rate'])} req/s**: the highest rate at which at least {mr['goodput_share']:.0%} of "
@@ -187,7 +188,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
         lines += ["", *repeats_section(s["repeat_stats"])]
     if any("speculative" in p for p in points):
         lines += ["", *spec_section(s, points)]
-    info = s.get("engine_info")
+    info = summary.engine_info
     if info:
         from harness.precision import precision_line
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from harness.config import jsonable
 from harness.errors import HyperbenchError
+from harness.summary_schema import SCHEMA_VERSION, Summary, parse_summary
 
-SCHEMA_VERSION = 1
+# SCHEMA_VERSION is imported from here by the jobs that write summaries
 
 
 def temp_beside(path: Path) -> tuple[int, Path]:
@@ -115,6 +116,8 @@ class RunFolder:
             atomic_write_json(self.path / name, data)
         except OSError as e:
             raise HyperbenchError(f"cannot write {self.path / name}: {e.strerror}") from None
+        if name == "summary.json":  # checked once written: a shape error must not lose the results
+            parse_summary(jsonable(data), str(self.path / name))
 
     def read_json(self, name: str) -> Any:
         return read_json(self.path / name)
@@ -123,13 +126,13 @@ class RunFolder:
         """summary.json, refused when another schema version wrote it: read with this version's
         meaning, it would look like an empty run (and `report` would overwrite its report)."""
         data = self.read_json("summary.json")
-        if not isinstance(data, dict):
-            raise HyperbenchError(f"{self.path / 'summary.json'} is not a run summary")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise HyperbenchError(f"{self.path / 'summary.json'} has schema_version {version!r}; this hyperbench "
-                                  f"reads {SCHEMA_VERSION}: use the hyperbench version that wrote it")
+        parse_summary(data, str(self.path / "summary.json"))
         return data
+
+    def typed_summary(self) -> Summary:
+        """summary.json as the model of its kind (harness.summary_schema); the same one-line
+        refusals as summary()."""
+        return parse_summary(self.read_json("summary.json"), str(self.path / "summary.json"))
 
     def append_record(self, record: dict) -> None:
         # one line per finished request, flushed at once: a killed run keeps every finished record

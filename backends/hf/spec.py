@@ -12,8 +12,6 @@ from backends.base import (
     Capabilities,
     EngineConfig,
     looks_like_path,
-    python_module_cmd,
-    resolve_draft,
 )
 from backends.base import parse_speculative as base_parse_speculative
 from harness.errors import HyperbenchError
@@ -71,6 +69,7 @@ class HFConfig(EngineConfig):
 
     extra = "hf"
     probe_module = "transformers"
+    server_module = "backends.hf"  # its flags are built from this spec (backends/spec_cli.py)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -106,34 +105,6 @@ class HFConfig(EngineConfig):
                 raise HyperbenchError(f"{flag} needs speculative decoding (--speculative draft:<model>)")
         elif looks_like_path(draft) and not Path(draft).expanduser().exists():
             raise HyperbenchError(f"draft model path {draft} does not exist")
-
-    def server_command(self, host: str, port: int, model_path: str) -> list[str]:
-        args = [
-            "--model", model_path,
-            "--served-model-name", self.display_name(),
-            "--host", host,
-            "--port", str(port),
-            "--quant", self.quant,
-            "--attn", self.attn,
-            "--dtype", self.dtype,
-            "--device", self.device,
-            "--max-batch-size", str(self.max_batch_size),
-        ]  # fmt: skip
-        if self.enforce_eager:
-            args.append("--enforce-eager")
-        if self.prune:
-            args += ["--prune", str(self.prune), "--prune-scope", self.prune_scope]
-        if self.lora is not None:
-            args += ["--lora", str(Path(self.lora).expanduser().resolve())]
-        if (draft := parse_speculative(self.speculative)[1]) is not None:
-            args += [
-                "--speculative", f"draft:{resolve_draft(draft)}",
-                "--num-speculative-tokens", str(self.num_speculative_tokens),
-                "--assistant-confidence-threshold", str(self.assistant_confidence_threshold),
-            ]  # fmt: skip
-        if self.api_key:
-            args += ["--api-key", self.api_key]
-        return python_module_cmd("backends.hf", *args)
 
 
 def parse_speculative(text: str) -> tuple[str, str | None]:

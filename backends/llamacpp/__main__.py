@@ -1,4 +1,5 @@
-"""`python -m backends.llamacpp --model PATH ...`: what LlamaCppConfig.server_command runs.
+"""`python -m backends.llamacpp --model PATH ...`: what LlamaCppConfig.server_command runs; its
+engine flags are built from LlamaCppConfig (backends/spec_cli.py), not listed again here.
 
 Fails in one line on stderr with exit code 2 for a busy port, a missing or bad model, or a
 model llama.cpp cannot load; the port is taken before the (possibly slow) conversion, so a busy
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from backends.base import api_key_arg_default, exit_with_parent
+from backends.spec_cli import add_spec_arguments, spec_from_args
 from backends.openai_server.listen import bind
 from harness.errors import HyperbenchError
 
@@ -29,26 +31,15 @@ KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from backends.llamacpp.spec import LlamaCppConfig
+
     p = argparse.ArgumentParser(prog="python -m backends.llamacpp", description=__doc__)
     p.add_argument("--model", required=True, help="HF folder or .gguf file")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--quant", default="native")
-    p.add_argument("--n-gpu-layers", type=int, default=-1)
-    p.add_argument("--n-ctx", type=int, default=4096)
-    p.add_argument("--n-batch", type=int, default=512)
-    p.add_argument("--n-threads", type=int, default=None)
-    p.add_argument("--flash-attn", action="store_true")
-    p.add_argument("--kv-cache-type", default="auto", choices=["auto", *sorted(KV_BYTES)],
-                   help="auto: the weights' precision (f32: f32, bf16: bf16, else f16)")
-    p.add_argument("--parallel", type=int, default=1, help="sequences decoded at once (continuous batching)")
     p.add_argument("--api-key", default=api_key_arg_default(), help="[default: $HYPERBENCH_API_KEY]")
-    p.add_argument("--speculative", default="none", help="none, ngram (prompt lookup) or draft:<model>")
-    p.add_argument("--lora", default=None, help="LoRA adapter served unmerged: a GGUF LoRA file or a peft folder")
-    p.add_argument("--num-speculative-tokens", type=int, default=4)
-    p.add_argument("--ngram-min", type=int, default=None)
-    p.add_argument("--ngram-max", type=int, default=None)
+    add_spec_arguments(p, LlamaCppConfig)  # the engine settings: names, choices, defaults from the spec
     return p.parse_args(argv)
 
 
@@ -60,15 +51,7 @@ def speculation(args):
     from backends.llamacpp.speculative import DraftSettings, NgramSettings
     from backends.llamacpp.spec import LlamaCppConfig, draft_model, parse_speculative
 
-    try:
-        cfg = LlamaCppConfig(speculative=args.speculative, n_batch=args.n_batch,
-                             parallel=args.parallel, n_ctx=args.n_ctx,
-                             num_speculative_tokens=args.num_speculative_tokens,
-                             ngram_min=args.ngram_min, ngram_max=args.ngram_max)  # fmt: skip
-    except ValueError as e:  # pydantic's range checks
-        err = e.errors()[0] if hasattr(e, "errors") else None
-        where = f"--{err['loc'][0].replace('_', '-')}: " if err and err["loc"] else ""
-        raise HyperbenchError(where + (err["msg"] if err else str(e))) from None
+    cfg = spec_from_args(LlamaCppConfig, args)  # a value out of range: one line naming its flag
     cfg.check()
     if parse_speculative(cfg.speculative)[0] == "none":
         return None

@@ -12,8 +12,6 @@ from backends.base import (
     Capabilities,
     EngineConfig,
     looks_like_path,
-    python_module_cmd,
-    resolve_draft,
 )
 from backends.base import parse_speculative as base_parse_speculative
 from harness.errors import HyperbenchError
@@ -85,6 +83,7 @@ class LlamaCppConfig(EngineConfig):
 
     extra = "llamacpp"
     probe_module = "llama_cpp"
+    server_module = "backends.llamacpp"  # its flags are built from this spec (backends/spec_cli.py)
 
     def capabilities(self) -> Capabilities:
         # All honoured for real by our server (backends/llamacpp/server.py): min_tokens and
@@ -160,41 +159,12 @@ class LlamaCppConfig(EngineConfig):
                 f"{MIN_CTX_PER_SEQUENCE}); raise n_ctx or lower parallel"
             )
 
-    def server_command(self, host: str, port: int, model_path: str) -> list[str]:
-        args = [
-            "--model", model_path,
-            "--served-model-name", self.display_name(),
-            "--host", host,
-            "--port", str(port),
-            "--quant", self.quant,
-            "--n-gpu-layers", str(self.n_gpu_layers),
-            "--n-ctx", str(self.n_ctx),
-            "--n-batch", str(self.n_batch),
-            "--kv-cache-type", self.kv_cache_type,
-            "--parallel", str(self.parallel),
-        ]  # fmt: skip
-        if self.n_threads is not None:
-            args += ["--n-threads", str(self.n_threads)]
-        if self.flash_attn:
-            args.append("--flash-attn")
-        if (draft := draft_model(self.speculative)) is not None:
-            args += [
-                "--speculative", f"draft:{resolve_draft(draft)}",
-                "--num-speculative-tokens", str(self.num_speculative_tokens),
-            ]  # fmt: skip
-        elif parse_speculative(self.speculative)[0] == "ngram":
-            lo, hi = self.ngram_range()
-            args += [
-                "--speculative", "ngram",
-                "--num-speculative-tokens", str(self.num_speculative_tokens),
-                "--ngram-min", str(lo),
-                "--ngram-max", str(hi),
-            ]  # fmt: skip
-        if self.lora is not None:
-            args += ["--lora", str(Path(self.lora).expanduser().resolve())]
-        if self.api_key:
-            args += ["--api-key", self.api_key]
-        return python_module_cmd("backends.llamacpp", *args)
+    def server_values(self) -> dict:
+        """n-gram speculation: the n-gram range as it will run (the defaults resolved)."""
+        values = super().server_values()
+        if parse_speculative(self.speculative)[0] == "ngram":
+            values["ngram_min"], values["ngram_max"] = self.ngram_range()
+        return values
 
     def ngram_range(self) -> tuple[int, int]:
         lo, hi = self.ngram_min, self.ngram_max

@@ -22,14 +22,18 @@ LAUNCHERS: dict[str, type[Launcher]] = {
 }
 
 
-def make_launcher(name: str, **kwargs) -> Launcher:
+def launcher_class(name: str) -> type[Launcher]:
+    """The launcher of that name, whose class attributes say what it can do (starts_engine, ...)."""
     try:
-        cls = LAUNCHERS[name]
+        return LAUNCHERS[name]
     except KeyError:
         raise HyperbenchError(
             f"launcher {name!r} is not available here: choose one of {', '.join(LAUNCHERS)}"
         ) from None
-    return cls(**kwargs)
 
 
-__all__ = ["Endpoint", "Launcher", "make_launcher", "LAUNCHERS"]
+def make_launcher(name: str, **kwargs) -> Launcher:
+    return launcher_class(name)(**kwargs)
+
+
+__all__ = ["Endpoint", "Launcher", "launcher_class", "make_launcher", "LAUNCHERS"]

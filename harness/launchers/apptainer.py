@@ -157,6 +157,8 @@ def reap_leftovers(apptainer: str, log) -> list[str]:
 
 
 class ApptainerLauncher(Launcher):
+    holds_process = True  # the `apptainer exec` child is the engine's process
+
     def __init__(self, engine, model_path: str, log_path: Path | None = None, port: int | None = None,
                  startup_timeout_s: float = 600, image: str | None = None, **_):
         self.engine = engine

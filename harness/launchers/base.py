@@ -17,7 +17,24 @@ class Endpoint:
 
 
 class Launcher:
-    """Context manager: `with launcher as endpoint: ...`; always tears down."""
+    """Context manager: `with launcher as endpoint: ...`; always tears down.
+
+    What a launcher can do is said by its class, so that jobs ask the capability instead of the
+    launcher's name (a new launcher then needs no edit in the jobs):
+    - `starts_engine`: the harness starts the engine (False: someone else runs it, at a URL); the
+      run folder then names the engine kind, and the harness knows its settings.
+    - `can_restart`: the harness can restart the engine with other settings (a speculation-off
+      baseline, tune's engine options, one engine after another in agree/compare/study).
+    - `holds_process`: the harness holds the engine's OS process, so a dead engine refuses
+      connections a moment before alive() sees it exit (others answer alive() at once).
+    - `uses_host_install`: the engine runs from this machine's Python install (not an image), so it
+      must be installed here.
+    """
+
+    starts_engine: bool = True
+    can_restart: bool = True
+    holds_process: bool = False
+    uses_host_install: bool = False
 
     def __enter__(self) -> Endpoint:  # pragma: no cover - abstract
         raise NotImplementedError

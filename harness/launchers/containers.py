@@ -11,10 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# fields that are not engine flags of `serve`, or that travel another way
-_NOT_FLAGS = {"kind", "model", "served_model_name", "api_key"}
-
-
 def serve_args(engine, model_path: str) -> list[str]:
     """`hyperbench serve` flags reproducing `engine` for the already-resolved `model_path`.
 
@@ -22,21 +18,10 @@ def serve_args(engine, model_path: str) -> list[str]:
     serves exactly this config (or refuses an option it does not know) instead of its own defaults.
     The API key is left out: it travels in the environment (HYPERBENCH_API_KEY), not in argv.
     """
-    args = ["--model", model_path, "--served-model-name", engine.display_name()]
-    for name in type(engine).model_fields:
-        if name in _NOT_FLAGS:
-            continue
-        value = getattr(engine, name)
-        flag = "--" + name.replace("_", "-")
-        if value is None:
-            continue  # None = the engine's own choice: the flag's absence says the same
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + name.replace("_", "-"))
-        elif isinstance(value, (list, tuple)):
-            args += [flag, ",".join(str(v) for v in value)]
-        else:
-            args += [flag, str(value)]
-    return args
+    from backends.spec_cli import NOT_SETTINGS, spec_flags
+
+    values = {name: getattr(engine, name) for name in type(engine).model_fields if name not in NOT_SETTINGS}
+    return ["--model", model_path, "--served-model-name", engine.display_name(), *spec_flags(values)]
 
 
 def image_name(kind: str, env_prefix: str = "HYPERBENCH") -> str:

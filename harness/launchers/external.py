@@ -9,6 +9,9 @@ from harness.launchers.base import Endpoint, Launcher, wait_healthy
 class ExternalLauncher(Launcher):
     """An engine someone else runs (a compose service, a cluster endpoint)."""
 
+    starts_engine = False
+    can_restart = False
+
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
                  startup_timeout_s: float = 30, **_):
         self.url = url.rstrip("/")

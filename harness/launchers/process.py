@@ -108,6 +108,9 @@ def last_log_lines(path: Path, n: int = 20) -> list[str]:
 
 
 class ProcessLauncher(Launcher):
+    holds_process = True
+    uses_host_install = True
+
     def __init__(self, engine, model_path: str, log_path: Path | None = None, host: str = "127.0.0.1",
                  port: int | None = None, startup_timeout_s: float = 600, env: dict | None = None, **_):
         self.engine = engine

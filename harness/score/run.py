@@ -16,9 +16,9 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import envinfo
 from harness.errors import HyperbenchError, Interrupted
-from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text
+from harness.results import RunFolder, atomic_write_text
+from harness.run_lifecycle import close_summary, create_run, write_resolved
 from harness.score.config import ScoreConfig
 
 log = logging.getLogger("hyperbench.score")
@@ -40,12 +40,7 @@ def run(cfg: ScoreConfig) -> RunFolder:
     engine.check()
     if not cfg.score.tasks and cfg.score.perplexity is None:
         raise HyperbenchError("no tasks to run: give --tasks (e.g. mmlu,gsm8k) or --perplexity FILE")
-    external = cfg.target.launcher == "external"
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
-                               "score-" + ("external" if external else engine.kind), engine.model)
-    summary = {"schema_version": SCHEMA_VERSION, "kind": "score", "status": "running",
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "engine": "external" if external else engine.kind, "model": engine.model}
+    run_dir, summary = create_run(cfg, engine, "score", prefix="score-")
     return _score(cfg, run_dir, summary, fresh=True)
 
 
@@ -80,7 +75,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
             raise HyperbenchError(f"{', '.join(unsafe)} runs the model's generated code on this machine: "
                                   "add --allow-code-execution to confirm (lm-eval's confirm_run_unsafe_code)")
         loglikelihood = sorted(t for t, kind in prepared.output_types.items() if kind in LOGLIKELIHOOD_TYPES)
-        if loglikelihood and cfg.target.launcher != "external" and not engine.capabilities().prompt_logprobs:
+        if loglikelihood and cfg.target.launcher_class.starts_engine and not engine.capabilities().prompt_logprobs:
             raise HyperbenchError(f"the {engine.kind} engine cannot score loglikelihood tasks "
                                   f"({', '.join(loglikelihood)}): its prompt logprobs (echo) are not "
                                   "right; run generative tasks (gsm8k, truthfulqa_gen) on it")
@@ -95,17 +90,14 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
         if fresh:  # a user error before anything ran: leave no empty run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
-    resolved = cfg.model_dump(mode="json")
-    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
+    write_resolved(run_dir, cfg, engine)
     summary.update(tasks_requested=spec.tasks, data_dir=str(spec.data_dir) if spec.data_dir else None,
                    notes=prepared.notes)
     run_dir.write_json("summary.json", summary)
     try:
-        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, _launcher):
+        with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
             summary["served_model"] = endpoint.model
-            if summary["engine"] == "external":
+            if not launcher.starts_engine:  # the engine someone runs says what it serves
                 summary["model"] = endpoint.model
             from harness.bench import _engine_info
             from harness.precision import effective_precision
@@ -137,8 +129,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
                        reason=str(e))
         raise
     finally:
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        run_dir.write_json("summary.json", summary)
+        close_summary(run_dir, summary)
         _write_report(run_dir)
     return run_dir
 

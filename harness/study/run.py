@@ -25,11 +25,11 @@ def run(cfg: StudyConfig, echo=lambda line: None) -> RunFolder:
     if cfg.output.resume is not None:
         return resume(cfg.output.resume, echo)
     s = cfg.study
-    variants = parse_variants(s.variants, cfg.engine, cfg.target.launcher)
+    variants = parse_variants(s.variants, cfg.engine, cfg.target.launcher_class)
     ref = cfg.reference()
     if ref not in s.variants:
         raise HyperbenchError(f"--reference {ref} is not one of --variants ({', '.join(s.variants)})")
-    if cfg.target.launcher == "external":
+    if not cfg.target.launcher_class.can_restart:
         raise HyperbenchError("study starts each variant itself: use --launcher process, docker or apptainer")
     runner = executor(s.executor, cfg)
     model = str(cfg.engine.get("model") or variants[0].engine.get("model") or "model")

@@ -25,8 +25,9 @@ class Variant:
         return slug(self.spec.replace(":", "-").replace("=", "-"))
 
 
-def parse_variants(specs: list[str], shared: dict, launcher: str) -> list[Variant]:
-    """Every variant valid (known engine, its options, installed for the process launcher)
+def parse_variants(specs: list[str], shared: dict, launcher) -> list[Variant]:
+    """Every variant valid (known engine, its options, installed where the launcher (its class)
+    runs engines from this machine's install)
     before any cell runs; an option of no variant is an error, not silently dropped."""
     from backends import engine_class
     from harness.agree import parse_spec
@@ -52,7 +53,7 @@ def parse_variants(specs: list[str], shared: dict, launcher: str) -> list[Varian
             typed.check()
         except HyperbenchError as e:
             raise HyperbenchError(f"variant {spec!r}: {e}") from None
-        if launcher == "process":
+        if launcher.uses_host_install:
             ok, why = cls.installed()
             if not ok:
                 raise HyperbenchError(f"variant {spec!r}: engine {own['kind']} is not installed here: {why}")

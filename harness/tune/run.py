@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import envinfo
 from harness.errors import EngineError, HyperbenchError, Interrupted
-from harness.results import SCHEMA_VERSION, RunFolder
+from harness.results import RunFolder
+from harness.run_lifecycle import close_summary, create_run, write_resolved
 from harness.tune.config import TuneConfig
 from harness.tune.objectives import METRICS, Constraint, Objective, parse_constraints, parse_objectives
 from harness.tune.space import SearchSpace, build_space, gen_kwargs
@@ -45,7 +45,7 @@ def check_search(cfg: TuneConfig):
     objectives = parse_objectives(spec.objectives)
     constraints = parse_constraints(spec.constraint, objectives, spec.metric)
     space = build_space(spec.params, engine, dict(spec.baseline))
-    if space.by_kind("engine") and cfg.target.launcher == "external":
+    if space.by_kind("engine") and not cfg.target.launcher_class.can_restart:
         raise HyperbenchError(f"engine options ({', '.join(p.name for p in space.by_kind('engine'))}) "
                               "need an engine restart, which an external engine (--url) does not allow")
     if spec.holdout_top < 1:
@@ -153,14 +153,12 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
     if cfg.output.resume is not None:
         return resume(cfg.output.resume, echo)
     notes: list[str] = []
-    if cfg.target.launcher != "external":  # someone else's server is as it is
+    if cfg.target.launcher_class.starts_engine:  # someone else's server is as it is
         engine_data, notes = tune_engine(cfg.engine)
         cfg = cfg.model_copy(update={"engine": engine_data})
     engine, objectives, constraints, space = check_search(cfg)
     spec = cfg.tune
-    external = cfg.target.launcher == "external"
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name,
-                               "tune-" + ("external" if external else engine.kind), engine.model)
+    run_dir, summary = create_run(cfg, engine, "tune", prefix="tune-")
     try:
         _, leaf, task, n_docs, data_dir = prepare_task(cfg, run_dir.path / "tasks", spec.data_dir, notes)
         metric, filt = task_metric(task, leaf, spec.metric)
@@ -168,10 +166,7 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
     except BaseException:  # bad input before anything ran: leave no empty run folder behind
         shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
-    resolved = cfg.model_dump(mode="json")
-    resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
+    write_resolved(run_dir, cfg, engine)
     plan = {
         "task": leaf, "metric": metric, "filter": filt, "data_dir": str(data_dir) if data_dir else None,
         "n_docs": n_docs, "dev": dev, "test": test, "space": space.to_json(),
@@ -179,9 +174,6 @@ def run(cfg: TuneConfig, echo: Echo = lambda s: None) -> RunFolder:
         "tracking": [m for m in METRICS if m not in {o.metric for o in objectives}], "notes": notes,
     }  # fmt: skip
     run_dir.write_json("plan.json", plan)
-    summary = {"schema_version": SCHEMA_VERSION, "kind": "tune", "status": "running",
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "engine": "external" if external else engine.kind, "model": engine.model}
     run_dir.write_json("summary.json", summary)
     return _tune(cfg, plan, run_dir, summary, echo)
 
@@ -282,8 +274,7 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
         if session is not None:
             session.close()
         summary["trials"] = [_trial_view(r) for r in store.all()]
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        run_dir.write_json("summary.json", summary)
+        close_summary(run_dir, summary)
         _write_report(run_dir, cfg.output.plots)
     return run_dir
 
