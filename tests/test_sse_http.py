@@ -15,7 +15,7 @@ import pytest
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.sse_http import _SSE, TransportError, _Answer
-from harness.synthetic import SyntheticConfig, SyntheticEngine, _Conn, start_in_thread
+from backends.synthetic.engine import SyntheticConfig, SyntheticEngine, _Conn, start_in_thread
 
 
 def test_sse_events_carry_the_stamp_of_the_read_that_ended_them():

@@ -71,7 +71,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.models import _finish_hf_folder, _train_tiny_tokenizer
+    from harness.models.registry import _finish_hf_folder, _train_tiny_tokenizer
 
     if (args.out / "config.json").is_file() and (args.config_only or any(args.out.glob("*.safetensors"))):
         print(f"{args.out}: already there")

@@ -184,7 +184,7 @@ def ensure_staged(names: tuple[str, ...] = ("gsm8k", "mmlu", "truthfulqa"),
 def pull(names: list[str], to: Path | str) -> Path:
     """Download datasets from the hub with `datasets` into `to`: the short names of KNOWN, or
     any lm-eval task / group / tag name (its datasets are pulled as the stock YAML names them)."""
-    from harness.models import _hub_offline, _hub_reachable
+    from harness.models.registry import _hub_offline, _hub_reachable
 
     targets = _pull_targets(names)  # unknown names fail before any network wait
     if _hub_offline() or not _hub_reachable():

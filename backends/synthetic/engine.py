@@ -20,7 +20,7 @@ left, so a benchmark can tell the server's scheduling error from the client's me
 
 Stdlib only: it runs in the base harness install (uvicorn is an engine extra).
 
-    python -m harness.synthetic --port 8000 --ttft-ms 50 --itl-ms 10
+    python -m backends.synthetic.engine --port 8000 --ttft-ms 50 --itl-ms 10
     with start_in_thread(ttft_ms=50, itl_ms=10) as srv: ...srv.base_url...   # in-process
     with launch(ttft_ms=50, itl_ms=10) as endpoint: ...                      # subprocess
 """
@@ -80,7 +80,7 @@ class SyntheticConfig(EngineConfig):
             args += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         if self.api_key:
             args += ["--api-key", self.api_key]
-        return python_module_cmd("harness.synthetic", *args)
+        return python_module_cmd("backends.synthetic.engine", *args)
 
 
 _KNOBS = ("model", "ttft_ms", "itl_ms", "jitter_ms", "fail_rate", "jitter_seed", "capacity_rps", "tokens_per_chunk",
@@ -475,7 +475,7 @@ def launch(log_path=None, **knobs):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m harness.synthetic",
+    p = argparse.ArgumentParser(prog="python -m backends.synthetic.engine",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (printed).")
