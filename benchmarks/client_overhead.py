@@ -35,7 +35,7 @@ import psutil
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.loadgen import run_point
 from harness.metrics import summarize
-from backends.synthetic.engine import launch
+from backends.synthetic import launch
 
 THROUGHPUT = [(1, 2, 20000), (64, 128, 1000), (256, 256, 400)]  # streams, requests, tokens each
 TIMING = [(1, 10), (64, 192)]  # streams, requests

@@ -1,5 +1,5 @@
 """Metrics and load generation: the harness's real client against an engine whose timing is known
-(backends.synthetic.engine, in a subprocess so its event loop neither shares the client's GIL nor
+(backends.synthetic, in a subprocess so its event loop neither shares the client's GIL nor
 distorts its timings), plus unit tests of the metrics, the load patterns and the request
 payloads that need no server."""
 
@@ -21,7 +21,7 @@ from harness.config import SLO
 from harness.launchers.process import free_port
 from harness.loadgen import poisson_gaps, rate_fields, run_point
 from harness.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
-from backends.synthetic.engine import launch, start_in_thread
+from backends.synthetic import launch, start_in_thread
 
 TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16
 

@@ -95,7 +95,7 @@ def test_score_launches_an_engine_and_writes_a_run_folder(tiny_model, staged, tm
 
 
 def test_engine_without_prompt_logprobs_asked_for_mmlu(staged, tmp_path):
-    from backends.synthetic.engine import start_in_thread
+    from backends.synthetic import start_in_thread
 
     with start_in_thread(ttft_ms=0, itl_ms=0) as srv:  # a real server of ours with no prompt logprobs
         res = hb("score", "--url", srv.base_url, "--model", "synthetic", "--tasks", "mmlu_anatomy",

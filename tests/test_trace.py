@@ -17,7 +17,7 @@ from harness.adapter import EngineClient, GenRequest
 from harness.config import Workload
 from harness.loadgen import run_point
 from harness.metrics import schedule_lags, summarize
-from backends.synthetic.engine import launch
+from backends.synthetic import launch
 from harness.trace import MOONCAKE_BLOCK, load_trace, trace_requests
 
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from backends.synthetic.engine import start_in_thread
+from backends.synthetic import start_in_thread
 
 FILE_PROMPTS = [  # distinct, under the trace's 64 characters, distinct token and word counts
     "Hello",

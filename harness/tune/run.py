@@ -71,9 +71,9 @@ def prepare_task(cfg: TuneConfig, work: Path, data_dir: Path | None, notes: list
                               f"{', ...' if len(prepared.output_types) > 4 else ''}): name one of them")
     (leaf,) = prepared.output_types
     if data_dir is None and _stageable(prepared.data.get(leaf) or {}):
-        from harness.models.registry import _hub_offline, _hub_reachable
+        from harness.models.hub import hub_offline, hub_reachable
 
-        if _hub_offline() or not _hub_reachable():
+        if hub_offline() or not hub_reachable():
             from harness.score.staging import ensure_staged
 
             data_dir = ensure_staged(("gsm8k",))
