@@ -142,14 +142,14 @@ def serve(engine_kind, host, port, **params):
 @_with(_bench_opts() + _engine_opts())
 def bench(config_file, engine_kind, url, slo, resume, **params):
     """Latency and throughput of an engine under a concurrency or Poisson-rate sweep."""
-    from harness.bench import run
+    from harness.bench.run import run
     from harness.cliutil import check_engine_flags, collect, parse_slo
 
     cli_data = collect(params)
     if resume is not None:
         if config_file or engine_kind or url or slo or cli_data:
             raise HyperbenchError("--resume continues a run with its saved config: give no other options")
-        from harness.bench import resume as resume_run
+        from harness.bench.run import resume as resume_run
 
         with _Progress() as progress:
             run_dir = resume_run(resume, progress)
@@ -179,7 +179,7 @@ def bench(config_file, engine_kind, url, slo, resume, **params):
 @click.option("--no-plots", is_flag=True, help="Skip PNG plots.")
 def report(run_dir, no_plots):
     """Write (again) the markdown report and plots of a run folder."""
-    from harness.report import write_report
+    from harness.bench.report import write_report
     from harness.results import RunFolder
 
     run = RunFolder.open(run_dir)
@@ -197,7 +197,7 @@ def report(run_dir, no_plots):
 
         write_score_report(run)
     else:
-        from harness.bench_resume import rebuild_summary, was_cut
+        from harness.bench.resume import rebuild_summary, was_cut
 
         if was_cut(summary):  # killed: its records are all there is; summarize them, once
             run.write_json("summary.json", rebuild_summary(run, summary))
@@ -228,7 +228,7 @@ def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
     engine runs in its own image (hyperbench/<engine>), started and removed in turn.
     """
     from harness.cliutil import collect, parse_slo
-    from harness.compare import build_config, run
+    from harness.compare.run import build_config, run
 
     file_data = load_yaml(config_file) if config_file else {}
     cli_data = collect(params)
@@ -281,7 +281,7 @@ def _print_compare(folder) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.report import fmt, point_label
+    from harness.bench.report import fmt, point_label
 
     data = folder.read_json("compare.json")
     t = Table(title="hyperbench compare")
@@ -335,7 +335,7 @@ def _print_summary(run_dir) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.report import fmt, point_label, spec_baseline_note, terminal_columns
+    from harness.bench.report import fmt, point_label, spec_baseline_note, terminal_columns
 
     s = run_dir.read_json("summary.json")
     columns = terminal_columns(s["points"])  # + acceptance and speedup when it speculated
@@ -374,7 +374,7 @@ _add_tune_command()
 
 
 def _add_agree_commands() -> None:
-    from harness.agree_cli import agree, quantize
+    from harness.agree.cli import agree, quantize
 
     cli.add_command(quantize)
     cli.add_command(agree)

@@ -19,8 +19,8 @@ import pytest
 from harness.adapter import EngineClient, GenRequest, RequestRecord, _TokenTimes
 from harness.config import SLO
 from harness.launchers.process import free_port
-from harness.loadgen import poisson_gaps, rate_fields, run_point
-from harness.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
+from harness.bench.loadgen import poisson_gaps, rate_fields, run_point
+from harness.bench.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
 from backends.synthetic import launch, start_in_thread
 
 TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16

@@ -230,7 +230,7 @@ def test_context_longer_than_the_engine_is_cut_as_lm_eval_hf_does(hf_server):
 
 
 def test_compare_shows_a_group_not_its_57_members():
-    from harness.compare import score_metrics
+    from harness.compare.run import score_metrics
 
     m = lambda v: {"metrics": {"acc": {"value": v, "stderr": 0.1}}}  # noqa: E731
     summary = {"tasks": {"mmlu_anatomy": m(0.3), "mmlu_virology": m(0.2), "gsm8k": m(0.1)},

@@ -51,8 +51,8 @@ def _log_error(log: Path) -> str | None:
 
 
 def _bench(s: dict) -> dict:
-    from harness.compare import _load_of
-    from harness.report import point_label
+    from harness.compare.run import _load_of
+    from harness.bench.report import point_label
     from harness.roofline import point_roofline
 
     info = s.get("engine_info") or {}
@@ -147,7 +147,7 @@ def verdict(study_dir: Path) -> dict:
 
 def _top_load(variants: list[dict]) -> str | None:
     """The highest load point every benched variant reached (the answer's speed is read there)."""
-    from harness.compare import _load_of
+    from harness.compare.run import _load_of
 
     sets = [set(v["speed"]) for v in variants if v.get("speed")]
     common = set.intersection(*sets) if sets else set()

@@ -282,7 +282,7 @@ def _trial_view(rec: dict) -> dict:
 
 def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: SearchSpace):
     """evaluate(folder, params, item ids) -> Measurement, on a real engine; and its session."""
-    from harness.bench import resolve_model_path
+    from harness.bench.run import resolve_model_path
     from harness.score.run import _max_length, _tokenizer
     from harness.tune.engine import EngineSession, engine_failure
     from harness.tune.loop import TrialFailed

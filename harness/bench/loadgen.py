@@ -1,5 +1,5 @@
 """Load patterns: a closed loop of N concurrent streams, open-loop Poisson arrivals, or a trace's
-own send times (harness/trace.py)."""
+own send times (harness/bench/trace.py)."""
 
 from __future__ import annotations
 

@@ -14,16 +14,16 @@ from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.launchers import make_launcher
-from harness.loadgen import run_point
+from harness.bench.loadgen import run_point
 from harness.precision import effective_precision
-from harness.bench_resume import (load_key, point_label, point_summary, records_by_point, saved_config,
+from harness.bench.resume import (load_key, point_label, point_summary, records_by_point, saved_config,
                                   sweep_points, this_process, writer_alive)
-from harness.find_rate import find_max_rate
-from harness.repeats import repeat_stats
+from harness.bench.find_rate import find_max_rate
+from harness.bench.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import SCHEMA_VERSION, RunFolder
-from harness.trace import load_trace, trace_requests
-from harness.workload import build_requests, load_tokenizer, warmup_requests
+from harness.bench.trace import load_trace, trace_requests
+from harness.bench.workload import build_requests, load_tokenizer, warmup_requests
 
 
 def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
@@ -384,7 +384,7 @@ def _attach_speedups(summary: dict, base_points: list[dict]) -> None:
 
 
 def _write_report(run_dir: RunFolder, cfg: BenchConfig) -> None:
-    from harness.report import write_report
+    from harness.bench.report import write_report
 
     try:
         write_report(run_dir, plots=cfg.output.plots)

@@ -15,11 +15,11 @@ import time
 from harness.adapter import RequestRecord
 from harness.config import BenchConfig
 from harness.errors import HyperbenchError
-from harness.loadgen import _fmt, rate_fields
-from harness.metrics import span, summarize
-from harness.repeats import repeat_stats
+from harness.bench.loadgen import _fmt, rate_fields
+from harness.bench.metrics import span, summarize
+from harness.bench.repeats import repeat_stats
 from harness.results import RunFolder
-from harness.trace import load_trace
+from harness.bench.trace import load_trace
 
 NO_SUMMARY = "process ended without writing a summary"
 

@@ -125,7 +125,7 @@ def run(cfg: CompareConfig, progress=None) -> RunFolder:
         folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "compare", "runs")
         write_comparison(folder, entries, plots=cfg.output.plots)
         return folder
-    from harness.bench import run as bench_run
+    from harness.bench.run import run as bench_run
 
     engines = engine_dicts(cfg)
     for e in engines:  # every engine config valid before the first one is started
@@ -321,8 +321,8 @@ SPEED_COLUMNS = (
 
 
 def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
-    from harness.compare_gpu import gpu_table
-    from harness.report import fmt, point_label
+    from harness.compare.gpu import gpu_table
+    from harness.bench.report import fmt, point_label
 
     bench = [e for e in entries if e.kind == "bench"]
     score = [e for e in entries if e.kind == "score"]
@@ -369,7 +369,7 @@ def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
 def _accuracy(bench: list[Entry], score: list[Entry]) -> list[str]:
     """One row per score run; the matching bench run's (same engine, model, quant) peak output
     throughput and lowest-load TPOT beside it."""
-    from harness.report import fmt
+    from harness.bench.report import fmt
 
     metrics = sorted({m for e in score for m in e.metrics})
     speed = {e.key(): e for e in bench}
@@ -383,7 +383,7 @@ def _accuracy(bench: list[Entry], score: list[Entry]) -> list[str]:
         rows.append("| " + " | ".join([e.label, *[fmt(e.metrics.get(m)) for m in metrics], fmt(peak), fmt(tpot)]) + " |")
     if not metrics:
         rows.append("\n(no accuracy numbers found in these score runs' summary.json: see "
-                    "`harness.compare.score_metrics`)")
+                    "`harness.compare.run.score_metrics`)")
     return rows
 
 
@@ -453,7 +453,7 @@ def write_plots(folder: RunFolder, entries: list[Entry]) -> list[str]:
         if finite and min(finite) > 0 and max(finite) / min(finite) >= 4:
             ax.set_xscale("log", base=2)
         if has_inf:  # rate=inf sits at `top`: its tick says inf
-            from harness.report import tick_inf
+            from harness.bench.report import tick_inf
 
             tick_inf(ax, finite, top)
 

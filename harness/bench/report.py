@@ -37,7 +37,7 @@ def _f2(v) -> str | None:
 
 
 # speculative decoding, for runs whose points have it: acceptance from the engine's counters,
-# speedup against the same engine without speculation (harness/bench.py: _spec_baseline)
+# speedup against the same engine without speculation (harness/bench/run.py: _spec_baseline)
 SPEC_COLUMNS = (
     ("accept", lambda p: _f2(_spec(p, "acceptance_rate"))),
     ("acc. len", lambda p: _f2(_spec(p, "mean_accepted_length"))),
@@ -46,7 +46,7 @@ SPEC_COLUMNS = (
 )
 
 
-# with --slo: requests/s that met every SLO (harness/metrics.py)
+# with --slo: requests/s that met every SLO (harness/bench/metrics.py)
 GOODPUT_COLUMN = ("goodput req/s", lambda p: p.get("goodput"))
 
 
@@ -81,7 +81,7 @@ def point_label(p: dict) -> str:
     return "?"
 
 
-# bench --repeats: mean ± 95% CI half-width over the repeats (harness/repeats.py)
+# bench --repeats: mean ± 95% CI half-width over the repeats (harness/bench/repeats.py)
 REPEAT_COLUMNS = (("req/s", "request_throughput"), ("out tok/s", "output_throughput"),
                   ("TTFT p50", "ttft_ms.p50"), ("TTFT p99", "ttft_ms.p99"), ("TPOT p50", "tpot_ms.p50"),
                   ("E2E p50", "e2e_ms.p50"), ("goodput req/s", "goodput"))
@@ -102,7 +102,7 @@ def repeats_section(stats: list[dict]) -> list[str]:
 
 
 def row_label(p: dict) -> str:
-    """A table row's point: its load, and "(partial)" when a stop cut it short (harness/bench.py)."""
+    """A table row's point: its load, and "(partial)" when a stop cut it short (harness/bench/run.py)."""
     return point_label(p) + (" (partial)" if p.get("partial") else "")
 
 
@@ -168,7 +168,7 @@ def write_report(run: RunFolder, plots: bool = True) -> str:
     failed = [p for p in points if p.get("failed")]
     for p in failed:
         lines.append(f"- {point_label(p)}: {p['failed']} failed, first error: `{p.get('first_error')}`")
-    if mr := s.get("max_rate"):  # bench --find-max-rate (harness/find_rate.py)
+    if mr := s.get("max_rate"):  # bench --find-max-rate (harness/bench/find_rate.py)
         lo, hi = mr["bracket"]
         lines += ["", "## Highest rate under the SLOs", "",
                   (f"**{fmt(mr['rate'])} req/s**: the highest rate at which at least {mr['goodput_share']:.0%} of "

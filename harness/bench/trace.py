@@ -20,7 +20,7 @@ import numpy as np
 from harness.adapter import GenRequest
 from harness.config import Workload
 from harness.errors import HyperbenchError
-from harness.workload import _read_rows
+from harness.bench.workload import _read_rows
 
 MOONCAKE_BLOCK = 512  # tokens per hash id in the Mooncake traces
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")

@@ -19,7 +19,7 @@ def _with(options):
 
 
 def _agree_opts():
-    from harness.agree import AgreeSettings
+    from harness.agree.run import AgreeSettings
     from harness.cliutil import engine_options, section_options
     from harness.config import Output, Target
 
@@ -36,7 +36,7 @@ def _agree_opts():
               "(f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m).")
 def quantize(model, types):
     """GGUF variants of one model's weights (cached where the llama.cpp engine serves them from)."""
-    from harness.quantize import parse_types, run
+    from harness.agree.quantize import parse_types, run
 
     made = run(model, parse_types(types))  # gguf.py says on stderr what it converts or quantizes
     click.echo(f"{'type':8s} {'file type':10s} {'size MB':>9s} {'bits/weight':>11s} {'params':>12s}  path")
@@ -55,8 +55,8 @@ def quantize(model, types):
 def agree(config_file, engines, resume, **params):
     """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
-    from harness.agree import build_config, run
-    from harness.agree import resume as resume_run
+    from harness.agree.run import build_config, run
+    from harness.agree.run import resume as resume_run
     from harness.cliutil import collect
     from harness.config import load_yaml
 
@@ -92,7 +92,7 @@ def _print(folder) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.agree_report import COLUMNS, rows
+    from harness.agree.report import COLUMNS, rows
 
     s = folder.read_json("summary.json")
     t = Table(title=f"hyperbench agree: {s['model']} against {s['reference']} "

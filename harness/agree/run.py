@@ -6,7 +6,7 @@ measured against a reference before any benchmark, so a user sees what a quantiz
 Each engine is brought up in turn with the bench launchers (process, docker, apptainer), gets the
 same prompts as token ids (the model's own tokenizer, so no engine re-tokenizes), and answers two
 requests per prompt on /v1/completions: greedy generation (temperature 0, `ignore_eos`, fixed
-length) and prompt scoring (`echo`, `logprobs=K`, one token). harness/agreement.py turns the
+length) and prompt scoring (`echo`, `logprobs=K`, one token). harness/agree/agreement.py turns the
 answers into: greedy token agreement (first divergence), max |Δ| of prompt logprobs, and the KL
 of next-token distributions at every prompt position, against the reference (the first engine,
 or --reference).
@@ -34,7 +34,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness import envinfo
-from harness.agreement import ID_PREFIX, EngineOutput, Tokens, compare, parse_generation, parse_scoring
+from harness.agree.agreement import ID_PREFIX, EngineOutput, Tokens, compare, parse_generation, parse_scoring
 from harness.config import BenchConfig, Output, Target
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text, slug
@@ -223,7 +223,7 @@ def check_engines(cfg: AgreeConfig, engines: list[tuple[str, dict]]) -> list:
 
 def prompt_texts(s: AgreeSettings) -> list[str]:
     if s.dataset is not None:
-        from harness.workload import file_prompts
+        from harness.bench.workload import file_prompts
 
         return file_prompts(s.dataset, s.prompts, s.seed)
     if s.prompts > len(PROMPTS):
@@ -285,7 +285,7 @@ async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeS
 
 
 def _engine_info(endpoint) -> dict | None:
-    from harness.bench import _engine_info as info
+    from harness.bench.run import _engine_info as info
 
     return info(endpoint)
 
@@ -318,7 +318,7 @@ def resume(path, progress=None) -> RunFolder:
 
 def run(cfg: AgreeConfig, progress=None, resumed=None) -> RunFolder:
     """A new agree run; or (`resumed`: its folder, summary and saved outputs) the rest of one."""
-    from harness.workload import load_tokenizer
+    from harness.bench.workload import load_tokenizer
 
     engines = engine_dicts(cfg)
     typed = check_engines(cfg, engines)
@@ -358,7 +358,7 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
                  outputs: dict[str, EngineOutput], progress) -> RunFolder:
     """Each engine in turn (the reference first) that has no saved output yet; the summary and
     report written however it ends."""
-    from harness.bench import engine_up, resolve_model_path
+    from harness.bench.run import engine_up, resolve_model_path
 
     s = cfg.agree
     folder.write_json("summary.json", summary)
@@ -421,7 +421,7 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         folder.write_json("summary.json", summary)
         try:
-            from harness.agree_report import render
+            from harness.agree.report import render
 
             atomic_write_text(folder.file("report.md"), render(summary, folder))
         except Exception as e:  # a report problem must never lose the run's data

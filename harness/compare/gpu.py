@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from harness.report import point_label
+from harness.bench.report import point_label
 
 
 def _number(v) -> bool:
