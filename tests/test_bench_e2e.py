@@ -144,7 +144,8 @@ def test_rate_inf_is_ticked_inf_in_the_plots(tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr
     import matplotlib.pyplot as plt
 
-    from harness.compare.run import read_run, write_plots as compare_plots
+    from harness.compare.plots import write_plots as compare_plots
+    from harness.compare.run import read_run
     from harness.bench.report import write_plots
     from harness.results import RunFolder
 

@@ -29,13 +29,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from harness.compare.plots import write_plots
+from harness.compare.report import relative_path, render, workload_mismatch
 from harness.config import SLO, BenchConfig, Load, Output, Target, Workload
 from harness.errors import HyperbenchError
 from harness.results import SCHEMA_VERSION, RunFolder, slug
 from harness.slurm import SlurmJob
-
-# workload fields that must agree for a speed comparison to mean anything
-WORKLOAD_KEYS = ("input_len", "output_len", "num_requests", "dataset", "fixed_output", "temperature", "chat")
 
 
 class CompareConfig(BaseModel):
@@ -283,7 +282,7 @@ def write_comparison(folder: RunFolder, entries: list[Entry], plots: bool = True
         "kind": "compare",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": [
-            {"label": e.label, "path": _rel(e.path, folder.path), "kind": e.kind, "engine": e.engine,
+            {"label": e.label, "path": relative_path(e.path, folder.path), "kind": e.kind, "engine": e.engine,
              "model": e.model, "quant": e.quant, "status": e.status, "reason": e.reason,
              **({"points": e.points} if e.kind == "bench" else {"metrics": e.metrics})}
             for e in entries
@@ -297,208 +296,12 @@ def write_comparison(folder: RunFolder, entries: list[Entry], plots: bool = True
     atomic_write_text(folder.file("report.md"), render(entries, data, made))
     return data
 
-
-def workload_mismatch(entries: list[Entry]) -> dict[str, list]:
-    """Workload settings that differ between bench runs (a comparison of unlike runs is flagged)."""
-    out = {}
-    for key in WORKLOAD_KEYS:
-        values = {str(e.workload.get(key)) for e in entries if e.workload}
-        if len(values) > 1:
-            out[key] = sorted(values)
-    return out
-
-
-SPEED_COLUMNS = (
-    ("out tok/s", lambda p: p.get("output_throughput")),
-    ("req/s", lambda p: p.get("request_throughput")),
-    ("TTFT p50", lambda p: _d(p, "ttft_ms", "p50")),
-    ("TTFT p99", lambda p: _d(p, "ttft_ms", "p99")),
-    ("TPOT p50", lambda p: _d(p, "tpot_ms", "p50")),
-    ("TPOT p99", lambda p: _d(p, "tpot_ms", "p99")),
-    ("E2E p50", lambda p: _d(p, "e2e_ms", "p50")),
-    ("E2E p99", lambda p: _d(p, "e2e_ms", "p99")),
-)
-
-
-def render(entries: list[Entry], data: dict, plots: list[str]) -> str:
-    from harness.compare.gpu import gpu_table
-    from harness.bench.report import fmt, point_label
-
-    bench = [e for e in entries if e.kind == "bench"]
-    score = [e for e in entries if e.kind == "score"]
-    lines = ["# hyperbench compare", ""]
-    lines += ["| run | kind | engine | quant | model | status | folder |", "|---|---|---|---|---|---|---|"]
-    for e in entries:
-        status = e.status + (f": {str(e.reason).splitlines()[0][:120]}" if e.reason else "")
-        lines.append(f"| {e.label} | {e.kind} | {e.engine} | {e.quant or '-'} | {e.model} | {status} | "
-                     f"`{_rel(e.path, None)}` |")
-    if bench:
-        w = bench[0].workload
-        lines += ["", f"Workload: input {w.get('input_len')} tokens, output {w.get('output_len')} tokens"
-                  f"{' (fixed)' if w.get('fixed_output') else ''}, {w.get('num_requests')} requests per "
-                  f"point. Latencies in ms; throughput in tokens or requests per second."]
-    if data["workload_mismatch"]:
-        lines += ["", "> **The runs' workloads differ**, so their numbers are not directly comparable: "
-                  + "; ".join(f"{k}: {', '.join(v)}" for k, v in data["workload_mismatch"].items())]
-    for point in _points(bench):
-        lines += ["", f"## {point_label(point)}", "",
-                  "| run | ok/total | " + " | ".join(c for c, _ in SPEED_COLUMNS) + " |",
-                  "|" + "---|" * (len(SPEED_COLUMNS) + 2)]
-        best = _best(bench, point)
-        for e in bench:
-            p = _find(e, point)
-            if p is None:
-                lines.append(f"| {e.label} | - |" + " - |" * len(SPEED_COLUMNS))
-                continue
-            cells = []
-            for name, f in SPEED_COLUMNS:
-                v = f(p)
-                cells.append(f"**{fmt(v)}**" if v is not None and best.get(name) == v else fmt(v))
-            ok = f"{p.get('completed', 0)}/{p.get('requests', 0)}" + (" (partial)" if p.get("partial") else "")
-            lines.append(f"| {e.label} | {ok} | " + " | ".join(cells) + " |")
-    if bench:
-        lines += ["", "Best per column in bold (highest throughput, lowest latency)."]
-        lines += gpu_table(bench)
-    if score:
-        lines += ["", "## Accuracy" + (" beside speed" if bench else ""), ""] + _accuracy(bench, score)
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def _accuracy(bench: list[Entry], score: list[Entry]) -> list[str]:
-    """One row per score run; the matching bench run's (same engine, model, quant) peak output
-    throughput and lowest-load TPOT beside it."""
-    from harness.bench.report import fmt
-
-    metrics = sorted({m for e in score for m in e.metrics})
-    speed = {e.key(): e for e in bench}
-    head = ["run", *metrics, "out tok/s (peak)", "TPOT p50 (lowest load)"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in score:
-        b = speed.get(e.key())
-        done = [p for p in (b.points if b else []) if p.get("completed")]
-        peak = max((p.get("output_throughput") or 0 for p in done), default=None)
-        tpot = _d(done[0], "tpot_ms", "p50") if done else None
-        rows.append("| " + " | ".join([e.label, *[fmt(e.metrics.get(m)) for m in metrics], fmt(peak), fmt(tpot)]) + " |")
-    if not metrics:
-        rows.append("\n(no accuracy numbers found in these score runs' summary.json: see "
-                    "`harness.compare.run.score_metrics`)")
-    return rows
-
-
-def _d(point: dict, key: str, stat: str):
-    d = point.get(key)
-    return d.get(stat) if isinstance(d, dict) else None
-
-
-def _load_of(point: dict) -> tuple[str, float] | None:
-    for k in ("concurrency", "rate", "trace"):
-        if k in point:
-            v = point[k]
-            return k, math.inf if v == "inf" else float(v)
-    return None
-
-
-def _points(entries: list[Entry]) -> list[dict]:
-    """Every sweep point any run has, in order (kind, value)."""
-    seen: dict[tuple, dict] = {}
-    for e in entries:
-        for p in e.points:
-            if (k := _load_of(p)) is not None:
-                seen.setdefault(k, p)
-    return [seen[k] for k in sorted(seen)]
-
-
-def _find(e: Entry, point: dict) -> dict | None:
-    want = _load_of(point)
-    return next((p for p in e.points if _load_of(p) == want), None)
-
-
-def _best(entries: list[Entry], point: dict) -> dict:
-    best = {}
-    for name, f in SPEED_COLUMNS:
-        values = [v for e in entries if (p := _find(e, point)) and p.get("completed") and not p.get("partial")
-                  and (v := f(p)) is not None]
-        if len(values) > 1:
-            best[name] = max(values) if ("tok/s" in name or "req/s" in name) else min(values)
-    return best
-
-
-def write_plots(folder: RunFolder, entries: list[Entry]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = []
-    for e in entries:
-        pts = [(lk, p) for p in e.points if p.get("completed") and (lk := _load_of(p)) is not None]
-        if pts:
-            series.append((e.label, pts))
-    if not series:
-        return []
-    kind = series[0][1][0][0][0]
-    finite = [lk[1] for _, pts in series for lk, _ in pts if math.isfinite(lk[1])]
-    top = max(finite) * 2 if finite else 1.0
-    out = folder.path / "plots"
-    out.mkdir(exist_ok=True)
-
-    def xs(pts):
-        return [lk[1] if math.isfinite(lk[1]) else top for lk, _ in pts]
-
-    has_inf = any(not math.isfinite(lk[1]) for _, pts in series for lk, _ in pts)
-
-    def scale(ax):  # concurrency 1, 8, 64...: evenly spaced on a log axis
-        if finite and min(finite) > 0 and max(finite) / min(finite) >= 4:
-            ax.set_xscale("log", base=2)
-        if has_inf:  # rate=inf sits at `top`: its tick says inf
-            from harness.bench.report import tick_inf
-
-            tick_inf(ax, finite, top)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for label, pts in series:
-        axes[0].plot(xs(pts), [p.get("output_throughput") for _, p in pts], marker="o", label=label)
-        axes[1].plot(xs(pts), [p.get("request_throughput") for _, p in pts], marker="o", label=label)
-    for ax, title in zip(axes, ("output tokens/s", "requests/s")):
-        ax.set_title(title)
-        ax.set_xlabel(kind)
-        scale(ax)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_throughput.png", dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (key, title) in zip(axes, (("ttft_ms", "TTFT p50 (ms)"), ("tpot_ms", "TPOT p50 (ms)"),
-                                       ("e2e_ms", "E2E p50 (ms)"))):
-        for label, pts in series:
-            ax.plot(xs(pts), [_d(p, key, "p50") for _, p in pts], marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel(kind)
-        scale(ax)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_latency.png", dpi=100)
-    plt.close(fig)
-    return ["compare_throughput.png", "compare_latency.png"]
-
-
 def _read_optional(run: RunFolder, name: str):
     try:
         return run.read_json(name)
     except HyperbenchError:  # missing or torn: a killed run may lack it
         return None
 
-
-def _rel(path: Path, base: Path | None) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(base or Path.cwd()).resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _number(v) -> bool:
