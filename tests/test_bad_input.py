@@ -17,7 +17,7 @@ import click
 import pytest
 
 from harness import cli as cli_module
-from harness.cliutil import _unwrap
+from harness.cli.options import _unwrap
 
 # what each command needs besides the flag under test to get as far as validating it (with the
 # synthetic engine, a value wrongly let through runs a tiny real bench instead of hanging)

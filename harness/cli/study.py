@@ -21,7 +21,7 @@ def _with(options):
 
 
 def _study_opts():
-    from harness.cliutil import engine_options, section_options
+    from harness.cli.options import engine_options, section_options
 
     return section_options({"study": StudySpec, "workload": Workload, "load": Load, "target": Target,
                             "output": StudyOutput}, skip={"url", "resume", "rate", "max_concurrency"},
@@ -44,7 +44,7 @@ def study(config_file, resume, **params):
 
     hyperbench study --model M --variants hf,hf:int8,llamacpp:q8_0 --tasks gsm8k,mmlu --concurrency 1,8
     """
-    from harness.cliutil import collect
+    from harness.cli.options import collect
     from harness.study.run import run
 
     cli_data = collect(params)

@@ -1,6 +1,6 @@
 """`hyperbench score` and `hyperbench data`: thin commands, each builds a config and calls `run`.
 
-Registered on the main group in harness/cli.py; flags are derived from the config tree
+Registered on the main group in harness/cli/main.py; flags are derived from the config tree
 (harness/score/config.py) as bench's are.
 """
 
@@ -30,7 +30,7 @@ TOKENIZER_HELP = ("The served model's tokenizer folder: for perplexity, --chat-t
 
 
 def _score_opts():
-    from harness.cliutil import engine_options, section_options
+    from harness.cli.options import engine_options, section_options
 
     return section_options({"score": ScoreSpec, "target": Target, "output": ScoreOutput},
                            skip={"url", "gen_kwargs", "plots", "resume", "include_path"},
@@ -49,7 +49,7 @@ def _score_opts():
 @_with(_score_opts())
 def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, **params):
     """Accuracy on lm-eval tasks (mmlu, gsm8k, truthfulqa_*, ...) or perplexity, any engine."""
-    from harness.cliutil import check_engine_flags, collect
+    from harness.cli.options import check_engine_flags, collect
     from harness.score.config import parse_gen_kwargs
     from harness.score.run import run
 

@@ -1,6 +1,6 @@
 """`hyperbench tune`: a thin command; flags are derived from the config tree (harness/tune/config.py).
 
-Registered on the main group in harness/cli.py.
+Registered on the main group in harness/cli/main.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _with(options):
 
 
 def _tune_opts():
-    from harness.cliutil import engine_options, section_options
+    from harness.cli.options import engine_options, section_options
 
     return section_options({"tune": TuneSpec, "target": Target, "output": TuneOutput},
                            skip={"url", "baseline", "resume"},
@@ -47,7 +47,7 @@ def tune(config_file, engine_kind, url, baseline, resume, **params):
     held-out comparison of the best configurations with the baseline."""
     import os
 
-    from harness.cliutil import check_engine_flags, collect
+    from harness.cli.options import check_engine_flags, collect
 
     # lm-eval draws a progress bar for every trial's set-up: the tune prints one line per trial
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -1,4 +1,4 @@
-"""`hyperbench quantize` and `hyperbench agree`: thin commands (registered in harness/cli.py)."""
+"""`hyperbench quantize` and `hyperbench agree`: thin commands (registered in harness/cli/main.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _with(options):
 
 def _agree_opts():
     from harness.agree.run import AgreeSettings
-    from harness.cliutil import engine_options, section_options
+    from harness.cli.options import engine_options, section_options
     from harness.config import Output, Target
 
     return section_options({"agree": AgreeSettings, "target": Target, "output": Output},
@@ -57,7 +57,7 @@ def agree(config_file, engines, resume, **params):
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
     from harness.agree.run import build_config, run
     from harness.agree.run import resume as resume_run
-    from harness.cliutil import collect
+    from harness.cli.options import collect
     from harness.config import load_yaml
 
     file_data = load_yaml(config_file) if config_file else {}

@@ -79,13 +79,13 @@ def env():
 
 
 def _engine_opts():
-    from harness.cliutil import engine_options
+    from harness.cli.options import engine_options
 
     return engine_options()
 
 
 def _bench_opts(helps=None):
-    from harness.cliutil import section_options
+    from harness.cli.options import section_options
 
     return section_options(
         {"workload": Workload, "load": Load, "target": Target, "output": Output}, skip={"url"}, helps=helps
@@ -106,7 +106,7 @@ _STARTED_TOKENIZER_HELP = {"tokenizer": "Tokenizer folder that synthetic prompts
 def serve(engine_kind, host, port, **params):
     """Serve ENGINE on the wire contract in the foreground (Ctrl-C stops it)."""
     from backends import engine_class
-    from harness.cliutil import check_engine_flags, collect
+    from harness.cli.options import check_engine_flags, collect
     from harness.launchers.process import check_port_free, key_env, key_off_argv
     from harness.models import resolve_model
 
@@ -143,7 +143,7 @@ def serve(engine_kind, host, port, **params):
 def bench(config_file, engine_kind, url, slo, resume, **params):
     """Latency and throughput of an engine under a concurrency or Poisson-rate sweep."""
     from harness.bench.run import run
-    from harness.cliutil import check_engine_flags, collect, parse_slo
+    from harness.cli.options import check_engine_flags, collect, parse_slo
 
     cli_data = collect(params)
     if resume is not None:
@@ -206,7 +206,7 @@ def report(run_dir, no_plots):
 
 
 def _slurm_opts(skip: frozenset = frozenset()):
-    from harness.cliutil import section_options
+    from harness.cli.options import section_options
     from harness.slurm import SlurmJob
 
     return section_options({"slurm": SlurmJob}, skip=skip)
@@ -227,7 +227,7 @@ def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
     Engine options apply to every listed engine that has them. With --launcher docker each
     engine runs in its own image (hyperbench/<engine>), started and removed in turn.
     """
-    from harness.cliutil import collect, parse_slo
+    from harness.cli.options import collect, parse_slo
     from harness.compare.run import build_config, run
 
     file_data = load_yaml(config_file) if config_file else {}
@@ -252,7 +252,7 @@ def compare(runs, config_file, engines, slo, executor, max_parallel, **params):
 @_with(_bench_opts(_STARTED_TOKENIZER_HELP) + _engine_opts() + _slurm_opts())
 def slurm(config_file, engine_kind, slo, **params):
     """Print a SLURM batch script that runs this bench under Apptainer (> job.sbatch), or --submit it."""
-    from harness.cliutil import check_engine_flags, collect, parse_slo
+    from harness.cli.options import check_engine_flags, collect, parse_slo
     from harness.slurm import SlurmJob, render
 
     data = collect(params)
@@ -355,7 +355,7 @@ def _print_summary(run_dir) -> None:
 
 
 def _add_score_commands() -> None:
-    from harness.score.cli import data, score
+    from harness.cli.score import data, score
 
     cli.add_command(score)
     cli.add_command(data)
@@ -365,7 +365,7 @@ _add_score_commands()
 
 
 def _add_tune_command() -> None:
-    from harness.tune.cli import tune
+    from harness.cli.tune import tune
 
     cli.add_command(tune)
 
@@ -374,7 +374,7 @@ _add_tune_command()
 
 
 def _add_agree_commands() -> None:
-    from harness.agree.cli import agree, quantize
+    from harness.cli.agree import agree, quantize
 
     cli.add_command(quantize)
     cli.add_command(agree)
@@ -384,7 +384,7 @@ _add_agree_commands()
 
 
 def _add_study_command() -> None:
-    from harness.study.cli import study
+    from harness.cli.study import study
 
     cli.add_command(study)
 
@@ -392,8 +392,8 @@ def _add_study_command() -> None:
 _add_study_command()
 
 def _add_seed_commands() -> None:
-    from harness.export.cli import export
-    from harness.lora_cli import merge_lora
+    from harness.cli.export import export
+    from harness.cli.lora import merge_lora
 
     cli.add_command(merge_lora)
     cli.add_command(export)

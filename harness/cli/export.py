@@ -1,4 +1,4 @@
-"""`hyperbench export mlflow|wandb RUN...`: thin command (registered in harness/cli.py)."""
+"""`hyperbench export mlflow|wandb RUN...`: thin command (registered in harness/cli/main.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`hyperbench merge-lora`: thin command (registered in harness/cli.py); the work is harness/lora.py."""
+"""`hyperbench merge-lora`: thin command (registered in harness/cli/main.py); the work is harness/lora.py."""
 
 from __future__ import annotations
 
