@@ -100,7 +100,7 @@ def engine_cfg(kind: str, **kw):
 def parse_back(kind: str, args: list[str]) -> dict:
     """What `hyperbench serve KIND <args>` makes of the flags: its click options, collected into
     the engine dict exactly as the command does."""
-    from harness.cli.main import serve
+    from harness.cli.serve import serve
     from harness.cli.options import collect
 
     ctx = serve.make_context("serve", [kind, *args])

@@ -2,7 +2,7 @@
 one line on stderr, exit 2, no traceback, and no run folder that claims to be complete.
 
 The cases come from the config models' own constraints (ge/gt/le/lt, Literal choices, the type
-of a field or of a list's items), found through the click options that cliutil derives from the
+of a field or of a list's items), found through the click options that harness.cli.options derives from the
 same models: a new flag is walked without a new test. They run in-process through the real
 `main` (validation refuses them before any engine starts), so the whole walk takes seconds.
 """

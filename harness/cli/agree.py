@@ -7,15 +7,9 @@ from pathlib import Path
 
 import click
 
+from harness.cli.merge import read_file, refuse_with_resume
+from harness.cli.options import with_options
 from harness.errors import HyperbenchError
-
-
-def _with(options):
-    def deco(f):
-        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
-        return f
-
-    return deco
 
 
 def _agree_opts():
@@ -51,16 +45,15 @@ def quantize(model, types):
               "hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm (kind[:quant][:option=value...]).")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Finish a cut agree run folder (its saved config; no other flags).")
-@_with(_agree_opts())
+@with_options(_agree_opts())
 def agree(config_file, engines, resume, **params):
     """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
     from harness.agree.run import build_config, run
     from harness.agree.run import resume as resume_run
     from harness.cli.options import collect
-    from harness.config import load_yaml
 
-    file_data = load_yaml(config_file) if config_file else {}
+    file_data = read_file(config_file)
     cli_data = collect(params)
 
     def say(label, failed=None):
@@ -68,8 +61,7 @@ def agree(config_file, engines, resume, **params):
             click.echo(f"agree: {label} failed: {failed}" if failed else f"agree: {label} ...", err=True)
 
     if resume is not None:
-        if config_file or engines or cli_data:
-            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        refuse_with_resume(config_file, engines, cli_data)
         folder = resume_run(resume, progress=say)
         _finish(folder)
         return

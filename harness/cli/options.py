@@ -161,3 +161,13 @@ def parse_slo(text: str | None) -> dict:
         except ValueError:
             raise HyperbenchError(f"--slo: {part!r} needs a number of milliseconds") from None
     return out
+
+
+def with_options(options):
+    """Attach derived options to a command function (click reads __click_params__)."""
+
+    def deco(f):
+        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
+        return f
+
+    return deco

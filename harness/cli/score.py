@@ -11,17 +11,10 @@ from pathlib import Path
 
 import click
 
-from harness.config import Target, build, load_yaml
-from harness.errors import HyperbenchError
+from harness.cli.merge import merge_engine, read_file, refuse_with_resume
+from harness.cli.options import with_options
+from harness.config import Target, build
 from harness.score.config import DataConfig, ScoreConfig, ScoreOutput, ScoreSpec
-
-
-def _with(options):
-    def deco(f):
-        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
-        return f
-
-    return deco
 
 
 TOKENIZER_HELP = ("The served model's tokenizer folder: for perplexity, --chat-template, and cutting "
@@ -46,32 +39,24 @@ def _score_opts():
               help="Continue an interrupted score run folder (its saved config; no other flags).")
 @click.option("--include-path", "include_paths", multiple=True, type=click.Path(path_type=Path),
               help="Folder of your own lm-eval task YAMLs (lm-eval's --include_path); repeatable.")
-@_with(_score_opts())
+@with_options(_score_opts())
 def score(config_file, engine_kind, url, gen_kwargs, resume, include_paths, **params):
     """Accuracy on lm-eval tasks (mmlu, gsm8k, truthfulqa_*, ...) or perplexity, any engine."""
-    from harness.cli.options import check_engine_flags, collect
+    from harness.cli.options import collect
     from harness.score.config import parse_gen_kwargs
     from harness.score.run import run
 
     cli_data = collect(params)
     if resume is not None:
-        if config_file or engine_kind or url or gen_kwargs or include_paths or cli_data:
-            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        refuse_with_resume(config_file, engine_kind, url, gen_kwargs, include_paths, cli_data)
         cfg = ScoreConfig(output=ScoreOutput(resume=resume))
     else:
-        file_data = load_yaml(config_file) if config_file else {}
-        if engine_kind:
-            cli_data.setdefault("engine", {})["kind"] = engine_kind
-        if url:
-            cli_data.setdefault("target", {})["url"] = url
+        file_data = read_file(config_file)
         if gen_kwargs:
             cli_data.setdefault("score", {})["gen_kwargs"] = parse_gen_kwargs(gen_kwargs)
         if include_paths:
             cli_data.setdefault("score", {})["include_path"] = list(include_paths)
-        file_engine = file_data.get("engine", {}) if isinstance(file_data.get("engine"), dict) else {}
-        engine = {**file_engine, **cli_data.get("engine", {})}
-        check_engine_flags(engine.setdefault("kind", "hf"), engine)
-        cli_data["engine"] = engine
+        merge_engine(file_data, cli_data, engine_kind, url)
         cfg = build(ScoreConfig, file_data, cli_data)
     run_dir = run(cfg)
     _print_scores(run_dir)

@@ -7,17 +7,11 @@ from pathlib import Path
 
 import click
 
-from harness.config import Load, Target, Workload, build, load_yaml
+from harness.cli.merge import read_file, refuse_with_resume
+from harness.cli.options import with_options
+from harness.config import Load, Target, Workload, build
 from harness.errors import HyperbenchError
 from harness.study.config import StudyConfig, StudyOutput, StudySpec
-
-
-def _with(options):
-    def deco(f):
-        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
-        return f
-
-    return deco
 
 
 def _study_opts():
@@ -38,7 +32,7 @@ TOKENIZER_HELP = ("Tokenizer folder of the model: bench cells build synthetic pr
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML study file.")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue a study folder: only its missing cells run (no other options).")
-@_with(_study_opts())
+@with_options(_study_opts())
 def study(config_file, resume, **params):
     """Bench, score and agree (and tune) every variant, then one verdict against the reference.
 
@@ -49,11 +43,11 @@ def study(config_file, resume, **params):
 
     cli_data = collect(params)
     if resume is not None:
-        if config_file or cli_data:
-            raise HyperbenchError("--resume continues a study with its saved plan: give no other options")
+        refuse_with_resume(config_file, cli_data,
+                           message="--resume continues a study with its saved plan: give no other options")
         cfg = StudyConfig(output=StudyOutput(resume=resume))
     else:
-        cfg = build(StudyConfig, load_yaml(config_file) if config_file else {}, cli_data)
+        cfg = build(StudyConfig, read_file(config_file), cli_data)
     folder = run(cfg, echo=lambda line: click.echo(line, err=True))
     print_verdict(folder)
     summary = folder.read_json("summary.json")

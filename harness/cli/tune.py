@@ -10,17 +10,10 @@ from pathlib import Path
 
 import click
 
-from harness.config import Target, build, load_yaml
-from harness.errors import HyperbenchError
+from harness.cli.merge import merge_engine, read_file, refuse_with_resume
+from harness.cli.options import with_options
+from harness.config import Target, build
 from harness.tune.config import TuneConfig, TuneOutput, TuneSpec, parse_assignments
-
-
-def _with(options):
-    def deco(f):
-        f.__dict__.setdefault("__click_params__", []).extend(reversed(options))
-        return f
-
-    return deco
 
 
 def _tune_opts():
@@ -41,13 +34,13 @@ def _tune_opts():
               "top_p=0.95 [default: temperature=0.8,top_p=0.95].")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue an interrupted tune run folder (its saved config; no other options).")
-@_with(_tune_opts())
+@with_options(_tune_opts())
 def tune(config_file, engine_kind, url, baseline, resume, **params):
     """Bayesian optimization (Ax) of sampling parameters against quality and speed, then a
     held-out comparison of the best configurations with the baseline."""
     import os
 
-    from harness.cli.options import check_engine_flags, collect
+    from harness.cli.options import collect
 
     # lm-eval draws a progress bar for every trial's set-up: the tune prints one line per trial
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -55,21 +48,13 @@ def tune(config_file, engine_kind, url, baseline, resume, **params):
 
     cli_data = collect(params)
     if resume is not None:
-        if config_file or engine_kind or url or baseline or cli_data:
-            raise HyperbenchError("--resume continues a run with its saved config: give no other options")
+        refuse_with_resume(config_file, engine_kind, url, baseline, cli_data)
         cfg = TuneConfig(output=TuneOutput(resume=resume))
     else:
-        file_data = load_yaml(config_file) if config_file else {}
-        if engine_kind:
-            cli_data.setdefault("engine", {})["kind"] = engine_kind
-        if url:
-            cli_data.setdefault("target", {})["url"] = url
+        file_data = read_file(config_file)
         if baseline is not None:
             cli_data.setdefault("tune", {})["baseline"] = parse_assignments(baseline, "--baseline")
-        file_engine = file_data.get("engine", {}) if isinstance(file_data.get("engine"), dict) else {}
-        engine = {**file_engine, **cli_data.get("engine", {})}
-        check_engine_flags(engine.setdefault("kind", "hf"), engine)
-        cli_data["engine"] = engine
+        merge_engine(file_data, cli_data, engine_kind, url)
         cfg = build(TuneConfig, file_data, cli_data)
     run_dir = run(cfg, echo=lambda s: click.echo(s, err=True))
     print_result(run_dir)
