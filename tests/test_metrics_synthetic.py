@@ -494,7 +494,7 @@ def test_summary_has_the_schedule_rate_of_every_rate_point(tmp_path):
         assert p["request_throughput"] > 0
 
 
-# --- request payloads, without a server (STYLE #7) ----------------------------------------------
+# --- request payloads, without a server: the payload builders are pure -----------------------------------------------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Metrics, defined once (DESIGN.md): computed from per-request records, never from engine logs.
+"""Metrics, defined once (README "How it measures"): computed from per-request records, never from engine logs.
 
 TTFT = first streamed token - send (the first chunk that carried a token, whatever its text);
 ITL two ways, named so: `itl_ms` per chunk (gaps between arrivals of chunks that carried tokens,
