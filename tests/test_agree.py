@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from harness.agree.run import AgreeConfig, build_config, engine_dicts, parse_spec, prompt_texts
+from harness.agree.config import AgreeConfig, build_config, engine_dicts, parse_spec, prompt_texts
 from harness.agree.agreement import (
     EngineOutput,
     Tokens,

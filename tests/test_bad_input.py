@@ -32,7 +32,7 @@ BASE = {
 
 
 def section_models(command: str) -> dict[str, type]:
-    from harness.agree.run import AgreeSettings
+    from harness.agree.config import AgreeSettings
     from harness.config import SLO, Load, Output, Target, Workload
     from harness.score.config import ScoreOutput, ScoreSpec
     from harness.slurm import SlurmJob

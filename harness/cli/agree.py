@@ -13,7 +13,7 @@ from harness.errors import HyperbenchError
 
 
 def _agree_opts():
-    from harness.agree.run import AgreeSettings
+    from harness.agree.config import AgreeSettings
     from harness.cli.options import engine_options, section_options
     from harness.config import Output, Target
 
@@ -49,7 +49,8 @@ def quantize(model, types):
 def agree(config_file, engines, resume, **params):
     """Cross-engine agreement on the same weights: greedy tokens, prompt logprobs and next-token
     KL of each engine/quantization against a reference (the first engine, or --reference)."""
-    from harness.agree.run import build_config, run
+    from harness.agree.config import build_config
+    from harness.agree.run import run
     from harness.agree.run import resume as resume_run
     from harness.cli.options import collect
 

@@ -30,7 +30,8 @@ def _score(config: dict):
 
 
 def _agree(config: dict):
-    from harness.agree.run import build_config, run
+    from harness.agree.config import build_config
+    from harness.agree.run import run
 
     return run(build_config({}, config))
 

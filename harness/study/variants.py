@@ -1,6 +1,6 @@
 """Variant specs (`hf:int8`, `llamacpp:q8_0:kv_cache_type=f16`) and what each variant can run.
 
-The spec syntax is agree's (harness.agree.run.parse_spec), so a variant means the same in both.
+The spec syntax is agree's (harness.agree.config.parse_spec), so a variant means the same in both.
 Unlike agree, a study runs a variant as the user would deploy it: its own spec, then the shared
 engine flags, then the engine's defaults (no full-precision override).
 """
@@ -29,7 +29,7 @@ def parse_variants(specs: list[str], shared: dict, launcher: str) -> list[Varian
     """Every variant valid (known engine, its options, installed for the process launcher)
     before any cell runs; an option of no variant is an error, not silently dropped."""
     from backends import engine_class
-    from harness.agree.run import parse_spec
+    from harness.agree.config import parse_spec
     from harness.config import BenchConfig
 
     if not specs:
