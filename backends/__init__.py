@@ -13,7 +13,7 @@ ENGINES: dict[str, str] = {
     "llama-server": "backends.llama_server.spec:LlamaServerConfig",
     "vllm": "backends.vllm.spec:VLLMConfig",
     # a test engine with known timings (it says so in /v1/engine): client-overhead benchmarks
-    "synthetic": "harness.synthetic:SyntheticConfig",
+    "synthetic": "backends.synthetic.spec:SyntheticConfig",
 }
 
 

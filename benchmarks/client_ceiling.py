@@ -37,9 +37,9 @@ import httpx
 import numpy as np
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
-from harness.loadgen import run_point
-from harness.metrics import summarize
-from harness.synthetic import launch
+from harness.bench.loadgen import run_point
+from harness.bench.metrics import summarize
+from backends.synthetic import launch
 
 SECONDS = 2.0  # a rate point sends rate x SECONDS requests (at most MAX_REQUESTS)
 MAX_REQUESTS = 3000  # under the engine's trace of 4096 arrivals

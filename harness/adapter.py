@@ -74,7 +74,7 @@ class GenRequest:
     sampling: dict[str, Any] = field(default_factory=dict)
     fixed_output: bool = False
     at_s: float | None = None  # a trace's request: its send time, seconds from the trace's start
-    # multi-turn (harness/conversation.py): `prompt`/`messages` hold this turn's new user content
+    # multi-turn (harness/bench/conversation.py): `prompt`/`messages` hold this turn's new user content
     # only, `earlier` the user contents of the turns before it (their answers come at run time)
     conversation: int | None = None
     turn: int | None = None

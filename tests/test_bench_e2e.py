@@ -129,7 +129,7 @@ def test_terminal_table_shows_goodput_when_slos_are_set(tmp_path):
     req_s, goodput = (rows["concurrency=1"][rows["point"].index(c)] for c in ("req/s", "goodput req/s"))
     assert goodput == req_s != "0"
 
-    from harness.report import terminal_columns  # without --slo a point has no goodput: no column
+    from harness.bench.report import terminal_columns  # without --slo a point has no goodput: no column
 
     assert "goodput req/s" not in [name for name, _ in terminal_columns([{"concurrency": 1}])]
 
@@ -144,8 +144,9 @@ def test_rate_inf_is_ticked_inf_in_the_plots(tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr
     import matplotlib.pyplot as plt
 
-    from harness.compare import read_run, write_plots as compare_plots
-    from harness.report import write_plots
+    from harness.compare.plots import write_plots as compare_plots
+    from harness.compare.run import read_run
+    from harness.bench.report import write_plots
     from harness.results import RunFolder
 
     figs = []

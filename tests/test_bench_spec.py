@@ -129,7 +129,7 @@ def test_no_spec_baseline_and_external_engines_say_the_speedup_was_not_measured(
 
 def test_the_baseline_engine_is_the_same_engine_with_speculation_off():
     from harness.config import BenchConfig
-    from harness.report import COLUMNS, terminal_columns
+    from harness.bench.report import COLUMNS, terminal_columns
 
     for engine in ({"kind": "hf"}, {"kind": "vllm"}, {"kind": "llamacpp"}):
         assert BenchConfig(engine=engine).engine_config().without_speculation() is None

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from harness.compare import read_run, write_comparison
-from harness.compare_repeats import run_interleaved, significance, welch
+from harness.compare.run import read_run, write_comparison
+from harness.compare.repeats import run_interleaved, significance, welch
 from harness.config import BenchConfig, Load, Output, Workload
 from harness.results import RunFolder
 
@@ -35,7 +35,7 @@ def test_interleaved_repeats_merged_and_tested(tmp_path):
     order = []
 
     def bench_run(cfg, progress=None):
-        from harness.bench import run
+        from harness.bench.run import run
 
         order.append((cfg.output.results_dir.name, cfg.output.run_name))
         return run(cfg, progress)

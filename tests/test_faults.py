@@ -81,7 +81,7 @@ def test_engine_watches_its_parent_when_the_signal_is_lost(tmp_path):
     """The fallback: an engine whose parent dies without a parent-death signal (here its parent is
     a shell that never asked for one) notices the new parent and stops itself."""
     parent_code = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-m', "
-                   "'harness.synthetic', '--port', '0'], env={**os.environ, 'HYPERBENCH_PARENT_PID': "
+                   "'backends.synthetic', '--port', '0'], env={**os.environ, 'HYPERBENCH_PARENT_PID': "
                    "str(os.getpid())}); time.sleep(300)")
     sh = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)

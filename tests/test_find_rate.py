@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from harness import cli as cli_module
-from harness.find_rate import find_max_rate
+from harness.bench.find_rate import find_max_rate
 
 
 @pytest.mark.parametrize("start, edge", [(1.0, 37.0), (100.0, 37.0), (5.0, 5.0)])
@@ -71,7 +71,7 @@ def test_finds_the_synthetic_engines_capacity(tmp_path):
     assert [p["rate"] for p in s["points"]] == [w["rate"] for w in mr["walk"]]  # every rate tried is a point
     assert "Highest rate under the SLOs" in (tmp_path / attempt / "report.md").read_text()
     # had it been killed before writing its summary, its records still give every rate it tried
-    from harness.bench_resume import rebuild_summary
+    from harness.bench.resume import rebuild_summary
     from harness.results import RunFolder
 
     rebuilt = rebuild_summary(RunFolder(tmp_path / attempt), {**s, "points": []})

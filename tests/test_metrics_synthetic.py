@@ -1,5 +1,5 @@
 """Metrics and load generation: the harness's real client against an engine whose timing is known
-(harness.synthetic, in a subprocess so its event loop neither shares the client's GIL nor
+(backends.synthetic, in a subprocess so its event loop neither shares the client's GIL nor
 distorts its timings), plus unit tests of the metrics, the load patterns and the request
 payloads that need no server."""
 
@@ -19,9 +19,9 @@ import pytest
 from harness.adapter import EngineClient, GenRequest, RequestRecord, _TokenTimes
 from harness.config import SLO
 from harness.launchers.process import free_port
-from harness.loadgen import poisson_gaps, rate_fields, run_point
-from harness.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
-from harness.synthetic import launch, start_in_thread
+from harness.bench.loadgen import poisson_gaps, rate_fields, run_point
+from harness.bench.metrics import distribution, e2e, itls, summarize, token_itls, ttft, tpot
+from backends.synthetic import launch, start_in_thread
 
 TTFT_MS, ITL_MS, OUT = 100.0, 20.0, 16
 
@@ -494,7 +494,7 @@ def test_summary_has_the_schedule_rate_of_every_rate_point(tmp_path):
         assert p["request_throughput"] > 0
 
 
-# --- request payloads, without a server (STYLE #7) ----------------------------------------------
+# --- request payloads, without a server: the payload builders are pure -----------------------------------------------------
 
 
 @pytest.fixture

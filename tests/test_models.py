@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import models
+from harness.models import cache
 from harness.errors import HyperbenchError
 from harness.models import (
     BUILTIN_MODELS,
@@ -129,7 +129,7 @@ def test_cached_build_runs_once_under_contention(tmp_path):
 
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(models._cached_build(target, build)))
+        threading.Thread(target=lambda: results.append(cache.cached_build(target, build)))
         for _ in range(4)
     ]
     for t in threads:
@@ -148,7 +148,7 @@ def test_failed_build_leaves_nothing(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        models._cached_build(target, build)
+        cache.cached_build(target, build)
     assert [p.name for p in target.parent.iterdir()] == [".broken.lock"]
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from harness import cli as cli_module
 from harness.adapter import EngineClient, GenRequest
-from harness.conversation import as_conversations, turn_request
-from harness.loadgen import run_point
-from harness.synthetic import launch
+from harness.bench.conversation import as_conversations, turn_request
+from harness.bench.loadgen import run_point
+from backends.synthetic import launch
 
 THINK_S = 0.05
 

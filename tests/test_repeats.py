@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from harness import cli as cli_module
-from harness.repeats import mean_ci, repeat_stats
+from harness.bench.repeats import mean_ci, repeat_stats
 
 
 def test_ci_uses_students_t():

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ENGINE_PARAMS, ENGINE_TEST_OPTIONS
 
-# GET /v1/engine keys every engine gives (DESIGN: engine, version, model, dtype, quantization,
+# GET /v1/engine keys every engine gives (the wire contract: engine, version, model, dtype, quantization,
 # device, weight bytes, KV-cache bytes, speculative settings and counters)
 COMMON_ENGINE_INFO = {"engine", "version", "model", "model_path", "dtype", "quantization", "device",
                       "weight_bytes", "kv_cache_bytes", "speculative", "counters", "precision"}  # fmt: skip

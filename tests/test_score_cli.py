@@ -95,7 +95,7 @@ def test_score_launches_an_engine_and_writes_a_run_folder(tiny_model, staged, tm
 
 
 def test_engine_without_prompt_logprobs_asked_for_mmlu(staged, tmp_path):
-    from harness.synthetic import start_in_thread
+    from backends.synthetic import start_in_thread
 
     with start_in_thread(ttft_ms=0, itl_ms=0) as srv:  # a real server of ours with no prompt logprobs
         res = hb("score", "--url", srv.base_url, "--model", "synthetic", "--tasks", "mmlu_anatomy",
@@ -230,7 +230,7 @@ def test_context_longer_than_the_engine_is_cut_as_lm_eval_hf_does(hf_server):
 
 
 def test_compare_shows_a_group_not_its_57_members():
-    from harness.compare import score_metrics
+    from harness.compare.run import score_metrics
 
     m = lambda v: {"metrics": {"acc": {"value": v, "stderr": 0.1}}}  # noqa: E731
     summary = {"tasks": {"mmlu_anatomy": m(0.3), "mmlu_virology": m(0.2), "gsm8k": m(0.1)},

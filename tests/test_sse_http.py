@@ -15,7 +15,8 @@ import pytest
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.sse_http import _SSE, TransportError, _Answer
-from harness.synthetic import SyntheticConfig, SyntheticEngine, _Conn, start_in_thread
+from backends.synthetic import SyntheticConfig, SyntheticEngine, start_in_thread
+from backends.synthetic.http import Connection
 
 
 def test_sse_events_carry_the_stamp_of_the_read_that_ended_them():
@@ -256,7 +257,7 @@ def test_https(tmp_path, monkeypatch):
     server_ctx.load_cert_chain(cert, key)
     engine = SyntheticEngine(SyntheticConfig(ttft_ms=0, itl_ms=0))
     loop = asyncio.new_event_loop()
-    srv = loop.run_until_complete(loop.create_server(lambda: _Conn(engine), "127.0.0.1", 0,
+    srv = loop.run_until_complete(loop.create_server(lambda: Connection(engine), "127.0.0.1", 0,
                                                      ssl=server_ctx))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

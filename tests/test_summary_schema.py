@@ -23,7 +23,7 @@ H100_RUNS = sorted(p.parent for p in H100.glob("*/summary.json"))
 
 @pytest.mark.parametrize("run", H100_RUNS, ids=lambda p: p.name)
 def test_committed_schema_1_folders_read_typed_and_unchanged(run):
-    from harness.compare import read_run
+    from harness.compare.run import read_run
 
     raw = json.loads((run / "summary.json").read_text())
     summary = RunFolder(run).typed_summary()

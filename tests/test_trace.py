@@ -15,10 +15,10 @@ import pytest
 from harness import cli as cli_module
 from harness.adapter import EngineClient, GenRequest
 from harness.config import Workload
-from harness.loadgen import run_point
-from harness.metrics import schedule_lags, summarize
-from harness.synthetic import launch
-from harness.trace import MOONCAKE_BLOCK, load_trace, trace_requests
+from harness.bench.loadgen import run_point
+from harness.bench.metrics import schedule_lags, summarize
+from backends.synthetic import launch
+from harness.bench.trace import MOONCAKE_BLOCK, load_trace, trace_requests
 
 
 def mooncake(path, rows):
@@ -34,7 +34,7 @@ def synthetic(tmp_path_factory):
 
 def test_mooncake_hash_ids_give_shared_prefixes_of_exact_lengths(tmp_path):
     from harness.models import resolve_model
-    from harness.workload import load_tokenizer
+    from harness.bench.workload import load_tokenizer
 
     tok = load_tokenizer(resolve_model("tiny-llama").path)
     trace = mooncake(tmp_path / "t.jsonl", [
@@ -139,7 +139,7 @@ def test_bench_trace_end_to_end_flags_a_client_that_could_not_keep_up(tmp_path):
 
 def test_synthetic_prompts_share_a_prefix_of_the_stated_length(capsys):
     from harness.models import resolve_model
-    from harness.workload import load_tokenizer, synthetic_prompts
+    from harness.bench.workload import load_tokenizer, synthetic_prompts
 
     tok = load_tokenizer(resolve_model("tiny-llama").path)
     plain = synthetic_prompts(tok, 4, 50, seed=1)

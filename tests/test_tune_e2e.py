@@ -209,11 +209,11 @@ def test_engine_crash_fails_a_trial_and_sigkill_of_the_tune_resumes_it(staged, t
 
 
 def test_speed_objectives_are_measured_right_on_an_engine_of_known_timing(staged, tmp_path):
-    """The synthetic engine (harness/synthetic.py, a real server on the wire contract) streams
+    """The synthetic engine (backends/synthetic/, a real server on the wire contract) streams
     its first token after ttft_ms and then one every itl_ms, exactly max_tokens of them: each
     trial's TPOT, TTFT and E2E must come out at those values. Run in-process through --url (an
     engine someone else runs: sampling parameters only)."""
-    from harness.synthetic import launch
+    from backends.synthetic import launch
     from harness.tune.config import TuneConfig
     from harness.tune.run import run
 

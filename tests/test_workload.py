@@ -1,4 +1,4 @@
-"""Workloads end to end (harness/workload.py through `hyperbench bench`): prompt files in JSONL
+"""Workloads end to end (harness/bench/workload.py through `hyperbench bench`): prompt files in JSONL
 and ShareGPT format, the chat path, and seeded synthetic prompts.
 
 What was sent is read back from the engine itself: the synthetic engine (started in-process
@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from harness.synthetic import start_in_thread
+from backends.synthetic import start_in_thread
 
 FILE_PROMPTS = [  # distinct, under the trace's 64 characters, distinct token and word counts
     "Hello",
@@ -162,7 +162,7 @@ def test_chat_bench_on_the_hf_engine(tmp_path, tiny_model):
     message, wrapped by the model's chat template, which the token counts show."""
     from transformers import AutoTokenizer
 
-    from harness.workload import synthetic_prompts
+    from harness.bench.workload import synthetic_prompts
 
     n, input_len, seed = 4, 12, 3
     res = hb("bench", "--engine", "hf", "--model", str(tiny_model), "--dtype", "float32", "--chat",
@@ -199,7 +199,7 @@ def test_chat_bench_on_the_hf_engine(tmp_path, tiny_model):
 def test_same_seed_same_prompts_across_runs(synthetic, tmp_path, tiny_model):
     from transformers import AutoTokenizer
 
-    from harness.workload import synthetic_prompts
+    from harness.bench.workload import synthetic_prompts
 
     n, input_len = 5, 10  # 10 ids print within the trace's 64 characters
 
@@ -235,7 +235,7 @@ def _shares_a_prefix(a, b) -> bool:
 def test_warmup_prompts_share_no_prefix_with_any_measured_prompt(kind):
     """A warm-up with request 0's own prompt filled the prefix cache that request 0 then hit."""
     from harness.adapter import GenRequest
-    from harness.workload import WARMUP_MAX_TOKENS, warmup_requests
+    from harness.bench.workload import WARMUP_MAX_TOKENS, warmup_requests
 
     rng = np.random.default_rng(0)
     if kind == "ids":  # a small vocabulary, so first ids collide unless chosen on purpose
@@ -265,7 +265,7 @@ def test_warmup_of_a_long_run_uses_a_longer_free_prefix():
     req/s on the tiny model: 36,000 prompts, 1,000 ids): the warm-up then starts with two ids no
     prompt starts with, instead of refusing the run."""
     from harness.adapter import GenRequest
-    from harness.workload import warmup_requests
+    from harness.bench.workload import warmup_requests
 
     rng = np.random.default_rng(1)
     measured = [GenRequest(prompt=rng.integers(0, 40, 16).tolist()) for _ in range(3000)]

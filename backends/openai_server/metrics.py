@@ -1,5 +1,5 @@
 """GET /metrics of the in-house engines: Prometheus text with vLLM's metric names for what they
-have, so the harness scrapes every engine the same way (harness/server_metrics.py).
+have, so the harness scrapes every engine the same way (harness/bench/server_metrics.py).
 
 The serving layer measures what every engine has: requests in its generation routes
 (`vllm:num_requests_running`, unless the engine tells running and waiting apart itself through

@@ -71,14 +71,15 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.models import _finish_hf_folder, _train_tiny_tokenizer
+    from harness.models.cache import finish_hf_folder
+    from harness.models.tiny import train_tiny_tokenizer
 
     if (args.out / "config.json").is_file() and (args.config_only or any(args.out.glob("*.safetensors"))):
         print(f"{args.out}: already there")
         return
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    tok = copy_tokenizer(args.tokenizer, args.out) if args.tokenizer else _train_tiny_tokenizer(args.out)
+    tok = copy_tokenizer(args.tokenizer, args.out) if args.tokenizer else train_tiny_tokenizer(args.out)
     rope_theta = 10000.0
     shape = {**SHAPES[args.shape], **({"vocab_size": args.vocab} if args.vocab else {})}
     if len(tok) > shape["vocab_size"]:
@@ -88,7 +89,7 @@ def main() -> None:
                          tie_word_embeddings=False, initializer_range=0.02)  # fmt: skip
     if args.config_only:
         config.save_pretrained(args.out)
-        _finish_hf_folder(args.out, rope_theta)
+        finish_hf_folder(args.out, rope_theta)
         (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "config_only": True}))
         print(f"{args.out}: {args.shape} config (vocab {shape['vocab_size']}), no weights")
         return
@@ -109,7 +110,7 @@ def main() -> None:
             layer.mlp.down_proj.weight.zero_()
     model.generation_config.pad_token_id = tok.eos_token_id
     model.save_pretrained(args.out, max_shard_size="5GB")
-    _finish_hf_folder(args.out, rope_theta, add_bos_token=True, add_eos_token=False)
+    finish_hf_folder(args.out, rope_theta, add_bos_token=True, add_eos_token=False)
     n = sum(p.numel() for p in model.parameters())
     (args.out / "DUMMY_WEIGHTS.json").write_text(json.dumps({"shape": args.shape, "parameters": n, "seed": args.seed,
                                                              "identity_after": args.identity_after}))  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from harness.errors import HyperbenchError
-from harness.export.cli import TRACKERS
+from harness.export.trackers import TRACKERS
 
 export_option = click.option(
     "--export", "export_tracker", type=click.Choice(TRACKERS),
@@ -21,7 +21,7 @@ export_option = click.option(
 def export_finished(tracker: str | None, run_path) -> None:
     if not tracker:
         return
-    from harness.export.cli import export_runs
+    from harness.export.trackers import export_runs
 
     try:
         export_runs(tracker, [run_path], lambda line: click.echo(f"export: {line}"))

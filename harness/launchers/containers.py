@@ -3,7 +3,7 @@
 An engine image serves through `hyperbench serve ENGINE` (containers/serve.sh), so the engine's
 own `server_command` is built *inside* the image, where the engine is installed: the harness
 only turns the typed engine config back into the flags that `serve` derives from the same config
-(harness/cliutil.py), with no per-engine knowledge here.
+(harness/cli/options.py), with no per-engine knowledge here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-request results of a score run, appended to the run folder as each request finishes.
 
-`requests.jsonl` is both the raw record of what the engine answered (STYLE: keep raw records)
+`requests.jsonl` is both the raw record of what the engine answered (raw records are kept)
 and the resume cache: a resumed run reads it and sends only requests it does not hold. The key
 is the request as lm-eval states it (kind, args) plus its occurrence number among identical
 requests, so a task's `repeats` of one sampled prompt stay distinct. The run folder holds one

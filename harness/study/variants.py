@@ -1,6 +1,6 @@
 """Variant specs (`hf:int8`, `llamacpp:q8_0:kv_cache_type=f16`) and what each variant can run.
 
-The spec syntax is agree's (harness.agree.parse_spec), so a variant means the same in both.
+The spec syntax is agree's (harness.agree.config.parse_spec), so a variant means the same in both.
 Unlike agree, a study runs a variant as the user would deploy it: its own spec, then the shared
 engine flags, then the engine's defaults (no full-precision override).
 """
@@ -30,7 +30,7 @@ def parse_variants(specs: list[str], shared: dict, launcher) -> list[Variant]:
     runs engines from this machine's install)
     before any cell runs; an option of no variant is an error, not silently dropped."""
     from backends import engine_class
-    from harness.agree import parse_spec
+    from harness.agree.config import parse_spec
     from harness.config import BenchConfig
 
     if not specs:

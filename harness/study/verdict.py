@@ -51,14 +51,14 @@ def _log_error(log: Path) -> str | None:
 
 
 def _bench(s: dict) -> dict:
-    from harness.compare import _load_of
-    from harness.report import point_label
+    from harness.compare.report import load_of
+    from harness.bench.report import point_label
     from harness.roofline import point_roofline
 
     info = s.get("engine_info") or {}
     weights = info.get("weight_bytes")
     speed, gpu_peaks, joules = {}, [], {}
-    for p in sorted((p for p in s.get("points") or [] if p.get("completed")), key=lambda p: _load_of(p) or ("", 0)):
+    for p in sorted((p for p in s.get("points") or [] if p.get("completed")), key=lambda p: load_of(p) or ("", 0)):
         label = point_label(p)
         speed[label] = {"output_tok_s": p.get("output_throughput"),
                         **{f"{k}_p50_ms": (p.get(f"{k}_ms") or {}).get("p50") for k in ("ttft", "tpot", "e2e")}}
@@ -147,7 +147,7 @@ def verdict(study_dir: Path) -> dict:
 
 def _top_load(variants: list[dict]) -> str | None:
     """The highest load point every benched variant reached (the answer's speed is read there)."""
-    from harness.compare import _load_of
+    from harness.compare.report import load_of
 
     sets = [set(v["speed"]) for v in variants if v.get("speed")]
     common = set.intersection(*sets) if sets else set()
@@ -156,7 +156,7 @@ def _top_load(variants: list[dict]) -> str | None:
 
     def key(label):
         k, _, x = label.partition("=")
-        return _load_of({k: x if x == "inf" else float(x)})
+        return load_of({k: x if x == "inf" else float(x)})
     return max(common, key=key)
 
 

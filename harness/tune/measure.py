@@ -4,7 +4,7 @@ same requests.
 Quality goes through the score path (lm-eval's task: its prompts, few-shot set-up, filters and
 metric; `EngineLM` on the wire). `StreamingLM` sends each generate_until request streamed
 through the common adapter, so the very requests that are scored also give TTFT, TPOT and E2E,
-measured as `bench` measures them (harness/metrics.py). Every answer and its timing is appended
+measured as `bench` measures them (harness/bench/metrics.py). Every answer and its timing is appended
 to the measurement's requests.jsonl as it arrives: an interrupted measurement resumes from it.
 """
 

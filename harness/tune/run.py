@@ -75,9 +75,9 @@ def prepare_task(cfg: TuneConfig, work: Path, data_dir: Path | None, notes: list
                               f"{', ...' if len(prepared.output_types) > 4 else ''}): name one of them")
     (leaf,) = prepared.output_types
     if data_dir is None and _stageable(prepared.data.get(leaf) or {}):
-        from harness.models import _hub_offline, _hub_reachable
+        from harness.models.hub import hub_offline, hub_reachable
 
-        if _hub_offline() or not _hub_reachable():
+        if hub_offline() or not hub_reachable():
             from harness.score.staging import ensure_staged
 
             data_dir = ensure_staged(("gsm8k",))
@@ -292,7 +292,7 @@ def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: Search
     engine's log and the task files go to `work` (default: the run folder; a trial's batch job
     gives its own folder, as jobs run side by side)."""
     work = Path(work) if work is not None else run_dir.path
-    from harness.bench import resolve_model_path
+    from harness.bench.run import resolve_model_path
     from harness.score.run import _max_length, _tokenizer
     from harness.tune.engine import EngineSession, engine_failure
     from harness.tune.loop import TrialFailed

@@ -360,8 +360,8 @@ def test_metrics_scraped_around_a_point(engine_server):
     import asyncio
 
     from harness.adapter import EngineClient, GenRequest
-    from harness.loadgen import run_point
-    from harness.server_metrics import ServerMetrics
+    from harness.bench.loadgen import run_point
+    from harness.bench.server_metrics import ServerMetrics
 
     prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)  # > 3 vLLM blocks of 16
     reqs = [GenRequest(prompt=prompt, max_tokens=24, sampling={"temperature": 0}, fixed_output=True)] * 4

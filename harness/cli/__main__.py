@@ -1,0 +1,5 @@
+"""`python -m harness.cli`: the same as the `hyperbench` entry point."""
+
+from harness.cli.main import main
+
+main()
