@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import metrics
+from harness.bench import metrics
 from harness.adapter import GenRequest, RequestRecord
 from harness.errors import EngineError, HyperbenchError
 from harness.score.lm import EngineLM, wire_params
