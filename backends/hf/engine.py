@@ -102,6 +102,7 @@ class Scheduler:
         self.graphs = graphs  # graphs.StaticDecoder: decode steps over a static KV cache (None: eager)
         self.eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
+        self.prefix_cache = scoring.PrefixCache()  # echo scoring: the last prompt's KV, for the next
         self.vocab = vocab_size
         self.max_batch_size = max_batch_size
         self.max_len = max_len
@@ -231,7 +232,7 @@ class Scheduler:
     def _score(self, seqs: list[Sequence]) -> None:
         groups = scoring.shared_prefix_groups(seqs)
         for batch in scoring.forward_batches(groups, MAX_PREFILL_TOKENS, MAX_PROMPT_LOGIT_ELEMS, self.vocab):
-            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device):
+            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device, self.prefix_cache):
                 self._emit(seq, ("prompt", plp))
                 self._done(seq, ("finish", "length"))
             self.counters.prefill_batches += 1
