@@ -73,6 +73,9 @@ class PrefixCache:
         self.k = 0
         self.off = False  # a model whose cache is not plain per-layer KV (sliding, recurrent)
 
+    def clear(self) -> None:
+        self.ids, self.kv, self.done = [], None, []
+
     def reusable(self, batch) -> int:
         """How many leading positions of every row of `batch` can come from the cache: each row's
         shared prefix with it, less the last shared token (its output row predicts a token that may
