@@ -107,8 +107,10 @@ class PrefixCache:
 
         if not n:
             return DynamicCache()
-        return DynamicCache(ddp_cache_data=[(k[:, :, :n].expand(rows, -1, -1, -1), v[:, :, :n].expand(rows, -1, -1, -1))
-                                            for k, v in self.kv])  # fmt: skip
+        def rows_of(t):  # the kept row seen `rows` times: views, copied once by the cache
+            return t[:, :, :n].expand(rows, -1, -1, -1)
+
+        return DynamicCache(ddp_cache_data=[(rows_of(k), rows_of(v)) for k, v in self.kv])
 
     def keep(self, key: list[int], cache, row: int, reused: int, new_done: list, k: int) -> None:
         """Hold `key`'s KV (row `row` of the forward's `cache`) and its per-position results."""
