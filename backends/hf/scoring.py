@@ -116,9 +116,9 @@ class PrefixCache:
         """Hold `key`'s KV (row `row` of the forward's `cache`) and its per-position results."""
         if len(key) > self.MAX_TOKENS or not key:
             return
-        layers = cache.layers
-        self.kv = [(layer.keys[row : row + 1, :, : len(key)].clone(), layer.values[row : row + 1, :, : len(key)].clone())
-                   for layer in layers]  # fmt: skip
+        n = len(key)  # the row's own positions (right padding after them)
+        self.kv = [(layer.keys[row : row + 1, :, :n].clone(), layer.values[row : row + 1, :, :n].clone())
+                   for layer in cache.layers]  # fmt: skip
         self.done = self.done[:reused] + new_done
         self.ids, self.k = list(key), k
 
