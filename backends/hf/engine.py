@@ -7,8 +7,8 @@ running batch (`batch.py`); then runs one decode step for the whole batch. Finis
 rows leave the batch at once. Every produced token is handed to its sequence's `put` as soon as
 it is known, so streaming is real: with an event loop, the events of one step are posted to it
 in one `call_soon_threadsafe` (one wake-up per step, not per token). Echo-only sequences
-(max_tokens 0 with prompt logprobs: scoring) take none of this: one forward per shared prefix
-and no KV cache (`scoring.py`).
+(max_tokens 0 with prompt logprobs: scoring) take none of this: one forward per shared prefix,
+past the KV cache kept from the last scored prompt (`scoring.py`).
 
 Events `put` receives, as tuples:
     ("prompt", prompt_logprobs)           once, before any token, if prompt logprobs were asked
@@ -102,6 +102,7 @@ class Scheduler:
         self.graphs = graphs  # graphs.StaticDecoder: decode steps over a static KV cache (None: eager)
         self.eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
+        self.prefix_cache = scoring.PrefixCache()  # echo scoring: the last prompt's KV, for the next one
         self.vocab = vocab_size
         self.max_batch_size = max_batch_size
         self.max_len = max_len
@@ -194,9 +195,11 @@ class Scheduler:
                     admitted.append(seq)
         self._inflight = admitted
         echo_only = [s for s in admitted if s.params.max_tokens == 0 and s.params.prompt_logprobs is not None]
-        if echo_only:  # scoring: no KV cache, no batch row, one forward per shared prefix
+        if echo_only:  # scoring: no batch row, one forward per shared prefix
             self._score(echo_only)
             admitted = [s for s in admitted if s.params.max_tokens or s.params.prompt_logprobs is None]
+        if admitted:  # generation: its KV cache gets the memory the kept scoring prompt held
+            self.prefix_cache.clear()
         for group in self._groups(admitted):
             self._prefill(group)
             self._flush()  # first tokens out before the next decode step (time to first token)
@@ -231,7 +234,7 @@ class Scheduler:
     def _score(self, seqs: list[Sequence]) -> None:
         groups = scoring.shared_prefix_groups(seqs)
         for batch in scoring.forward_batches(groups, MAX_PREFILL_TOKENS, MAX_PROMPT_LOGIT_ELEMS, self.vocab):
-            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device):
+            for seq, plp in scoring.score_batch(self.model, batch, self.pad_id, self.device, self.prefix_cache):
                 self._emit(seq, ("prompt", plp))
                 self._done(seq, ("finish", "length"))
             self.counters.prefill_batches += 1
