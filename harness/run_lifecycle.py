@@ -1,8 +1,9 @@
-"""The start and end that bench, score and tune runs share: the run folder named for the engine,
-the summary header, the resolved config and environment beside the results, the closing write.
+"""The start and end that every job's run shares: the run folder, the summary header, the
+resolved config and environment beside the results, the line Ctrl-C leaves, the closing write.
 
-A job keeps what is its own (its scenario, its interruption message, its report); agree writes
-its own config.json (every engine's resolved config) and so only uses `now`.
+bench, score and tune use `create_run` / `write_resolved` (one engine per run); agree and study
+(several engines) start theirs with `start_run` / `write_config`. The engine itself is brought up
+and down by harness/engine_session.py. A job keeps what is its own: its scenario, its report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 
 from harness import envinfo
+from harness.errors import Interrupted
 from harness.results import SCHEMA_VERSION, RunFolder
 
 
@@ -23,23 +25,47 @@ def run_label(cfg, engine) -> str:
     return engine.kind if cfg.target.launcher_class.starts_engine else "external"
 
 
-def create_run(cfg, engine, kind: str, prefix: str = "") -> tuple[RunFolder, dict]:
-    """A new run folder (--results-dir/--run-name, else a dated name of prefix+engine and model)
-    and its summary, status running."""
-    label = run_label(cfg, engine)
-    run_dir = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, prefix + label, engine.model)
-    summary = {"schema_version": SCHEMA_VERSION, "kind": kind, "status": "running", "started": now(),
-               "engine": label, "model": engine.model}
+def start_run(output, label: str, model: str, kind: str, /, **header) -> tuple[RunFolder, dict]:
+    """A new run folder (--results-dir/--run-name, else a dated name of label and model) and its
+    summary, status running, with the job's own header fields after the common ones."""
+    run_dir = RunFolder.create(output.results_dir, output.run_name, label, model)
+    summary = {"schema_version": SCHEMA_VERSION, "kind": kind, "status": "running", "started": now(), **header}
     return run_dir, summary
 
 
+def create_run(cfg, engine, kind: str, prefix: str = "") -> tuple[RunFolder, dict]:
+    """The run folder of a one-engine job, named for prefix+engine and model."""
+    label = run_label(cfg, engine)
+    return start_run(cfg.output, prefix + label, engine.model, kind, engine=label, model=engine.model)
+
+
+def write_config(run_dir: RunFolder, config: dict) -> None:
+    """config.json (as resolved, no API key: the caller's to leave out) and env.json: what the
+    results were measured with, saved beside them."""
+    run_dir.write_json("config.json", config)
+    run_dir.write_json("env.json", envinfo.capture())
+
+
 def write_resolved(run_dir: RunFolder, cfg, engine) -> None:
-    """config.json (the config as resolved, the engine's defaults filled in, no API key) and
-    env.json: what the results were measured with, saved beside them."""
+    """write_config of a one-engine job: its config with the engine's defaults filled in."""
     resolved = cfg.model_dump(mode="json")
     resolved["engine"] = engine.model_dump(mode="json", exclude={"api_key"})
-    run_dir.write_json("config.json", resolved)
-    run_dir.write_json("env.json", envinfo.capture())
+    write_config(run_dir, resolved)
+
+
+def interruption(summary: dict, job: str, run_dir: RunFolder, kept: str, next_step: str = "finish it") -> Interrupted:
+    """Ctrl-C's end of a job with --resume: the summary marked incomplete, and the one line the CLI
+    prints, saying what was kept and the command that goes on from there. Raise it `from None`."""
+    summary.update(status="incomplete", reason="interrupted")
+    return Interrupted(f"{job} interrupted: {kept} kept in {run_dir.path}, marked incomplete; "
+                       f"{next_step}: hyperbench {job} --resume {run_dir.path}")
+
+
+def reopen(summary: dict) -> None:
+    """A cut run's summary as --resume goes on with it: running again, the resume dated (`resumed`
+    keeps the history), the cut's reason gone."""
+    summary.update(status="running", resumed=[*summary.get("resumed", []), now()])
+    summary.pop("reason", None)
 
 
 def close_summary(run_dir: RunFolder, summary: dict) -> None:

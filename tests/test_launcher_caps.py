@@ -36,6 +36,6 @@ def test_a_launcher_that_starts_no_engine_is_asked_by_its_capability(monkeypatch
         Target(launcher="external")
     cfg = BenchConfig(target={"launcher": "external", "url": "http://127.0.0.1:1/v1"})
     assert cfg.target.launcher_class is Remote
-    from harness.bench.run import resolve_model_path
+    from harness.engine_session import resolve_model_path
 
     assert resolve_model_path(cfg, cfg.engine_config()) is None  # nothing to stage: no engine to start

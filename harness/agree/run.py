@@ -29,13 +29,14 @@ import asyncio
 import json
 import time
 
-from harness import envinfo
 from harness.agree.agreement import ID_PREFIX, EngineOutput, Tokens, compare, parse_generation, parse_scoring
 from harness.agree.config import (AgreeConfig, AgreeSettings, check_engines, engine_dicts, prompt_texts,
                                   tokenizer_source)
 from harness.config import BenchConfig
-from harness.errors import EngineError, HyperbenchError, Interrupted
-from harness.results import SCHEMA_VERSION, RunFolder, atomic_write_text, slug
+from harness.engine_session import engine_info, engine_up, resolve_model_path
+from harness.errors import EngineError, HyperbenchError
+from harness.results import RunFolder, atomic_write_text, slug
+from harness.run_lifecycle import close_summary, interruption, reopen, start_run, write_config
 
 # ---------------------------------------------------------------------------- asking one engine
 
@@ -77,12 +78,6 @@ async def query_engine(endpoint, label: str, prompts: list[list[int]], s: AgreeS
     return out
 
 
-def _engine_info(endpoint) -> dict | None:
-    from harness.bench.run import _engine_info as info
-
-    return info(endpoint)
-
-
 # ---------------------------------------------------------------------------- the run
 
 
@@ -104,8 +99,7 @@ def resume(path, progress=None) -> RunFolder:
                                           texts=o["texts"], scoring=o["scoring"])
     summary["engines"] = [e for e in summary.get("engines", []) if e["label"] in outputs]
     summary["agreement"] = {k: v for k, v in summary.get("agreement", {}).items() if k in outputs}
-    summary.pop("reason", None)
-    summary.update(status="running", resumed=[*summary.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+    reopen(summary)
     return run(cfg, progress, resumed=(folder, summary, outputs))
 
 
@@ -129,21 +123,18 @@ def run(cfg: AgreeConfig, progress=None, resumed=None) -> RunFolder:
     if resumed is not None:
         folder, summary, outputs = resumed
         return _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder, summary, outputs, progress)
-    folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "agree", model)
+    folder, summary = start_run(
+        cfg.output, "agree", model, "agree", model=model, reference=ref,
+        prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts),
+        max_tokens=s.max_tokens, top_logprobs=s.top_logprobs,
+        kl="lower bound: KL(ref || engine) over the tokens both list in their top-K plus one "
+           "bucket for the rest of the vocabulary",
+        engines=[], agreement={},
+    )  # fmt: skip
     (folder.path / "outputs").mkdir()
     (folder.path / "logs").mkdir()
-    folder.write_json("config.json", {**cfg.model_dump(mode="json", exclude={"engine": {"api_key"}}),
-                                      "resolved_engines": shown})
-    folder.write_json("env.json", envinfo.capture())
-    summary = {
-        "schema_version": SCHEMA_VERSION, "kind": "agree", "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "reference": ref,
-        "prompts": len(prompts), "prompt_tokens": sum(len(p) for p in prompts),
-        "max_tokens": s.max_tokens, "top_logprobs": s.top_logprobs,
-        "kl": "lower bound: KL(ref || engine) over the tokens both list in their top-K plus one "
-              "bucket for the rest of the vocabulary",
-        "engines": [], "agreement": {},
-    }  # fmt: skip
+    # every engine's resolved config: agree runs several, not the one of write_resolved
+    write_config(folder, {**cfg.model_dump(mode="json", exclude={"engine": {"api_key"}}), "resolved_engines": shown})
     return _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder, summary, {}, progress)
 
 
@@ -151,8 +142,6 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
                  outputs: dict[str, EngineOutput], progress) -> RunFolder:
     """Each engine in turn (the reference first) that has no saved output yet; the summary and
     report written however it ends."""
-    from harness.bench.run import engine_up, resolve_model_path
-
     s = cfg.agree
     folder.write_json("summary.json", summary)
     order = sorted(range(len(engines)), key=lambda i: engines[i][0] != ref)  # reference first
@@ -174,7 +163,7 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
                 model_path = resolve_model_path(bench_cfg, engine)
                 with engine_up(bench_cfg, engine, model_path, folder.path / "logs" / f"{slug(label)}.log") \
                         as (endpoint, _):
-                    entry["engine_info"] = _engine_info(endpoint)
+                    entry["engine_info"] = engine_info(endpoint)
                     result = asyncio.run(query_engine(endpoint, label, prompts, s, tokens))
             except HyperbenchError as e:
                 entry.update(status="failed", reason=str(e).splitlines()[0], seconds=time.monotonic() - t0)
@@ -199,10 +188,8 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
             summary["reason"] = (f"{len(failed)} of {len(engines)} engines failed ({', '.join(failed)}); "
                                  f"{first['label']}: {first['reason']}")
     except KeyboardInterrupt:
-        summary["status"], summary["reason"] = "incomplete", "interrupted"
         done = sum(e["status"] == "ok" for e in summary["engines"])
-        raise Interrupted(f"agree interrupted: the outputs of {done} engine(s) kept in {folder.path}, "
-                          f"marked incomplete; finish it: hyperbench agree --resume {folder.path}") from None
+        raise interruption(summary, "agree", folder, f"the outputs of {done} engine(s)") from None
     except HyperbenchError as e:
         summary["status"] = "failed" if not summary["agreement"] else "incomplete"
         summary["reason"] = str(e)
@@ -211,8 +198,7 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
         for e in summary["engines"]:
             if e["status"] == "running":
                 e["status"] = "interrupted"
-        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        folder.write_json("summary.json", summary)
+        close_summary(folder, summary)
         try:
             from harness.agree.report import render
 

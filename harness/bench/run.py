@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -14,68 +13,18 @@ from harness.roofline import point_roofline
 from harness.bench.server_metrics import FILE as SERVER_METRICS_FILE, JsonlSink, ServerMetrics
 from harness.adapter import EngineClient, RequestRecord
 from harness.config import BenchConfig
-from harness.errors import EngineError, HyperbenchError, Interrupted
-from harness.launchers import make_launcher
+from harness.engine_session import describe_engine, engine_up, resolve_model_path, resolve_tokenizer_source
+from harness.errors import EngineError, HyperbenchError
 from harness.bench.loadgen import run_point
-from harness.precision import effective_precision
 from harness.bench.resume import (load_key, point_label, point_summary, records_by_point, saved_config,
                                   sweep_points, this_process, writer_alive)
 from harness.bench.find_rate import find_max_rate
 from harness.bench.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import RunFolder
-from harness.run_lifecycle import close_summary, create_run, write_resolved
+from harness.run_lifecycle import close_summary, create_run, interruption, reopen, write_resolved
 from harness.bench.trace import load_trace, trace_requests
 from harness.bench.workload import build_requests, load_tokenizer, warmup_requests
-
-
-def resolve_tokenizer_source(cfg: BenchConfig, model_path: str | None) -> str | None:
-    """Where synthetic prompts get their tokenizer: --tokenizer, the served folder, or (for an
-    external engine) a built-in or local model of the same name."""
-    if cfg.target.tokenizer:
-        return cfg.target.tokenizer
-    if model_path and Path(model_path).is_dir():
-        return model_path
-    name = cfg.engine.get("model") or cfg.engine_config().model
-    if model_path is None and name:
-        from harness.models import BUILTIN_MODELS, resolve_model
-
-        if name in BUILTIN_MODELS or Path(name).expanduser().is_dir():
-            return str(resolve_model(name).path)
-        if cfg.target.launcher_class.starts_engine and (fallback := cfg.engine_config().prompt_tokenizer):
-            return str(resolve_model(fallback).path)  # an engine without weights (synthetic)
-    return None
-
-
-def resolve_model_path(cfg: BenchConfig, engine) -> str | None:
-    """Local path of the model to serve (staged if built-in); None for an external engine, and for
-    an engine that loads no weights unless its model names one (then its tokenizer is used)."""
-    if not cfg.target.launcher_class.starts_engine:
-        return None
-    from harness.models import BUILTIN_MODELS, resolve_model
-
-    if not engine.needs_weights and engine.model not in BUILTIN_MODELS and not Path(engine.model).expanduser().exists():
-        return None
-
-    resolved = resolve_model(engine.model)
-    return str(resolved.path or resolved.gguf)
-
-
-@contextmanager
-def engine_up(cfg: BenchConfig, engine, model_path: str | None, log_path: Path | None):
-    """Bring the engine up with the config's launcher; yields (endpoint, launcher)."""
-    if not cfg.target.launcher_class.starts_engine:
-        launcher = make_launcher(cfg.target.launcher, url=cfg.target.url,
-                                 model=cfg.engine.get("served_model_name") or cfg.engine.get("model"),
-                                 api_key=engine.api_key,
-                                 startup_timeout_s=min(cfg.target.startup_timeout_s, 30))
-    else:
-        launcher = make_launcher(
-            cfg.target.launcher, engine=engine, model_path=model_path, log_path=log_path,
-            port=cfg.target.port, startup_timeout_s=cfg.target.startup_timeout_s,
-        )  # fmt: skip
-    with launcher as endpoint:
-        yield endpoint, launcher
 
 
 def run(cfg: BenchConfig, progress=None) -> RunFolder:
@@ -115,8 +64,7 @@ def resume(path: Path, progress=None) -> RunFolder:
     if stopped := stop_orphan(run_dir.path):
         summary.setdefault("notes", []).append(stopped)
     summary["points"] = [p for p in summary.get("points", []) if not p.get("partial")]
-    summary.update(status="running", resumed=[*summary.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")])
-    summary.pop("reason", None)  # the cut's: `resumed` keeps the history
+    reopen(summary)
     done = {load_key(p) for p in summary["points"]}
     prior = records_by_point(run_dir)
     todo = {point_label(k, v, r): prior.get(point_label(k, v, r), []) for k, v, r in sweep_points(cfg)
@@ -138,11 +86,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
     try:
         if not resuming or todo:
             with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
-                summary["served_model"] = endpoint.model
-                if not launcher.starts_engine:  # the engine someone runs says what it serves
-                    summary["model"] = endpoint.model
-                summary["engine_info"] = _engine_info(endpoint)
-                summary["precision"] = effective_precision(summary["engine_info"], engine)
+                describe_engine(summary, endpoint, launcher, engine)
                 if summary["engine_info"]:
                     run_dir.write_json("engine.json", summary["engine_info"])
                 encode = None  # answer text -> ids, for multi-turn conversations of token-id prompts
@@ -160,11 +104,7 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         summary["status"] = "complete"
     except KeyboardInterrupt:
         _keep_partial_point(cfg, summary, current)
-        summary["status"] = "incomplete"
-        summary["reason"] = "interrupted"
-        raise Interrupted(f"bench interrupted: {len(run_dir.records())} finished request(s) kept in "
-                          f"{run_dir.path}, marked incomplete; finish it: hyperbench bench --resume "
-                          f"{run_dir.path}") from None
+        raise interruption(summary, "bench", run_dir, f"{len(run_dir.records())} finished request(s)") from None
     except (HyperbenchError, OSError) as e:  # OSError: the machine's (a full disk, too many files)
         _keep_partial_point(cfg, summary, current)
         summary["status"] = "incomplete" if summary["points"] else "failed"
@@ -178,17 +118,6 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
         finally:
             _write_report(run_dir, cfg)
     return run_dir
-
-
-def _engine_info(endpoint) -> dict | None:
-    async def get():
-        async with EngineClient(endpoint.base_url, endpoint.model, endpoint.api_key) as c:
-            try:
-                return await c.get("/engine")
-            except Exception:  # optional route: an external engine may not have it
-                return None
-
-    return asyncio.run(get())
 
 
 def _keep_partial_point(cfg: BenchConfig, summary: dict, current: dict) -> None:

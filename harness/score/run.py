@@ -16,9 +16,9 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import HyperbenchError, Interrupted
+from harness.errors import HyperbenchError
 from harness.results import RunFolder, atomic_write_text
-from harness.run_lifecycle import close_summary, create_run, write_resolved
+from harness.run_lifecycle import close_summary, create_run, interruption, reopen, write_resolved
 from harness.score.config import ScoreConfig
 
 log = logging.getLogger("hyperbench.score")
@@ -34,7 +34,7 @@ def run(cfg: ScoreConfig) -> RunFolder:
 
         if stopped := stop_orphan(run_dir.path):  # an engine an older harness left serving
             summary.setdefault("resume_notes", []).append(stopped)
-        summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        reopen(summary)
         return _score(cfg, run_dir, summary)
     engine = cfg.engine_config()  # validates engine options before anything is written
     engine.check()
@@ -60,7 +60,7 @@ def _check_max_length(spec, prepared) -> None:
 
 
 def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = False) -> RunFolder:
-    from harness.bench.run import engine_up, resolve_model_path
+    from harness.engine_session import describe_engine, engine_up, resolve_model_path
     from harness.score.tasks import LOGLIKELIHOOD_TYPES, load, prepare, unsafe_tasks
 
     spec = cfg.score
@@ -96,14 +96,7 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
     run_dir.write_json("summary.json", summary)
     try:
         with engine_up(cfg, engine, model_path, run_dir.file("engine.log")) as (endpoint, launcher):
-            summary["served_model"] = endpoint.model
-            if not launcher.starts_engine:  # the engine someone runs says what it serves
-                summary["model"] = endpoint.model
-            from harness.bench.run import _engine_info
-            from harness.precision import effective_precision
-
-            summary["engine_info"] = _engine_info(endpoint)
-            summary["precision"] = effective_precision(summary["engine_info"], engine)
+            describe_engine(summary, endpoint, launcher, engine)
             run_dir.write_json("summary.json", summary)  # the precision, before any item runs
             lm = _make_lm(cfg, endpoint, tokenizer, run_dir)
             summary["lm"] = {"tokenizer": lm.tokenizer_source, "max_length": lm.max_length,
@@ -118,12 +111,9 @@ def _score(cfg: ScoreConfig, run_dir: RunFolder, summary: dict, fresh: bool = Fa
 
         write_results(run_dir, summary, results, prepared, lm, cfg, elapsed)
         summary["status"] = "complete"
-        summary.pop("reason", None)  # an earlier interruption's: `resumed` keeps the history
     except KeyboardInterrupt:
-        summary.update(status="incomplete", reason="interrupted")
-        done = _finished_requests(run_dir)
-        raise Interrupted(f"score interrupted: {done} finished request(s) kept; continue without "
-                          f"recomputing them: hyperbench score --resume {run_dir.path}") from None
+        raise interruption(summary, "score", run_dir, f"{_finished_requests(run_dir)} finished request(s)",
+                           "continue without recomputing them") from None
     except HyperbenchError as e:
         summary.update(status="incomplete" if run_dir.file("requests.jsonl").exists() else "failed",
                        reason=str(e))
@@ -220,7 +210,7 @@ def _make_lm(cfg: ScoreConfig, endpoint, tokenizer: tuple, run_dir: RunFolder):
 def _tokenizer(cfg: ScoreConfig, model_path: str | None):
     """(source, tokenizer) of the served model, or (None, None) where there is none to read:
     an external engine without --tokenizer, or no transformers here."""
-    from harness.bench.run import resolve_tokenizer_source
+    from harness.engine_session import resolve_tokenizer_source
 
     src = resolve_tokenizer_source(cfg, model_path)
     gguf = None

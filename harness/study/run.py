@@ -9,12 +9,11 @@ summary.json (kind "study", canonical: every cell's status and the verdict), rep
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
-from harness import envinfo
-from harness.errors import HyperbenchError, Interrupted
+from harness.errors import HyperbenchError
 from harness.results import SCHEMA_VERSION, RunFolder, read_json
+from harness.run_lifecycle import interruption, now, reopen, start_run, write_config
 from harness.study.cells import PLANNED, Cell, load_plan, plan_cells, task_kinds
 from harness.study.config import StudyConfig
 from harness.study.executor import executor
@@ -33,19 +32,16 @@ def run(cfg: StudyConfig, echo=lambda line: None) -> RunFolder:
         raise HyperbenchError("study starts each variant itself: use --launcher process, docker or apptainer")
     runner = executor(s.executor, cfg)
     model = str(cfg.engine.get("model") or variants[0].engine.get("model") or "model")
-    folder = RunFolder.create(cfg.output.results_dir, cfg.output.run_name, "study", model)
+    folder, summary = start_run(cfg.output, "study", model, "study", model=model, reference=ref,
+                                variants=s.variants, executor=s.executor)
     try:
         kinds = task_kinds(s.tasks, s.data_dir, folder.path / "tasks")
         cells = plan_cells(cfg, variants, folder.path, kinds)
     except BaseException:  # bad input before anything ran: leave no empty study folder behind
         shutil.rmtree(folder.path, ignore_errors=True)
         raise
-    folder.write_json("config.json", {**cfg.model_dump(mode="json"), "reference": ref})
-    folder.write_json("env.json", envinfo.capture())
+    write_config(folder, {**cfg.model_dump(mode="json"), "reference": ref})
     folder.write_json("plan.json", {"schema_version": SCHEMA_VERSION, "cells": [c.to_json() for c in cells]})
-    summary = {"schema_version": SCHEMA_VERSION, "kind": "study", "status": "running",
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model, "reference": ref,
-               "variants": s.variants, "executor": s.executor}
     return _execute(folder, summary, runner, echo)
 
 
@@ -54,7 +50,7 @@ def resume(path: Path, echo=lambda line: None) -> RunFolder:
     summary = folder.read_json("summary.json")
     if summary.get("kind") != "study":
         raise HyperbenchError(f"{folder.path} is not a study (kind {summary.get('kind')!r})")
-    summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    reopen(summary)
     saved = folder.read_json("config.json")
     saved.pop("reference", None)
     cfg = StudyConfig(**{k: v for k, v in saved.items() if k != "output"})
@@ -94,10 +90,10 @@ def _execute(folder: RunFolder, summary: dict, runner, echo) -> RunFolder:
     try:
         runner.run(folder.path, todo, done)
     except KeyboardInterrupt:
-        summary.update(status="incomplete", reason="interrupted", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_report(folder, summary)
-        raise Interrupted(f"study interrupted: finished cells kept in {folder.path}; run only the "
-                          f"missing ones: hyperbench study --resume {folder.path}") from None
+        cut = interruption(summary, "study", folder, "finished cells", "run only the missing ones")
+        summary["finished"] = now()
+        write_report(folder, summary)  # it writes summary.json, with the verdict of the cells kept
+        raise cut from None
     from harness.study.verdict import cell_status
 
     bad = [(c.name, *cell_status(c, folder.path)) for c in cells if c.status == PLANNED]
@@ -107,7 +103,7 @@ def _execute(folder: RunFolder, summary: dict, runner, echo) -> RunFolder:
         summary["reason"] = f"{len(bad)} cell(s) did not complete: " + ", ".join(f"{n} ({s})" for n, s, _ in bad)
     else:
         summary.pop("reason", None)
-    summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    summary["finished"] = now()
     write_report(folder, summary)
     return folder
 

@@ -34,7 +34,7 @@ class EngineSession:
         if self.endpoint is not None and overrides == self.overrides and self.alive():
             return self.endpoint
         self.close()
-        from harness.bench.run import engine_up
+        from harness.engine_session import engine_up
 
         engine = self.cfg.engine_config(**overrides)
         self._stack = contextlib.ExitStack()

@@ -11,13 +11,12 @@ items.jsonl}, engine.log, summary.json (kind "tune", canonical), report.md, plot
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from harness.errors import EngineError, HyperbenchError, Interrupted
 from harness.results import RunFolder
-from harness.run_lifecycle import close_summary, create_run, write_resolved
+from harness.run_lifecycle import close_summary, create_run, interruption, reopen, write_resolved
 from harness.tune.config import TuneConfig
 from harness.tune.objectives import METRICS, Constraint, Objective, parse_constraints, parse_objectives
 from harness.tune.space import SearchSpace, build_space, gen_kwargs
@@ -191,7 +190,7 @@ def resume(path: Path, echo: Echo = lambda s: None) -> RunFolder:
     stopped = stop_orphan(run_dir.path)
     if stopped:
         echo(stopped)
-    summary.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    reopen(summary)
     return _tune(cfg, plan, run_dir, summary, echo)
 
 
@@ -260,13 +259,12 @@ def _tune(cfg: TuneConfig, plan: dict, run_dir: RunFolder, summary: dict, echo: 
             summary["holdout"] = {"items": 0, "why": "--test-limit 0: no held-out split was asked for"}
         summary["status"] = "complete"
     except KeyboardInterrupt as e:
-        summary.update(status="incomplete", reason="interrupted")
+        done = sum(r.get("status") in ("completed", "failed") for r in store.all())
+        cut = interruption(summary, "tune", run_dir, f"{done} finished trial(s)",
+                           "continue (the cut trial from its finished requests)")
         if isinstance(e, Interrupted):  # Ctrl-C while following SLURM jobs: they go on; it says so
             raise
-        done = sum(r.get("status") in ("completed", "failed") for r in store.all())
-        raise Interrupted(f"tune interrupted: {done} finished trial(s) kept, marked incomplete; continue "
-                          f"(the cut trial from its finished requests): hyperbench tune --resume "
-                          f"{run_dir.path}") from None
+        raise cut from None
     except HyperbenchError as e:
         summary.update(status="incomplete" if store.all() else "failed", reason=str(e))
         raise
@@ -292,7 +290,7 @@ def _lm_evaluator(cfg: TuneConfig, plan: dict, run_dir: RunFolder, space: Search
     engine's log and the task files go to `work` (default: the run folder; a trial's batch job
     gives its own folder, as jobs run side by side)."""
     work = Path(work) if work is not None else run_dir.path
-    from harness.bench.run import resolve_model_path
+    from harness.engine_session import resolve_model_path
     from harness.score.run import _max_length, _tokenizer
     from harness.tune.engine import EngineSession, engine_failure
     from harness.tune.loop import TrialFailed
