@@ -140,7 +140,7 @@ def significance(entries: list) -> list[dict]:
 def significance_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    from harness.report import fmt
+    from harness.bench.report import fmt
 
     def m(x):
         return fmt(x["mean"]) + (f" ± {fmt(x['ci95'])}" if x.get("ci95") is not None else "")
