@@ -156,7 +156,14 @@ def test_killed_run_resumes_without_recomputing(hf_server, staged, tmp_path):
     assert s["tasks"]["mmlu_anatomy"]["metrics"] == c["tasks"]["mmlu_anatomy"]["metrics"]
     resumed = [json.loads(x)["resps"] for x in (tmp_path / "killed/samples/mmlu_anatomy.jsonl").open()]
     fresh = [json.loads(x)["resps"] for x in (tmp_path / "clean/samples/mmlu_anatomy.jsonl").open()]
-    assert resumed == fresh
+    # the same answers; the loglikelihoods to float rounding: the hf engine's scoring prefix cache
+    # starts a forward after the prefix it shares with the prompt scored before it, and which
+    # prompt that was differs between a resumed and an uninterrupted run (~1e-6)
+    assert len(resumed) == len(fresh)
+    for r, f in zip(resumed, fresh):
+        got, want = [x[0] for x in r], [x[0] for x in f]
+        assert [g[1] for g in got] == [w[1] for w in want]  # is-greedy flags: exact
+        assert [g[0] for g in got] == pytest.approx([w[0] for w in want], abs=1e-4)
 
 
 def test_resume_of_a_complete_run_is_refused(tmp_path):
