@@ -44,31 +44,31 @@ def write_plots(folder: RunFolder, entries: list[Entry]) -> list[str]:
 
             tick_inf(ax, finite, top)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for label, pts in series:
-        axes[0].plot(xs(pts), [p.get("output_throughput") for _, p in pts], marker="o", label=label)
-        axes[1].plot(xs(pts), [p.get("request_throughput") for _, p in pts], marker="o", label=label)
-    for ax, title in zip(axes, ("output tokens/s", "requests/s")):
+    def finish(ax, title):  # every panel: titled, load on x, grid, legend
         ax.set_title(title)
         ax.set_xlabel(kind)
         scale(ax)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_throughput.png", dpi=100)
-    plt.close(fig)
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for label, pts in series:
+        axes[0].plot(xs(pts), [p.get("output_throughput") for _, p in pts], marker="o", label=label)
+        axes[1].plot(xs(pts), [p.get("request_throughput") for _, p in pts], marker="o", label=label)
+    for ax, title in zip(axes, ("output tokens/s", "requests/s")):
+        finish(ax, title)
+    save(fig, "compare_throughput.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (key, title) in zip(axes, (("ttft_ms", "TTFT p50 (ms)"), ("tpot_ms", "TPOT p50 (ms)"),
                                        ("e2e_ms", "E2E p50 (ms)"))):
         for label, pts in series:
             ax.plot(xs(pts), [stat(p, key, "p50") for _, p in pts], marker="o", label=label)
-        ax.set_title(title)
-        ax.set_xlabel(kind)
-        scale(ax)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare_latency.png", dpi=100)
-    plt.close(fig)
+        finish(ax, title)
+    save(fig, "compare_latency.png")
     return ["compare_throughput.png", "compare_latency.png"]
