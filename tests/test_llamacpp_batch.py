@@ -171,7 +171,10 @@ def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
 
     mem = engine.lib.llama_get_memory(engine.ctx.ctx)
     a_ids, b_ids = engine.tokenize(PROMPTS[2]), engine.tokenize(PROMPTS[4])
-    gens = [engine.generate(ids, greedy(3), Result([])) for ids in (a_ids, b_ids)]
+    # A runs long enough to be still running when B comes (a request queues at its first next(),
+    # and the scheduler does not wait for the reader): were A finished, B's admission would clear
+    # A's idle sequence, which is the behaviour checked below
+    gens = [engine.generate(ids, greedy(n), Result([])) for ids, n in ((a_ids, 200), (b_ids, 3))]
     firsts = [next(gen).token.id for gen in gens]  # both running, one sequence each
     b_tokens = [firsts[1], *(s.token.id for s in gens[1])]
     list(gens[0])

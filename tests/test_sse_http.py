@@ -282,12 +282,18 @@ def test_https(tmp_path, monkeypatch):
 def test_a_server_that_refuses_continuous_usage_is_asked_without_it():
     """OpenAI-strict servers answer 400 to an option they do not know: each request sent with
     it goes again without it (concurrent ones too), and later ones are sent without it."""
+    held = []  # the 400s wait until both concurrent requests are in, so both carry the option
+
     def script(server, conn_no, req_no, transport):
         if "continuous_usage_stats" in server.bodies[-1]["stream_options"]:
+            held.append(transport)
+            if len(held) < 2:
+                return
             body = json.dumps({"error": {"message": "Unrecognized request argument supplied: "
                                                     "continuous_usage_stats"}}).encode()
-            transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body)
-                            + body)
+            for t in held:
+                t.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body)
+                        + body)
         else:
             _ok(transport)
 
