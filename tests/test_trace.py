@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 
@@ -60,8 +61,9 @@ def test_burstgpt_csv_is_read_in_seconds(tmp_path):
 
 
 def test_replay_keeps_the_trace_schedule_and_records_the_lag(synthetic):
-    # 40 requests over 0.4 s, in bursts of two at the same instant (what a trace has); the bound
-    # is loose for a 2-core machine shared by several test runs (quiet, p99 is ~1-4 ms)
+    # 40 requests over 0.4 s, in bursts of two at the same instant (what a trace has): sent within
+    # 1 ms of their times at p99 (the send timer wakes the loop to the microsecond; quiet, p99 is
+    # 0.1-0.5 ms, asyncio's own sleep alone gave 1-3 ms), best of up to 5 runs on a shared box
     at = [0.02 * (i // 2) for i in range(40)]
     reqs = [GenRequest(prompt=f"p {i}", max_tokens=3, fixed_output=True, at_s=t) for i, t in enumerate(at)]
 
@@ -69,8 +71,8 @@ def test_replay_keeps_the_trace_schedule_and_records_the_lag(synthetic):
         async with EngineClient(synthetic.base_url, synthetic.model) as c:
             return await run_point(c, reqs, kind, value, 0, lambda r: None)
 
-    best = None
-    for _ in range(3):  # a busy shared machine delays single runs; a client bias shows in every one
+    lags = []
+    for _ in range(5):  # a busy shared machine delays single runs; a client bias shows in every one
         records = asyncio.run(replay("trace", 1.0))
         assert all(r.ok and r.scheduled is not None for r in records)
         # scheduled sends are the trace's times from the first scheduled send
@@ -78,10 +80,14 @@ def test_replay_keeps_the_trace_schedule_and_records_the_lag(synthetic):
         assert np.allclose([r.scheduled - t0 for r in records], at, atol=1e-9)
         lag = summarize(records)["schedule_lag_ms"]
         assert lag["min"] >= 0  # never sent before its time
-        best = lag["p99"] if best is None else min(best, lag["p99"])
-        if best < 10.0:
+        lags.append(lag["p99"])
+        if lags[-1] < 1.0:  # (the bound below on a machine with a core free)
             break
-    assert best < 10.0, f"schedule lag p99 {best:.2f} ms at 100 req/s"  # a shared 2-core box
+    # a machine whose cores are all taken by others delays any wake-up by the scheduler's slices
+    # (3-7 ms with two busy loops on two cores): there the bound is the old loose one, and says so
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+    bound = 10.0 if busy else 1.0
+    assert min(lags) < bound, f"schedule lag p99 at 100 req/s, ms: {lags} (load {os.getloadavg()[0]:.1f})"
     # time scale 0.5: the same trace twice as fast
     fast = asyncio.run(replay("trace", 0.5))
     assert np.allclose([r.scheduled - fast[0].scheduled for r in fast], np.array(at) * 0.5, atol=1e-9)

@@ -12,6 +12,7 @@ import numpy as np
 
 from harness.adapter import EngineClient, GenRequest, RequestRecord
 from harness.bench.conversation import run_conversations
+from harness.bench.send_timer import SendTimer
 
 
 async def run_point(
@@ -89,23 +90,22 @@ async def run_point(
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())
 
-        for (i, req), offset in zip(enumerate(requests), offsets):
-            if failed or write_failed:
-                break  # a request or its record failed past recovery: send no more of the point
-            due = t0 + offset
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        with SendTimer() as timer:  # wakes at each send time to the microsecond, not the ms
+            for (i, req), offset in zip(enumerate(requests), offsets):
+                if failed or write_failed:
+                    break  # a request or its record failed past recovery: send no more of the point
+                due = t0 + offset
+                await timer.until(due)
 
-            async def limited(i=i, req=req, due=due):
-                if sem is None:
-                    return await one(i, req, due)
-                async with sem:
-                    return await one(i, req, due)
+                async def limited(i=i, req=req, due=due):
+                    if sem is None:
+                        return await one(i, req, due)
+                    async with sem:
+                        return await one(i, req, due)
 
-            task = asyncio.create_task(limited())
-            pending.add(task)
-            task.add_done_callback(finished)
+                task = asyncio.create_task(limited())
+                pending.add(task)
+                task.add_done_callback(finished)
         await asyncio.gather(*pending)
         if failed:
             raise failed[0]
