@@ -43,6 +43,7 @@ SECONDS = 2.0  # a rate point sends rate x SECONDS requests (at most MAX_REQUEST
 MAX_REQUESTS = 3000  # under the engine's trace of 4096 arrivals
 RATE_TOKENS = 4
 TTFT_MS, ITL_MS, TTFT_TOKENS = 100.0, 20.0, 16
+SETTLE_S = 2.0
 TTFT_POINTS = [(1, 10), (256, 256)]  # streams, requests
 
 
@@ -105,7 +106,10 @@ def rates_arg(text: str) -> list[float]:
 
 
 def point(row: dict, name: str, measure) -> None:
-    """One client's share of a point; a point that broke (the engine overrun) is said, not fatal."""
+    """One client's share of a point; a point that broke (the engine overrun) is said, not fatal.
+    Each starts on a settled machine: a peer's helper processes (AIPerf's services, GuideLLM's
+    workers) may still be exiting when its CLI returns, and would fall on the next client's point."""
+    time.sleep(SETTLE_S)
     try:
         row[name] = measure()
     except Exception as e:
