@@ -48,3 +48,30 @@ def test_a_time_passed_returns_at_once():
             return time.perf_counter() - t
 
     assert asyncio.run(go()) < 0.01
+
+
+def test_many_waiters_each_wake_at_their_own_time_in_order():
+    """Conversations wait out their think times on one timer: 40 waiters at shuffled times (ties
+    too), one cancelled, each woken at or after its time, in time order."""
+
+    async def go():
+        with send_timer.SendTimer() as timer:
+            t0 = time.perf_counter() + 0.02
+            dues = [t0 + 0.001 * (i // 2) for i in range(40)]
+            order = np.random.default_rng(0).permutation(40)
+            woke: list[tuple[int, float]] = []
+
+            async def wait(i):
+                await timer.until(dues[i])
+                woke.append((i, time.perf_counter()))
+
+            tasks = {i: asyncio.create_task(wait(i)) for i in order}
+            await asyncio.sleep(0)
+            tasks[order[0]].cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            return dues, order[0], woke
+
+    dues, cancelled, woke = asyncio.run(go())
+    assert sorted(i for i, _ in woke) == sorted(set(range(40)) - {cancelled})
+    assert all(t >= dues[i] for i, t in woke)
+    assert [dues[i] for i, _ in woke] == sorted(dues[i] for i, _ in woke)

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from harness.adapter import GenRequest, RequestRecord
+from harness.bench.send_timer import SendTimer
 from harness.errors import HyperbenchError
 
 Send = Callable[[int, GenRequest, "float | None"], Awaitable[RequestRecord]]
@@ -85,8 +86,7 @@ async def run_conversations(send: Send, requests: list[GenRequest], kind: str, v
         for i in idx:
             if recs:  # the next turn: after the answer, plus the think time
                 due = (recs[-1].end or time.perf_counter()) + think_s
-                if (delay := due - time.perf_counter()) > 0:
-                    await asyncio.sleep(delay)
+                await timer.until(due)
             wire = turn_request(requests[i], answers, encode)
             if sem is None:
                 rec = await send(i, wire, due)
@@ -101,26 +101,26 @@ async def run_conversations(send: Send, requests: list[GenRequest], kind: str, v
             answers.append(rec.text)  # a failed turn's (empty or cut) answer: the conversation goes on
         return recs
 
-    if kind == "concurrency":
-        queue = order[::-1]
+    with SendTimer() as timer:  # think times and conversation starts, to the microsecond
+        if kind == "concurrency":
+            queue = order[::-1]
 
-        async def stream() -> None:
-            last_end = None
-            while queue:
-                recs = await converse(queue.pop(), None, last_end)
-                last_end = recs[-1].end
+            async def stream() -> None:
+                last_end = None
+                while queue:
+                    recs = await converse(queue.pop(), None, last_end)
+                    last_end = recs[-1].end
 
-        await asyncio.gather(*(stream() for _ in range(int(value))))
-        return
-    # open loop: conversations start on the Poisson schedule, each then runs on its own
-    offsets = np.cumsum(poisson_gaps(len(order), value, seed))
-    t0 = time.perf_counter()
-    tasks = []
-    for idx, offset in zip(order, offsets):
-        due = t0 + float(offset)
-        if (delay := due - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(converse(idx, due)))
-        if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
-            break  # a turn or its record failed past recovery: start no more conversations
-    await asyncio.gather(*tasks)
+            await asyncio.gather(*(stream() for _ in range(int(value))))
+            return
+        # open loop: conversations start on the Poisson schedule, each then runs on its own
+        offsets = np.cumsum(poisson_gaps(len(order), value, seed))
+        t0 = time.perf_counter()
+        tasks = []
+        for idx, offset in zip(order, offsets):
+            due = t0 + float(offset)
+            await timer.until(due)
+            tasks.append(asyncio.create_task(converse(idx, due)))
+            if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+                break  # a turn or its record failed past recovery: start no more conversations
+        await asyncio.gather(*tasks)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import heapq
+import itertools
+import math
 import os
 import sys
 import time
@@ -44,13 +47,14 @@ def _libc():
 
 
 class SendTimer:
-    """`await timer.until(t)`: return at perf_counter time `t` (at once if it has passed).
-    One waiter at a time (the schedule's sender); use it as a context manager in the loop
-    that awaits it."""
+    """`await timer.until(t)`: return at perf_counter time `t` (at once if it has passed). Any
+    number of waiters (the schedule's sender, conversations' think times): one timerfd, armed for
+    the earliest. Use it as a context manager inside the loop that awaits it."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._waiter: asyncio.Future | None = None
+        self._waiting: list[tuple[float, int, asyncio.Future]] = []  # a heap by due time
+        self._order = itertools.count()  # ties: first come, first woken
         self._fd = -1
         libc = _libc()
         if libc is not None:
@@ -79,21 +83,31 @@ class SendTimer:
         if self._fd < 0:
             await asyncio.sleep(delay)
             return
-        sec = int(due)
-        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, int((due - sec) * 1e9)))
-        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
-            await asyncio.sleep(delay)  # (EINVAL cannot happen for a valid time; be safe anyway)
-            return
-        self._waiter = self._loop.create_future()
+        waiter = self._loop.create_future()
+        heapq.heappush(self._waiting, (due, next(self._order), waiter))
+        if self._waiting[0][2] is waiter:
+            self._arm(due)
         try:
-            await self._waiter
+            await waiter
         finally:
-            self._waiter = None
+            waiter.cancel()  # (a no-op once woken) a cancelled waiter is skipped when its time comes
+
+    def _arm(self, due: float) -> None:
+        sec = int(due)
+        nsec = min(math.ceil((due - sec) * 1e9), 999_999_999)  # rounded up: never before `due`
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, nsec))
+        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime")
 
     def _fired(self) -> None:
         try:
             os.read(self._fd, 8)  # the expiry count; reading it clears readability
         except BlockingIOError:
             return
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        now = time.perf_counter()
+        while self._waiting and (self._waiting[0][0] <= now or self._waiting[0][2].done()):
+            waiter = heapq.heappop(self._waiting)[2]
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._waiting:
+            self._arm(self._waiting[0][0])
