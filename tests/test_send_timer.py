@@ -31,7 +31,7 @@ def test_wakes_at_the_send_time_never_before():
     assert precise
     assert late.min() >= 0
     if os.getloadavg()[0] <= (os.cpu_count() or 1):  # a core free: the scheduler wakes us at once
-        assert np.median(late) < 0.3, late  # asyncio.sleep: 0-1 ms from its rounding alone
+        assert np.median(late) < 0.4, late  # here 0.09-0.2 ms; asyncio.sleep: 0-1 ms from its rounding alone
 
 
 def test_without_a_timerfd_it_is_asyncios_sleep(monkeypatch):
