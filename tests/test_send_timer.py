@@ -75,3 +75,17 @@ def test_many_waiters_each_wake_at_their_own_time_in_order():
     assert sorted(i for i, _ in woke) == sorted(set(range(40)) - {cancelled})
     assert all(t >= dues[i] for i, t in woke)
     assert [dues[i] for i, _ in woke] == sorted(dues[i] for i, _ in woke)
+
+
+def test_waiters_left_when_the_block_ends_are_cancelled_not_left_hanging():
+    async def go():
+        with send_timer.SendTimer() as timer:
+            task = asyncio.create_task(timer.until(time.perf_counter() + 60))
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(task, 5)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "woke"
+
+    assert asyncio.run(go()) == "cancelled"

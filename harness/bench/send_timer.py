@@ -71,6 +71,11 @@ class SendTimer:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
+        # waiters left when the block ends (a point that failed mid-way, its other conversations
+        # still thinking) would never wake: they are cancelled, so they send nothing more
+        for _, _, waiter in self._waiting:
+            waiter.cancel()
+        self._waiting.clear()
 
     @property
     def precise(self) -> bool:
