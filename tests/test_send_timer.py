@@ -1,10 +1,9 @@
-"""The open-loop send timer (harness/bench/send_timer.py): never early, and on Linux to a fraction
-of the millisecond asyncio's own sleep rounds its timeouts up to."""
+"""The open-loop send timer (harness/bench/send_timer.py): never early, on a timerfd where Linux
+has one, any number of waiters woken in time order, none left hanging."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 
@@ -28,10 +27,8 @@ async def _lateness_ms(n: int = 60, gap_s: float = 0.002) -> tuple[bool, np.ndar
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
 def test_wakes_at_the_send_time_never_before():
     precise, late = asyncio.run(_lateness_ms())
-    assert precise
-    assert late.min() >= 0
-    if os.getloadavg()[0] <= (os.cpu_count() or 1):  # a core free: the scheduler wakes us at once
-        assert np.median(late) < 0.4, late  # here 0.09-0.2 ms; asyncio.sleep: 0-1 ms from its rounding alone
+    assert precise  # the timerfd, not asyncio's ms-rounded sleep (how precise: test_trace's 1 ms
+    assert late.min() >= 0  # replay check and benchmarks/client_ceiling.py)
 
 
 def test_without_a_timerfd_it_is_asyncios_sleep(monkeypatch):

@@ -10,14 +10,14 @@ from harness.results import RunFolder
 COLUMNS = (
     ("req/s", lambda p: p.get("request_throughput")),
     ("out tok/s", lambda p: p.get("output_throughput")),
-    ("TTFT p50", lambda p: _d(p, "ttft_ms", "p50")),
-    ("TTFT p99", lambda p: _d(p, "ttft_ms", "p99")),
-    ("TPOT p50", lambda p: _d(p, "tpot_ms", "p50")),
-    ("TPOT p99", lambda p: _d(p, "tpot_ms", "p99")),
-    ("ITL/chunk p50", lambda p: _d(p, "itl_ms", "p50")),
-    ("ITL/token p50", lambda p: _d(p, "itl_token_ms", "p50")),
-    ("E2E p50", lambda p: _d(p, "e2e_ms", "p50")),
-    ("E2E p99", lambda p: _d(p, "e2e_ms", "p99")),
+    ("TTFT p50", lambda p: stat(p, "ttft_ms", "p50")),
+    ("TTFT p99", lambda p: stat(p, "ttft_ms", "p99")),
+    ("TPOT p50", lambda p: stat(p, "tpot_ms", "p50")),
+    ("TPOT p99", lambda p: stat(p, "tpot_ms", "p99")),
+    ("ITL/chunk p50", lambda p: stat(p, "itl_ms", "p50")),
+    ("ITL/token p50", lambda p: stat(p, "itl_token_ms", "p50")),
+    ("E2E p50", lambda p: stat(p, "e2e_ms", "p50")),
+    ("E2E p99", lambda p: stat(p, "e2e_ms", "p99")),
 )
 
 
@@ -66,9 +66,10 @@ def spec_baseline_note(summary: dict) -> str | None:
     return f"speedup not measured: baseline {sb.get('status')}" + (f" ({sb['reason']})" if sb.get("reason") else "")
 
 
-def _d(point: dict, key: str, stat: str):
+def stat(point: dict, key: str, name: str):
+    """A point's statistic (`ttft_ms`, `p50`), None where the point has none (a failed point)."""
     d = point.get(key)
-    return d.get(stat) if d else None
+    return d.get(name) if isinstance(d, dict) else None
 
 
 def point_label(p: dict) -> str:
@@ -283,8 +284,8 @@ def spec_section(s: dict, points: list[dict]) -> list[str]:
             f"{', '.join(f'{v:.2f}' for v in by_pos) if by_pos else '-'} | "
             f"{fmt(p.get('output_throughput'))} / {fmt(base.get('output_throughput'))} | "
             f"{_x(up.get('output_throughput')) or '-'} | "
-            f"{fmt(_d(p, 'tpot_ms', 'p50'))} / {fmt(base.get('tpot_p50_ms'))} | {_x(up.get('tpot_p50')) or '-'} | "
-            f"{fmt(_d(p, 'e2e_ms', 'p50'))} / {fmt(base.get('e2e_p50_ms'))} | {_x(up.get('e2e_p50')) or '-'} |"
+            f"{fmt(stat(p, 'tpot_ms', 'p50'))} / {fmt(base.get('tpot_p50_ms'))} | {_x(up.get('tpot_p50')) or '-'} | "
+            f"{fmt(stat(p, 'e2e_ms', 'p50'))} / {fmt(base.get('e2e_p50_ms'))} | {_x(up.get('e2e_p50')) or '-'} |"
         )
     return out
 
@@ -309,33 +310,33 @@ def write_plots(run: RunFolder, points: list[dict]) -> list[str]:
     out_dir = run.path / "plots"
     out_dir.mkdir(exist_ok=True)
     made = []
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, title in zip(axes, ("ttft_ms", "tpot_ms", "e2e_ms"), ("TTFT", "TPOT", "E2E")):
-        for stat in ("p50", "p90", "p99"):
-            ax.plot(xs, [_d(p, key, stat) for p in ok], marker="o", label=stat)
-        ax.set_title(f"{title} (ms)")
+
+    def finish(ax):  # every panel: load on x (inf ticked), legend, grid
         ax.set_xlabel(kind)
         if has_inf:
             tick_inf(ax, finite, top)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "latency.png", dpi=100)
-    plt.close(fig)
-    made.append("latency.png")
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        made.append(name)
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in zip(axes, ("ttft_ms", "tpot_ms", "e2e_ms"), ("TTFT", "TPOT", "E2E")):
+        for q in ("p50", "p90", "p99"):
+            ax.plot(xs, [stat(p, key, q) for p in ok], marker="o", label=q)
+        ax.set_title(f"{title} (ms)")
+        finish(ax)
+    save(fig, "latency.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [p.get("output_throughput") for p in ok], marker="o", label="output tok/s")
     ax.plot(xs, [p.get("total_token_throughput") for p in ok], marker="s", label="total tok/s")
-    ax.set_xlabel(kind)
-    if has_inf:
-        tick_inf(ax, finite, top)
     ax.set_ylabel("tokens/s")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "throughput.png", dpi=100)
-    plt.close(fig)
-    made.append("throughput.png")
+    finish(ax)
+    save(fig, "throughput.png")
     return made + server_plots(run, out_dir)
 
 

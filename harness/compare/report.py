@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.bench.report import stat  # (compare.plots reads it from here too)
 from harness.config import Workload
 
 if TYPE_CHECKING:
@@ -109,11 +110,6 @@ def _accuracy(bench: list[Entry], score: list[Entry]) -> list[str]:
         rows.append("\n(no accuracy numbers found in these score runs' summary.json: see "
                     "`harness.compare.run.score_metrics`)")
     return rows
-
-
-def stat(point: dict, key: str, stat: str):
-    d = point.get(key)
-    return d.get(stat) if isinstance(d, dict) else None
 
 
 def load_of(point: dict) -> tuple[str, float] | None:
