@@ -17,6 +17,8 @@
 #   benchmarks/gpu/run.sh vllm               # vLLM 0.26 (stage_vllm.sh installs it): bf16 sweeps, Poisson rates,
 #                                            # FP8, INT8 W8A8 / AWQ (dummy weights), n-gram and draft speculation
 #   benchmarks/gpu/run.sh clients            # one vLLM server, `vllm bench serve` vs `hyperbench bench --url`
+#   benchmarks/gpu/run.sh spec-models        # speculation target + draft (target = the model too, if none yet)
+#   benchmarks/gpu/run.sh llamacpp-build CARRY # one CUDA build: llama-cpp-python's libraries + llama-server
 #   benchmarks/gpu/run.sh ggufs              # the compare stage's GGUFs, into the engine's cache, ahead of time
 #   benchmarks/gpu/run.sh compare            # `hyperbench compare --engines hf,vllm,vllm:fp8,llamacpp:...` (one report)
 #   benchmarks/gpu/run.sh bandwidth          # only measure the copy bandwidth (setup does it too)
@@ -40,6 +42,9 @@ RESULTS="$GPU_DIR/results"
 WORK=(--input-len 128 --output-len 128 --temperature 0 --warmup 1 --results-dir "$RESULTS" --no-plots)
 
 log() { echo "[gpu $(date +%T)] $*"; }
+# llama-server from the llamacpp-build stage (the llama-server engine kind runs it)
+[[ -x "$GPU_DIR/llama-build/bin/llama-server" ]] && export HYPERBENCH_LLAMA_SERVER="$GPU_DIR/llama-build/bin/llama-server"
+
 
 bandwidth() {  # device-to-device copy rate (read + write bytes / s), capped at the spec value
   "$PY" - <<'EOF'
@@ -97,6 +102,11 @@ vllm_env() {  # the vLLM that stage_vllm.sh put in $SITE; no flashinfer carried:
   export HYPERBENCH_VLLM_PYTHON=$(command -v "$PY") VLLM_USE_FLASHINFER_SAMPLER=0
   [[ -f "$GPU_DIR/bandwidth_gbs" ]] || bandwidth > "$GPU_DIR/bandwidth_gbs"
   export HYPERBENCH_GPU_BANDWIDTH_GBS=$(cat "$GPU_DIR/bandwidth_gbs")
+}
+
+wait_for() {  # wait_for FILE SECONDS: a file another stage (in the background) writes last
+  local i; for ((i = 0; i < $2; i += 5)); do [[ -e "$1" ]] && return 0; sleep 5; done
+  log "gave up waiting for $1"; return 1
 }
 
 config_only() {  # config_only OUT [make_dummy args]: a config + tokenizer folder (vLLM --load-format dummy)
@@ -288,11 +298,13 @@ vllm)
   vllm_env
   CFG="$MODEL-config"; config_only "$CFG"
   V=(--engine vllm --model "$CFG" --load-format dummy --dtype bfloat16)
-  bench vllm-bf16-c1 "${V[@]}" --concurrency 1 --num-requests 16
-  bench vllm-bf16-c8-64 "${V[@]}" --concurrency 8,32,64 --num-requests 256
-  bench vllm-bf16-rate "${V[@]}" --rate 4,16,64,inf --num-requests 128
-  bench vllm-fp8-c1 "${V[@]}" --quant fp8 --concurrency 1 --num-requests 16
-  bench vllm-fp8-c8-64 "${V[@]}" --quant fp8 --concurrency 8,32,64 --num-requests 256
+  if [[ "${VLLM_SWEEPS:-1}" != 0 ]]; then  # VLLM_SWEEPS=0: only the checkpoint quantizations and speculation
+    bench vllm-bf16-c1 "${V[@]}" --concurrency 1 --num-requests 16
+    bench vllm-bf16-c8-64 "${V[@]}" --concurrency 8,32,64 --num-requests 256
+    bench vllm-bf16-rate "${V[@]}" --rate 4,16,64,inf --num-requests 128
+    bench vllm-fp8-c1 "${V[@]}" --quant fp8 --concurrency 1 --num-requests 16
+    bench vllm-fp8-c8-64 "${V[@]}" --quant fp8 --concurrency 8,32,64 --num-requests 256
+  fi
   for q in ${VLLM_CHECKPOINT_QUANTS-int8 awq}; do
     [[ -f "$CFG-$q/config.json" ]] || { config_only "$CFG-$q"; quant_config "$CFG-$q" "$q"; }
     bench "vllm-$q-c1-32" --engine vllm --model "$CFG-$q" --load-format dummy --dtype bfloat16 --quant "$q" \
@@ -302,7 +314,7 @@ vllm)
     # n-gram: prompts of random ids have no repeats to look up; what it costs when nothing matches
     bench vllm-ngram-c1 "${V[@]}" --speculative ngram --num-speculative-tokens 4 --concurrency 1 --num-requests 16
     # a draft that agrees with its target (make_dummy --identity-after: real weight files, both)
-    L=${SPEC_LAYERS:-2}; spec_models "$L"
+    L=${SPEC_LAYERS:-2}; wait_for "$MODEL-draft$L/DUMMY_WEIGHTS.json" 300; spec_models "$L"
     bench vllm-nospec-real-c1 --engine vllm --model "$MODEL-spec$L" --dtype bfloat16 --concurrency 1 --num-requests 16
     bench vllm-draft-k4-c1 --engine vllm --model "$MODEL-spec$L" --dtype bfloat16 --speculative "draft:$MODEL-draft$L" \
       --num-speculative-tokens 4 --concurrency 1 --num-requests 16 --no-spec-baseline
@@ -318,6 +330,40 @@ clients)  # the same vLLM server measured by both clients, with the tiny and wit
     "$PY" benchmarks/gpu/two_clients.py --model "$MODEL-smoltok" --load-format dummy --rounds "${ROUNDS:-2}" \
       --work "$RESULTS/clients-smoltok" --out "${OUT:-$GPU_DIR}/clients-smoltok.json"
   fi
+  ;;
+spec-models)  # the speculation target and its draft; the target is also $MODEL when there is none (the
+  # compare checkpoint: the same shape, bytes and cost as the plain dummy; one 13.5 GB folder, not two)
+  L=${SPEC_LAYERS:-2}
+  spec_models "$L"
+  [[ -e "$MODEL" ]] || ln -s "$(basename "$MODEL")-spec$L" "$MODEL"
+  ;;
+llamacpp-build)  # ONE CUDA build of the vendored llama.cpp: the Python package's libraries and llama-server
+  # (the `setup` wheel and scripts/build_llama_server.sh compile the same ggml-cuda twice, ~7 min
+  # each on 16 cores; here once). Started in the background while other stages run, it writes
+  # $GPU_DIR/llamacpp-build.done. GPU_CMAKE="" builds the same for a CPU (how it is checked off the GPU).
+  CARRY=${2:?llamacpp-build needs the folder holding the llama-cpp-python source tarball}
+  V=0.3.36; SRC="$GPU_DIR/src/llama_cpp_python-$V"; B="$GPU_DIR/llama-build"
+  rm -f "$GPU_DIR/llamacpp-build.done"
+  mkdir -p "$SITE" "$GPU_DIR/src" "$HYPERBENCH_CACHE/wheels"
+  cp "$CARRY/llama_cpp_python-$V.tar.gz" "$HYPERBENCH_CACHE/wheels/"  # the GGUF converter (backends/llamacpp/gguf.py)
+  [[ -d "$SRC" ]] || tar -C "$GPU_DIR/src" -xzf "$CARRY/llama_cpp_python-$V.tar.gz"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/*.whl
+  t=$SECONDS
+  # llama-cpp-python's own CMake project (its options: shared libraries, common), with llama.cpp's tools
+  # (the server; mtmd comes from there, so not from llama-cpp-python a second time: LLAVA_BUILD=OFF)
+  # shellcheck disable=SC2086  # GPU_CMAKE is a list of flags
+  cmake -S "$SRC" -B "$B" -DCMAKE_BUILD_TYPE=Release ${GPU_CMAKE--DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}} \
+    -DGGML_NATIVE=off -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF > "$GPU_DIR/llamacpp-build.log" 2>&1 \
+    || { tail -30 "$GPU_DIR/llamacpp-build.log"; log "llama.cpp configure FAILED"; exit 1; }
+  cmake --build "$B" --target llama mtmd llama-server -j "${JOBS:-$(nproc)}" >> "$GPU_DIR/llamacpp-build.log" 2>&1 \
+    || { tail -30 "$GPU_DIR/llamacpp-build.log"; log "llama.cpp build FAILED"; exit 1; }
+  rm -rf "$SITE/llama_cpp" && cp -r "$SRC/llama_cpp" "$SITE/llama_cpp" && mkdir -p "$SITE/llama_cpp/lib"
+  find "$B" -name 'lib*.so*' \( -type f -o -type l \) -exec cp -a {} "$SITE/llama_cpp/lib/" \;
+  log "llama.cpp (CUDA) built in $((SECONDS - t)) s: $(ls "$SITE/llama_cpp/lib" | tr '\n' ' ')"
+  "$PY" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())"
+  "$B/bin/llama-server" --version 2>&1 | tail -2
+  touch "$GPU_DIR/llamacpp-build.done"
   ;;
 ggufs)  # the compare stage's GGUFs made ahead, into the engine's own cache (what compare looks up)
   until [[ -f "$MODEL/DUMMY_WEIGHTS.json" ]]; do sleep 5; done  # make_dummy may still be writing it
