@@ -144,19 +144,18 @@ class StaticDecoder:
         return cls(model, max_batch=max_batch, max_cols=cols, capture=capture, max_width=max_width), None
 
     def _compile(self) -> None:
-        """Fuse the small elementwise ops of a layer (norms, rotary, SiLU-and-multiply) with
-        torch.compile: each is a handful of kernels that take longer to run one after another
-        than the matrix products around them at batch 1. Compiled here at start-up for every
-        specialization a step can hit (torch.compile specializes dimensions of size 1: a batch of
-        1 or 2+ rows, times 1 or 2+ tokens a row when speculating), so no request waits for the
-        compiler (it took 7.5 s, mid-run, on the H100); without a working compiler (no triton),
-        they stay eager."""
+        """Fuse the small elementwise ops of a layer (norms with the residual adds before them,
+        rotary, SiLU-and-multiply) with torch.compile: each is a handful of kernels that take
+        longer to run one after another than the matrix products around them at batch 1. Compiled
+        here at start-up for every specialization a step can hit (torch.compile specializes
+        dimensions of size 1: a batch of 1 or 2+ rows, times 1 or 2+ tokens a row when
+        speculating), so no request waits for the compiler (it took 7.5 s, mid-run, on the H100);
+        without a working compiler (no triton), they stay eager."""
         import time
 
         t = time.perf_counter()
         try:
-            fns = {n: torch.compile(f, dynamic=True, backend=self.compile_backend)
-                   for n, f in (("rms", _rms), ("rope", _rope), ("glu", _glu))}  # fmt: skip
+            fns = {n: torch.compile(f, dynamic=True, backend=self.compile_backend) for n, f in _ELEMENTWISE.items()}
             widths = (1, 2) if self.max_width > 1 else (1,)
             # one cache per function, shared by every decoder in the process (a draft's shapes
             # add their own): room for them all, not torch's default of 8
@@ -271,17 +270,25 @@ class StaticDecoder:
 
     def _forward(self, nb: int, nc: int, w: int) -> torch.Tensor:
         inner = self.model.model
-        rms, rope, glu = (self.compiled[n] for n in ("rms", "rope", "glu")) if self.compiled else (_rms, _rope, _glu)
+        fns = self.compiled or _ELEMENTWISE
+        rms, add_rms, rope, glu = (fns[n] for n in ("rms", "add_rms", "rope", "glu"))
         ids, pos, col = self.ids[:nb, :w], self.pos[:nb, :w], self.cols[:w]
-        mask = self.mask[:nb, None, :w, :nc]
+        # SDPA turns a bool mask into an additive one in every call (kernels in every layer):
+        # turned once a step here (0 or -inf, in the query's dtype: the buffer's), from the static
+        # mask, so a replay reads this step's
+        keep = self.mask[:nb, None, :w, :nc]
+        mask = torch.full(keep.shape, float("-inf"), dtype=self.dtype, device=self.device).masked_fill_(keep, 0.0)
         h = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # [nb, 1, w, head_dim]
         hd, nq, nkv = self.head_dim, self.q_out, self.kv_out
-        for layer, kbuf, vbuf, qkv_w, gu_w in zip(self.layers, self.k, self.v, self.qkv, self.gate_up):
+        # each residual add goes with the norm that reads its sum (one kernel when compiled); after
+        # a layer's MLP that is the next layer's input norm, after the last layer's the final one
+        first = self.layers[0].input_layernorm
+        x = rms(h, first.weight, first.variance_epsilon)
+        norms = [layer.input_layernorm for layer in self.layers[1:]] + [inner.norm]
+        for layer, kbuf, vbuf, qkv_w, gu_w, norm in zip(self.layers, self.k, self.v, self.qkv, self.gate_up, norms):
             attn = layer.self_attn
-            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-            x = rms(h, ln1.weight, ln1.variance_epsilon)
             if qkv_w is not None:
                 qkv = F.linear(x, *qkv_w)
                 q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
@@ -295,16 +302,15 @@ class StaticDecoder:
             vbuf[:nb].index_copy_(2, col, v)
             o = F.scaled_dot_product_attention(q, kbuf[:nb, :, :nc], vbuf[:nb, :, :nc], attn_mask=mask,
                                                scale=attn.scaling, enable_gqa=self.gqa)  # fmt: skip
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(nb, w, -1))
-            x = rms(h, ln2.weight, ln2.variance_epsilon)
+            ln2 = layer.post_attention_layernorm
+            h, x = add_rms(h, attn.o_proj(o.transpose(1, 2).reshape(nb, w, -1)), ln2.weight, ln2.variance_epsilon)
             if gu_w is not None:
                 gu = glu(F.linear(x, *gu_w), self.inter, self.act)
             else:
                 gu = self.act(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x)
-            h = h + layer.mlp.down_proj(gu)
-        norm = inner.norm
+            h, x = add_rms(h, layer.mlp.down_proj(gu), norm.weight, norm.variance_epsilon)
         out = self.out.view(-1)[: nb * w * self.out.shape[-1]].view(nb, w, -1)  # contiguous
-        out.copy_(self.model.lm_head(rms(h, norm.weight, norm.variance_epsilon)))
+        out.copy_(self.model.lm_head(x))
         return out  # [nb, w, vocab]
 
 
@@ -347,6 +353,12 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
+def _add_rms(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The residual add and the norm that reads its sum: (h + delta, `_rms` of it)."""
+    h = h + delta
+    return h, _rms(h, weight, eps)
+
+
 def _rope(q, k, cos, sin):
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
@@ -358,3 +370,7 @@ def _glu(gu: torch.Tensor, inter: int, act) -> torch.Tensor:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# what `_compile` fuses, each into one kernel, and what runs without it
+_ELEMENTWISE = {"rms": _rms, "add_rms": _add_rms, "rope": _rope, "glu": _glu}
