@@ -390,7 +390,7 @@ compare)  # the command a user types: every engine on one GPU, in turn, one repo
     rm -rf "${RESULTS:?}/$name"
     "$PY" -m harness.cli compare --engines "${ENGINES:-hf,vllm,vllm:fp8,llamacpp:q8_0,llamacpp:q4_k_m}" \
       --model "$MODEL" --run-name "$name" "${WORK[@]}" --dtype bfloat16 --n-gpu-layers -1 --flash-attn \
-      --concurrency "${COMPARE_CONCURRENCY:-1,8,32}" --num-requests "${COMPARE_REQUESTS:-64}" || log "$name FAILED (rc $?)"
+      --concurrency "${COMPARE_CONCURRENCY:-1,8,32}" --num-requests "${COMPARE_REQUESTS:-64}" ${COMPARE_ARGS:-} || log "$name FAILED (rc $?)"
   fi
   [[ -n "${OUT:-}" ]] && cp "$RESULTS/$name/report.md" "$OUT/compare-report.md" 2>/dev/null || true
   ;;
