@@ -49,6 +49,9 @@ def test_command_maps_the_llamacpp_settings(tiny_model):
     assert pairs["-np"] == "4" and pairs["-c"] == "4096" and pairs["-b"] == "256" and pairs["-t"] == "2"
     assert pairs["-fa"] == "on" and pairs["-ctk"] == pairs["-ctv"] == "q8_0" and pairs["--alias"] == "tiny"
     assert "--kv-unified" in cmd and cmd[cmd.index("-m") + 1].endswith("f32.gguf")
+    assert "--cache-idle-slots" in cmd  # llama-server's default, spelled out
+    off = LlamaServerConfig(model=str(tiny_model), quant="f32", cache_idle_slots=False)
+    assert "--no-cache-idle-slots" in off.server_command("127.0.0.1", 9, str(tiny_model))
     assert cfg.capabilities().prompt_logprobs is False
     with pytest.raises(HyperbenchError, match="n_ctx=64 is too small for parallel=8"):
         LlamaServerConfig(parallel=8, n_ctx=64).check_parallel(None)

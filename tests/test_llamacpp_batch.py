@@ -197,6 +197,32 @@ def test_idle_sequences_leave_the_kv_cache_when_a_request_is_admitted(engine):
     a.close()
 
 
+def test_no_cache_idle_slots_leaves_idle_cells_in_place(tiny_model):
+    """--no-cache-idle-slots (llama-server's switch): an idle sequence keeps its cells when
+    another request is admitted, nothing goes through host RAM, and a request with the same
+    prompt later still reuses them."""
+    from backends.llamacpp.engine import Engine, Result
+
+    gguf = ensure_gguf(tiny_model, "f32")
+    engine = Engine(str(gguf), n_ctx=2 * 1024, n_batch=64, n_gpu_layers=0, n_threads=None, flash_attn=False,
+                    kv_cache_type="f32", parallel=2, cache_idle_slots=False)  # fmt: skip
+    mem = engine.lib.llama_get_memory(engine.ctx.ctx)
+    a_ids, b_ids = engine.tokenize(PROMPTS[2]), engine.tokenize(PROMPTS[4])
+    b_tokens = [s.token.id for s in engine.generate(b_ids, greedy(3), Result([]))]
+    (b_seq,) = [seq for seq in (0, 1) if engine.batcher.cached[seq][: len(b_ids)] == b_ids]
+    a = engine.generate(a_ids, greedy(900), Result([]))
+    next(a)
+    (a_seq,) = [slot.seq for slot in engine.batcher.running]
+    assert a_seq != b_seq  # A took the empty sequence, B's stays idle...
+    assert engine.batcher.cached[b_seq][: len(b_ids)] == b_ids  # ...with its cells in the KV cache
+    assert engine.lib.llama_memory_seq_pos_max(mem, b_seq) >= len(b_ids) - 1
+    assert not engine.batcher.ram.entries
+    assert engine.batcher.cached[b_seq][: len(b_ids)] == b_ids
+    a.close()
+    again = [s.token.id for s in engine.generate(b_ids, greedy(3), Result([]))]
+    assert again == b_tokens
+
+
 def test_prompt_longer_than_a_sequences_share(batched):
     r = httpx.post(f"{batched.base_url}/completions", timeout=30,
                    json={"prompt": list(range(5, 5 + 250)), "max_tokens": 10})  # fmt: skip

@@ -88,6 +88,7 @@ class LlamaServerConfig(LlamaCppConfig):
             # vLLM's sampling defaults: every filter off unless a request asks
             "--temp", "1.0", "--top-k", "0", "--top-p", "1.0", "--min-p", "0.0", "--repeat-penalty", "1.0",
             "--no-webui", "--metrics", "--no-warmup",
+            "--cache-idle-slots" if self.cache_idle_slots else "--no-cache-idle-slots",
         ]  # fmt: skip
         if self.n_threads is not None:
             args += ["-t", str(self.n_threads), "-tb", str(self.n_threads)]

@@ -89,7 +89,8 @@ def load(args):
         engine = Engine(str(gguf), n_ctx=n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
                         n_threads=args.n_threads, flash_attn=args.flash_attn,
                         kv_cache_type=args.kv_cache_type, speculative=spec,
-                        parallel=args.parallel, lora=getattr(args, "lora_gguf", None))  # fmt: skip
+                        parallel=args.parallel, lora=getattr(args, "lora_gguf", None),
+                        cache_idle_slots=args.cache_idle_slots)  # fmt: skip
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..." (target or draft)
         why = load_error()
         raise HyperbenchError(f"llama.cpp cannot load {gguf}: {e}" + (f" ({why})" if why else "")) from None
@@ -130,6 +131,7 @@ def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
         "n_gpu_layers": args.n_gpu_layers if on_gpu else 0,
         "flash_attn": args.flash_attn,
         "parallel": engine.parallel,
+        "cache_idle_slots": bool(engine.parallel > 1 and args.cache_idle_slots),
         # with one sequence, the KV of the previous request's common prefix is reused
         "prefix_cache": engine.parallel == 1,
         "device": "cuda" if on_gpu else "cpu",

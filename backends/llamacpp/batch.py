@@ -56,7 +56,7 @@ class _Slot:
 
 
 class BatchScheduler:
-    def __init__(self, engine, ctx, n_seq: int, n_batch: int):
+    def __init__(self, engine, ctx, n_seq: int, n_batch: int, cache_idle_slots: bool = True):
         import llama_cpp
 
         self.lib, self.engine, self.ctx = llama_cpp, engine, ctx  # ctx: an internals.LlamaContext
@@ -76,6 +76,7 @@ class BatchScheduler:
         # do the same); the other idle sequences' cells then move to host RAM (_clear_idle)
         self.cached: list[list[int]] = [[] for _ in range(n_seq)]
         self.ram = PromptCache(llama_cpp, ctx.ctx)  # idle sequences' cells, out of the KV cache
+        self.cache_idle_slots = cache_idle_slots  # off: idle cells stay (no RAM round trip)
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
         self._thread.start()
@@ -175,7 +176,7 @@ class BatchScheduler:
             return keep
         key, n = self.ram.best(req.ids)
         n = min(n, len(req.ids) - 1)
-        if n <= keep:
+        if n <= keep or n * 10 <= len(req.ids):  # too little to be worth a state's round trip (_reuse)
             return keep
         self.ram.save(seq, self.cached[seq])
         self.ctx.kv_cache_seq_rm(seq, 0, -1)
@@ -192,7 +193,11 @@ class BatchScheduler:
         use (masked per sequence), so idle prompt caches would make each running sequence's
         step slower: one stream's CPU per token on smollm2-135m went from 13 to 32 ms as idle
         prompt caches piled up. Their cells are kept in host RAM instead (backends/llamacpp/
-        prompt_cache.py), as llama-server's `--cache-idle-slots` (on by default) does."""
+        prompt_cache.py), as llama-server's `--cache-idle-slots` (on by default) does. On a GPU
+        moving them costs more than attending over them (128 MB for 256 tokens of a 7B model),
+        hence the switch."""
+        if not self.cache_idle_slots:
+            return
         for seq in self.free:
             if self.cached[seq]:
                 self.ram.save(seq, self.cached[seq])
@@ -202,10 +207,13 @@ class BatchScheduler:
     def _reuse(self, req: _Request) -> tuple[int, int]:
         """The free sequence whose cached tokens share the longest prefix with the prompt, and
         how many of them to keep (at least one prompt token is evaluated: it makes the logits;
-        echo evaluates them all: it needs a logits row at every position)."""
+        echo evaluates them all: it needs a logits row at every position). A prefix of at most a
+        tenth of the prompt (a BOS, say) is not worth another prompt's cells: an empty sequence is
+        taken then, as llama-server's --slot-prompt-similarity 0.1 does."""
+        empty = next((seq for seq in self.free if not self.cached[seq]), self.free[0])
         if req.sampling.prompt_logprobs:
-            return self.free[0], 0
-        best, keep = self.free[0], 0
+            return empty, 0
+        best, keep = empty, 0
         for seq in self.free:
             have, n = self.cached[seq], 0
             limit = min(len(have), len(req.ids) - 1)
@@ -213,6 +221,8 @@ class BatchScheduler:
                 n += 1
             if n > keep:
                 best, keep = seq, n
+        if keep * 10 <= len(req.ids):
+            return empty, 0
         return best, keep
 
     def _step(self) -> None:

@@ -121,7 +121,7 @@ class Engine:
     def __init__(self, model_path: str, *, n_ctx: int, n_batch: int, n_gpu_layers: int,
                  n_threads: int | None, flash_attn: bool, kv_cache_type: str,
                  speculative: NgramSettings | DraftSettings | None = None, parallel: int = 1,
-                 lora: str | None = None):
+                 lora: str | None = None, cache_idle_slots: bool = True):
         import llama_cpp
 
         self.lib = llama_cpp
@@ -191,7 +191,7 @@ class Engine:
         if parallel > 1:
             from backends.llamacpp.batch import BatchScheduler
 
-            self.batcher = BatchScheduler(self, self.ctx, parallel, n_batch)
+            self.batcher = BatchScheduler(self, self.ctx, parallel, n_batch, cache_idle_slots=cache_idle_slots)
 
     def _batch_context(self, n_ctx: int, n_batch: int, parallel: int):
         """A llama context for `parallel` sequences in one unified KV cache of n_ctx cells, with

@@ -57,6 +57,14 @@ class LlamaCppConfig(EngineConfig):
         "prefix cache is reused.",
     )
 
+    cache_idle_slots: bool = Field(
+        True,
+        description="With parallel > 1: when a request starts, move the KV cells of sequences no "
+        "request holds to a host-RAM prompt cache (llama-server's --cache-idle-slots, on by "
+        "default), so running sequences attend over fewer cells; off: they stay in the KV cache "
+        "(moving them copies ~0.5 MB a token of a 7B model to RAM and back).",
+    )
+
     speculative: str = Field(
         "none",
         description="Speculative decoding: none; ngram (prompt lookup: the tokens that "
