@@ -8,6 +8,7 @@ and down by harness/engine_session.py. A job keeps what is its own: its scenario
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from harness import envinfo
@@ -73,3 +74,33 @@ def close_summary(run_dir: RunFolder, summary: dict) -> None:
     summary.pop("process", None)
     summary["finished"] = now()
     run_dir.write_json("summary.json", summary)
+
+
+def run_stoppable(main):
+    """asyncio.run(main()), where SIGTERM (a scheduler's stop, `docker stop`; `hyperbench` maps it
+    to Ctrl-C) cancels the main task and ends in KeyboardInterrupt, as asyncio itself does for
+    Ctrl-C. The process-wide handler raising KeyboardInterrupt at whatever line the loop is on
+    can land inside the loop's own machinery or a task's step: that task's exception is left
+    unread (a traceback at exit), and asyncio.run's clean-up then waited on tasks that could no
+    longer finish (a bench hung after SIGTERM, once in CI). Returns what main() returns."""
+    import signal
+
+    installed = []
+
+    async def outer():
+        task = asyncio.current_task()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            installed.append(True)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no unix
+            pass
+        return await main()
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        return asyncio.run(outer())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        if installed and old is not None:  # the loop's close reset SIGTERM to the default
+            signal.signal(signal.SIGTERM, old)

@@ -25,9 +25,9 @@ distribution each engine returned: the numbers can be recomputed), logs/<engine>
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from functools import partial
 
 from harness.agree.agreement import ID_PREFIX, EngineOutput, Tokens, compare, parse_generation, parse_scoring
 from harness.agree.config import (AgreeConfig, AgreeSettings, check_engines, engine_dicts, prompt_texts,
@@ -36,7 +36,7 @@ from harness.config import BenchConfig
 from harness.engine_session import engine_info, engine_up, resolve_model_path
 from harness.errors import EngineError, HyperbenchError
 from harness.results import RunFolder, atomic_write_text, slug
-from harness.run_lifecycle import close_summary, interruption, reopen, start_run, write_config
+from harness.run_lifecycle import close_summary, interruption, reopen, run_stoppable, start_run, write_config
 
 # ---------------------------------------------------------------------------- asking one engine
 
@@ -164,7 +164,7 @@ def _run_engines(cfg, engines, typed, shown, ref, prompts, tokens, folder: RunFo
                 with engine_up(bench_cfg, engine, model_path, folder.path / "logs" / f"{slug(label)}.log") \
                         as (endpoint, _):
                     entry["engine_info"] = engine_info(endpoint)
-                    result = asyncio.run(query_engine(endpoint, label, prompts, s, tokens))
+                    result = run_stoppable(partial(query_engine, endpoint, label, prompts, s, tokens))
             except HyperbenchError as e:
                 entry.update(status="failed", reason=str(e).splitlines()[0], seconds=time.monotonic() - t0)
                 folder.write_json("summary.json", summary)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ from harness.bench.find_rate import find_max_rate
 from harness.bench.repeats import repeat_stats
 from harness.launchers.process import stop_orphan
 from harness.results import RunFolder
-from harness.run_lifecycle import close_summary, create_run, interruption, reopen, write_resolved
+from harness.run_lifecycle import close_summary, create_run, interruption, reopen, run_stoppable, write_resolved
 from harness.bench.trace import load_trace, trace_requests
 from harness.bench.workload import build_requests, load_tokenizer, warmup_requests
 
@@ -97,8 +96,8 @@ def _execute(cfg: BenchConfig, engine, model_path, requests, run_dir: RunFolder,
                                 if cfg.load.trace is not None else build_requests(cfg.workload, tok))
                     if tok is not None:
                         encode = partial(tok.encode, add_special_tokens=False)
-                asyncio.run(_sweep(cfg, engine, endpoint, launcher, requests, run_dir, summary, baseline,
-                                   progress, current, todo if resuming else None, encode))
+                run_stoppable(partial(_sweep, cfg, engine, endpoint, launcher, requests, run_dir, summary,
+                                      baseline, progress, current, todo if resuming else None, encode))
         if spec_off is not None:
             _spec_baseline(cfg, spec_off, run_dir, summary, progress)
         summary["status"] = "complete"

@@ -31,6 +31,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from harness.adapter import EngineClient, EngineHTTPError
 from harness.errors import EngineError, HyperbenchError
+from harness.run_lifecycle import run_stoppable
 from harness.score import align
 from harness.score.cache import RequestCache, request_key
 
@@ -198,7 +199,7 @@ class EngineLM(LM):
 
         t0 = time.perf_counter()
         try:
-            _run_stoppable(main)
+            run_stoppable(main)
         finally:
             bar.close()
             self.busy_s += time.perf_counter() - t0
@@ -373,34 +374,6 @@ class EngineLM(LM):
         self.tokens["generate_until"] += int(usage.get("completion_tokens") or 0)
         return text, {"params": body, "ignored": ignored, "finish_reason": choice.get("finish_reason"),
                       "completion_tokens": usage.get("completion_tokens")}
-
-
-def _run_stoppable(main) -> None:
-    """asyncio.run(main()), where SIGTERM (a scheduler's stop; `hyperbench` maps it to Ctrl-C)
-    cancels the requests in flight and ends in KeyboardInterrupt, as Ctrl-C does. A Python-level
-    handler raising KeyboardInterrupt inside a task instead leaves that task's exception unread,
-    and asyncio prints its traceback at exit ("Task exception was never retrieved")."""
-    import signal
-
-    installed = []
-
-    async def outer():
-        task = asyncio.current_task()
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-            installed.append(True)
-        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no unix
-            pass
-        await main()
-
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        asyncio.run(outer())
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
-    finally:
-        if installed and old is not None:  # the loop's close reset SIGTERM to the default
-            signal.signal(signal.SIGTERM, old)
 
 
 def _move_spaces(context: str, continuation: str) -> tuple[str, str]:
