@@ -82,7 +82,7 @@ def run_stoppable(main):
     Ctrl-C. The process-wide handler raising KeyboardInterrupt at whatever line the loop is on
     can land inside the loop's own machinery or a task's step: that task's exception is left
     unread (a traceback at exit), and asyncio.run's clean-up then waited on tasks that could no
-    longer finish (a bench hung after SIGTERM, once in CI). Returns what main() returns."""
+    longer finish (a bench hung after SIGTERM, once in a full test run). Returns what main() returns."""
     import signal
 
     installed = []

@@ -217,10 +217,12 @@ def test_no_cache_idle_slots_leaves_idle_cells_in_place(tiny_model):
     assert engine.batcher.cached[b_seq][: len(b_ids)] == b_ids  # ...with its cells in the KV cache
     assert engine.lib.llama_memory_seq_pos_max(mem, b_seq) >= len(b_ids) - 1
     assert not engine.batcher.ram.entries
-    assert engine.batcher.cached[b_seq][: len(b_ids)] == b_ids
     a.close()
-    again = [s.token.id for s in engine.generate(b_ids, greedy(3), Result([]))]
-    assert again == b_tokens
+    again = engine.generate(b_ids, greedy(900), Result([]))
+    firsts = [next(again).token.id for _ in range(3)]
+    # B's own cells (A, closed, may still hold a_seq for a step), the same tokens
+    assert b_seq in [slot.seq for slot in engine.batcher.running] and firsts == b_tokens
+    again.close()
 
 
 def test_prompt_longer_than_a_sequences_share(batched):

@@ -311,7 +311,8 @@ vllm)
       --concurrency 1,32 --num-requests 32
   done
   if [[ -z "${VLLM_NO_SPEC:-}" ]]; then
-    # n-gram: prompts of random ids have no repeats to look up; what it costs when nothing matches
+    # n-gram: dummy weights decode a repeating sequence, so prompt lookup always hits (acceptance ~1):
+    # what vLLM's n-gram path costs at best, not what real text gets
     bench vllm-ngram-c1 "${V[@]}" --speculative ngram --num-speculative-tokens 4 --concurrency 1 --num-requests 16
     # a draft that agrees with its target (make_dummy --identity-after: real weight files, both)
     L=${SPEC_LAYERS:-2}; wait_for "$MODEL-draft$L/DUMMY_WEIGHTS.json" 300; spec_models "$L"
