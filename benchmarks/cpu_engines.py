@@ -3,7 +3,10 @@
 Runs the real CLI once per engine/quantization (each engine started and stopped in turn by the
 process launcher), then prints one markdown table from the run folders' summary.json files.
 
-    python benchmarks/cpu_engines.py [--engines hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm] [--out DIR]
+    python benchmarks/cpu_engines.py [--engines hf,llamacpp:q8_0,llamacpp:q4_k_m,llama-server:q8_0,vllm] [--out DIR]
+
+Both llama.cpp engines run `--parallel` the highest concurrency (continuous batching, as hf and
+vLLM batch); llama-server rows need scripts/build_llama_server.sh first.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT = "hf,llamacpp:q8_0,llamacpp:q4_k_m,vllm"
+DEFAULT = "hf,llamacpp:q8_0,llamacpp:q4_k_m,llama-server:q8_0,vllm"
 EXTRA = {"hf": ["--dtype", "float32"], "vllm": ["--dtype", "float32"]}
 
 
@@ -39,6 +42,8 @@ def main() -> None:
                "--results-dir", str(args.out), "--run-name", name, "--no-plots", *EXTRA.get(kind, [])]
         if quant:
             cmd += ["--quant", quant]
+        if kind in ("llamacpp", "llama-server"):  # slots for every concurrent request, as llama-server serves
+            cmd += ["--parallel", str(max(int(c) for c in args.concurrency.split(",")))]
         print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.llama_server.spec import LlamaServerConfig
+from backends.llama_server.spec import LlamaServerConfig, binary, offloads
 from harness.errors import HyperbenchError
 
 pytestmark = pytest.mark.llamacpp
@@ -49,7 +49,8 @@ def test_command_maps_the_llamacpp_settings(tiny_model):
     assert pairs["-np"] == "4" and pairs["-c"] == "4096" and pairs["-b"] == "256" and pairs["-t"] == "2"
     assert pairs["-fa"] == "on" and pairs["-ctk"] == pairs["-ctv"] == "q8_0" and pairs["--alias"] == "tiny"
     assert "--kv-unified" in cmd and cmd[cmd.index("-m") + 1].endswith("f32.gguf")
-    assert "--cache-idle-slots" in cmd  # llama-server's default, spelled out
+    # unset: as the llamacpp engine decides it, from what the binary offloads to (nothing here)
+    assert "--cache-idle-slots" in cmd
     off = LlamaServerConfig(model=str(tiny_model), quant="f32", cache_idle_slots=False)
     assert "--no-cache-idle-slots" in off.server_command("127.0.0.1", 9, str(tiny_model))
     assert cfg.capabilities().prompt_logprobs is False
@@ -58,6 +59,14 @@ def test_command_maps_the_llamacpp_settings(tiny_model):
 
 
 needs_binary = pytest.mark.skipif(not LlamaServerConfig.installed()[0], reason=LlamaServerConfig.installed()[1])
+
+
+@needs_binary
+def test_a_cpu_build_offloads_nothing():
+    """`--list-devices` of the CPU build lists "(none)", so idle slots go to host RAM by default;
+    a binary that cannot run says nothing of a GPU either (check() reports it in one line)."""
+    assert offloads(binary(), -1) is False
+    assert offloads(Path("/nonexistent/llama-server"), -1) is False
 
 
 @pytest.fixture(scope="module")

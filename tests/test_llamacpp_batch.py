@@ -233,6 +233,7 @@ def test_prompt_longer_than_a_sequences_share(batched):
     info = httpx.get(f"{batched.base_url}/engine", timeout=30).json()
     assert info["parallel"] == PARALLEL and info["n_ctx_per_sequence"] == 256
     assert info["n_ctx"] == PARALLEL * 256 and info["prefix_cache"] is False
+    assert info["cache_idle_slots"] is True  # unset on a CPU build: idle slots go to host RAM
 
 
 def test_bad_parallel_settings_are_one_line():

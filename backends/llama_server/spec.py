@@ -38,6 +38,22 @@ def binary() -> Path | None:
     return built[-1] if built else None
 
 
+def offloads(server: Path, n_gpu_layers: int) -> bool:
+    """Whether this llama-server puts layers on a GPU: `--list-devices` names the devices other
+    than the CPU that its build finds here ("(none)" on a CPU build or without a driver). BLAS
+    runs on the CPU though it is listed."""
+    import subprocess
+
+    if n_gpu_layers == 0:
+        return False
+    try:
+        out = subprocess.run([str(server), "--list-devices"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False  # check() has said whether it runs; the flag then falls back to llama-server's default
+    names = [line.strip().split(":")[0] for line in out.splitlines()[1:] if ":" in line]
+    return any(not n.startswith("BLAS") for n in names)
+
+
 class LlamaServerConfig(LlamaCppConfig):
     kind: Literal["llama-server"] = "llama-server"  # type: ignore[assignment]
 
@@ -88,8 +104,11 @@ class LlamaServerConfig(LlamaCppConfig):
             # vLLM's sampling defaults: every filter off unless a request asks
             "--temp", "1.0", "--top-k", "0", "--top-p", "1.0", "--min-p", "0.0", "--repeat-penalty", "1.0",
             "--no-webui", "--metrics", "--no-warmup",
-            "--cache-idle-slots" if self.cache_idle_slots else "--no-cache-idle-slots",
         ]  # fmt: skip
+        idle = self.cache_idle_slots  # unset: as the llamacpp engine decides it (off on a GPU)
+        if idle is None:
+            idle = not offloads(binary(), self.n_gpu_layers)
+        args.append("--cache-idle-slots" if idle else "--no-cache-idle-slots")
         if self.n_threads is not None:
             args += ["-t", str(self.n_threads), "-tb", str(self.n_threads)]
         if (draft := draft_model(self.speculative)) is not None:

@@ -83,6 +83,8 @@ def load(args):
     args.kv_cache_type_requested = args.kv_cache_type
     if args.kv_cache_type == "auto":
         args.kv_cache_type = kv_type_for(meta["file_type"])
+    if args.cache_idle_slots is None:  # the spec's default: the cheaper way on this device
+        args.cache_idle_slots = not offloads(args.n_gpu_layers)
     log(f"loading {gguf} ({meta['file_type']}, KV cache {args.kv_cache_type}, n_ctx {n_ctx}, "
         f"n_gpu_layers {args.n_gpu_layers})")
     try:
@@ -97,12 +99,19 @@ def load(args):
     return engine, gguf, meta
 
 
+def offloads(n_gpu_layers: int) -> bool:
+    """Whether this llama.cpp build puts layers on a GPU with these settings."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload()) and n_gpu_layers != 0
+
+
 def engine_info(args, engine, gguf: Path, meta: dict) -> dict:
     import llama_cpp
 
     lib, model = llama_cpp, engine.llm._model.model
     kv_bytes = kv_cache_bytes(engine.llm, engine.n_ctx_total, args.kv_cache_type)
-    on_gpu = bool(lib.llama_supports_gpu_offload()) and args.n_gpu_layers != 0
+    on_gpu = offloads(args.n_gpu_layers)
     return {
         "engine": "llamacpp",
         "version": llama_cpp.__version__,

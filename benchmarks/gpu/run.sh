@@ -362,7 +362,9 @@ llamacpp-build)  # ONE CUDA build of the vendored llama.cpp: the Python package'
   rm -rf "$SITE/llama_cpp" && cp -r "$SRC/llama_cpp" "$SITE/llama_cpp" && mkdir -p "$SITE/llama_cpp/lib"
   find "$B" -name 'lib*.so*' \( -type f -o -type l \) -exec cp -a {} "$SITE/llama_cpp/lib/" \;
   log "llama.cpp (CUDA) built in $((SECONDS - t)) s: $(ls "$SITE/llama_cpp/lib" | tr '\n' ' ')"
-  "$PY" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())"
+  # the engines' own imports too: a CARRY short of prepare.sh's wheels fails here, not at the first bench
+  "$PY" -c "import llama_cpp, fastapi, uvicorn, pydantic, gguf; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())" \
+    || { log "CARRY lacks the harness's wheels (benchmarks/gpu/prepare.sh gathers them)"; exit 1; }
   "$B/bin/llama-server" --version 2>&1 | tail -2
   touch "$GPU_DIR/llamacpp-build.done"
   ;;
