@@ -43,7 +43,8 @@ def main() -> None:
         if quant:
             cmd += ["--quant", quant]
         if kind in ("llamacpp", "llama-server"):  # slots for every concurrent request, as llama-server serves
-            cmd += ["--parallel", str(max(int(c) for c in args.concurrency.split(",")))]
+            # 4096 cells in all (512 a slot at 8: prompt + output fit), as the README's table ran
+            cmd += ["--parallel", str(max(int(c) for c in args.concurrency.split(","))), "--n-ctx", "4096"]
         print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:

@@ -298,18 +298,19 @@ def test_smollm2_quantization_costs(tmp_path):
 
 @pytest.mark.llamacpp
 def test_a_failing_engine_is_recorded_and_the_others_kept(tmp_path, tiny_model):
-    """llama.cpp rounds n_ctx up to 256: 300 tokens do not fit, so that variant refuses the first
-    prompt; the run goes on, keeps the reference's answers, and ends with one error line."""
+    """n_ctx=256 over the default 4 slots leaves a sequence 64 tokens: 300 do not fit, so that
+    variant refuses the first prompt; the run goes on, keeps the reference's answers, and ends
+    with one error line."""
     pytest.importorskip("llama_cpp")
-    res = hb("agree", "--engines", "llamacpp:f32,llamacpp:q8_0:n_ctx=16", "--model", str(tiny_model),
+    res = hb("agree", "--engines", "llamacpp:f32,llamacpp:q8_0:n_ctx=256", "--model", str(tiny_model),
              "--prompts", "1", "--max-tokens", "300", "--results-dir", str(tmp_path), "--run-name", "f")
     err = one_line_error(res)
-    assert err.startswith("error: agree incomplete: 1 of 2 engines failed (llamacpp:q8_0:n_ctx=16)")
+    assert err.startswith("error: agree incomplete: 1 of 2 engines failed (llamacpp:q8_0:n_ctx=256)")
     assert "maximum context length" in err and f"run folder: {tmp_path / 'f'}" in err
     s = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert s["status"] == "incomplete" and s["agreement"] == {}
     assert [(e["label"], e["status"]) for e in s["engines"]] == [("llamacpp:f32", "ok"),
-                                                                  ("llamacpp:q8_0:n_ctx=16", "failed")]
+                                                                  ("llamacpp:q8_0:n_ctx=256", "failed")]
     kept = json.loads((tmp_path / "f" / "outputs" / "llamacpp-f32.json").read_text())
     assert len(kept["greedy"][0]) == 300
-    assert "llamacpp:q8_0:n_ctx=16: failed: refused prompt 0" in (tmp_path / "f" / "report.md").read_text()
+    assert "llamacpp:q8_0:n_ctx=256: failed: refused prompt 0" in (tmp_path / "f" / "report.md").read_text()

@@ -203,7 +203,10 @@ def test_engine_specific_errors(f32_server):
     assert r.status_code == 400 and "out of range" in r.json()["error"]["message"]
     info = httpx.get(f"{url}/engine", timeout=30).json()
     assert info["engine"] == "llamacpp" and info["quantization"] == "f32"
-    assert info["weight_bytes"] > 0 and info["device"] == "cpu" and info["parallel"] == 1
+    assert info["weight_bytes"] > 0 and info["device"] == "cpu"
+    # unset: llama-server's 4 slots, each with the room one request had alone (4096 or the trained context)
+    assert info["parallel"] == 4 and info["n_ctx_per_sequence"] == min(4096, info["n_ctx_train"])
+    assert info["n_ctx"] == 4 * info["n_ctx_per_sequence"]
 
 
 def test_api_key(tiny_model, tmp_path_factory):

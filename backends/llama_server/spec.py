@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from backends.base import Capabilities
-from backends.llamacpp.spec import (MIN_CTX_PER_SEQUENCE, LlamaCppConfig, draft_model, kv_type_for,
-                                     parse_speculative)
+from backends.llamacpp.spec import (AUTO_PARALLEL, MIN_CTX_PER_SEQUENCE, LlamaCppConfig, draft_model,
+                                     kv_type_for, parse_speculative)
 from harness.errors import HyperbenchError
 
 BUILD_HINT = "build it once with: bash scripts/build_llama_server.sh (or set HYPERBENCH_LLAMA_SERVER)"
@@ -85,8 +85,11 @@ class LlamaServerConfig(LlamaCppConfig):
 
     def check_parallel(self, spec: str) -> None:
         # llama-server speculates in every slot: only the room per sequence is checked
-        if self.n_ctx // self.parallel < MIN_CTX_PER_SEQUENCE:
+        if self.cells() // self.slots() < MIN_CTX_PER_SEQUENCE:
             super().check_parallel("none")
+
+    def slots(self) -> int:
+        return self.parallel if self.parallel is not None else AUTO_PARALLEL  # with a draft too
 
     def server_command(self, host: str, port: int, model_path: str) -> list[str]:
         from backends.llamacpp.gguf import ensure_gguf, gguf_file_type  # converts an HF folder once (cached)
@@ -96,8 +99,8 @@ class LlamaServerConfig(LlamaCppConfig):
         args = [
             str(binary()), "-m", str(gguf), "--alias", self.display_name(),
             "--host", host, "--port", str(port),
-            "-c", str(self.n_ctx), "-b", str(self.n_batch), "-ub", str(min(self.n_batch, 512)),
-            "-np", str(self.parallel), "--kv-unified",
+            "-c", str(self.cells()), "-b", str(self.n_batch), "-ub", str(min(self.n_batch, 512)),
+            "-np", str(self.slots()), "--kv-unified",
             "-ngl", str(self.n_gpu_layers if self.n_gpu_layers >= 0 else 999),
             "-fa", "on" if self.flash_attn else "off",
             "-ctk", kv, "-ctv", kv,

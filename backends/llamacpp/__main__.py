@@ -65,9 +65,11 @@ def speculation(args):
 def load(args):
     from backends.llamacpp.engine import Engine, load_error
     from backends.llamacpp.gguf import ensure_gguf, gguf_info, log
-    from backends.llamacpp.spec import kv_type_for
+    from backends.llamacpp.spec import LlamaCppConfig, kv_type_for
 
     spec = speculation(args)
+    cfg = spec_from_args(LlamaCppConfig, args)
+    args.parallel, args.n_ctx = cfg.slots(), cfg.cells()  # the defaults resolved (4 slots, 4096 cells each)
     gguf = ensure_gguf(args.model, args.quant)
     meta = gguf_info(gguf)
     if args.lora:

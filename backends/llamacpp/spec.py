@@ -23,6 +23,8 @@ SPECULATIVE_FORMS = ["ngram", "draft:<model>"]
 # n-gram sizes matched when ngram_min / ngram_max are not given
 NGRAM_MIN, NGRAM_MAX = 1, 3
 MIN_CTX_PER_SEQUENCE = 16  # n_ctx / parallel below this leaves a sequence no room for a prompt
+AUTO_PARALLEL = 4  # llama-server's `--parallel -1` (its default): 4 slots in a unified KV cache
+CTX_PER_SEQUENCE = 4096  # the default n_ctx is this per sequence: one request's room stays as with one slot
 
 
 class LlamaCppConfig(EngineConfig):
@@ -37,7 +39,13 @@ class LlamaCppConfig(EngineConfig):
         "checkpoints); any other type converts/quantizes an HF folder (cached).",
     )
     n_gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1: all).")
-    n_ctx: int = Field(4096, ge=16, description="Context window (KV cache) in tokens.")
+    n_ctx: int | None = Field(
+        None,
+        ge=16,
+        description=f"KV cache cells in all, shared by the parallel sequences (n_ctx / parallel each: "
+        f"a request's context window). Default: {CTX_PER_SEQUENCE} per sequence "
+        f"({CTX_PER_SEQUENCE} x parallel), at most the model's trained context each.",
+    )
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per decode call.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice).")
     flash_attn: bool = Field(False, description="Use llama.cpp's flash attention.")
@@ -48,13 +56,14 @@ class LlamaCppConfig(EngineConfig):
         description="KV cache element type. auto: the weights' precision (f32 weights: f32, bf16: "
         "bf16, else f16, llama.cpp's default); quantized types need flash_attn.",
     )
-    parallel: int = Field(
-        1,
+    parallel: int | None = Field(
+        None,
         ge=1,
         description="Sequences decoded at once (llama-server's --parallel): with N > 1 the "
         "requests share one batch per step (continuous batching) and one unified KV cache of "
         "n_ctx cells, n_ctx / N per sequence; with 1 they queue and the previous request's "
-        "prefix cache is reused.",
+        f"prefix cache is reused. Default: {AUTO_PARALLEL}, as llama-server's; 1 with --speculative "
+        "(speculation runs one sequence at a time here).",
     )
 
     cache_idle_slots: bool | None = Field(
@@ -155,17 +164,28 @@ class LlamaCppConfig(EngineConfig):
                 "(llama.cpp quantizes the V cache only with flash attention)"
             )
 
+    def slots(self) -> int:
+        """`parallel` as it runs: llama-server's default when unset, one with speculation."""
+        if self.parallel is not None:
+            return self.parallel
+        return 1 if parse_speculative(self.speculative)[0] != "none" else AUTO_PARALLEL
+
+    def cells(self) -> int:
+        """`n_ctx` as it runs (the model's trained context may lower it at load)."""
+        return self.n_ctx if self.n_ctx is not None else CTX_PER_SEQUENCE * self.slots()
+
     def check_parallel(self, spec: str) -> None:
         """parallel=N: every sequence needs room, and speculation runs one sequence at a time."""
-        if self.parallel > 1 and spec != "none":
+        slots, cells = self.slots(), self.cells()
+        if slots > 1 and spec != "none":
             raise HyperbenchError(
-                f"parallel={self.parallel}: speculative decoding runs one sequence at a time "
+                f"parallel={slots}: speculative decoding runs one sequence at a time "
                 "in this engine; use parallel=1 with --speculative"
             )
-        if self.n_ctx // self.parallel < MIN_CTX_PER_SEQUENCE:
+        if cells // slots < MIN_CTX_PER_SEQUENCE:
             raise HyperbenchError(
-                f"n_ctx={self.n_ctx} is too small for parallel={self.parallel}: each sequence gets "
-                f"n_ctx / parallel = {self.n_ctx // self.parallel} tokens (at least "
+                f"n_ctx={cells} is too small for parallel={slots}: each sequence gets "
+                f"n_ctx / parallel = {cells // slots} tokens (at least "
                 f"{MIN_CTX_PER_SEQUENCE}); raise n_ctx or lower parallel"
             )
 

@@ -4,12 +4,13 @@ import pytest
 
 from tests.conftest import ENGINE_PARAMS, SMOLLM2_CONTRACT_PARAMS, serve_param, start_server
 
-# the llamacpp engine batching 4 sequences (--parallel 4): the same contract as one at a time
-BATCHED_LLAMACPP = "llamacpp-parallel4"
+# the llamacpp engine one request at a time (--parallel 1): the same contract as its default,
+# 4 sequences batched (ENGINE_PARAMS' "llamacpp")
+SERIAL_LLAMACPP = "llamacpp-parallel1"
 # llama.cpp's own llama-server (scripts/build_llama_server.sh; skipped with that hint without it)
 LLAMA_SERVER = "llama-server"
 MORE_PARAMS = [
-    pytest.param(BATCHED_LLAMACPP, id=BATCHED_LLAMACPP, marks=pytest.mark.llamacpp),
+    pytest.param(SERIAL_LLAMACPP, id=SERIAL_LLAMACPP, marks=pytest.mark.llamacpp),
     pytest.param(LLAMA_SERVER, id=LLAMA_SERVER, marks=pytest.mark.llamacpp),
 ]
 
@@ -30,8 +31,8 @@ LLAMA_SERVER_LIMITS = {
 
 @pytest.fixture(scope="module", params=ENGINE_PARAMS + MORE_PARAMS + SMOLLM2_CONTRACT_PARAMS)
 def engine_server(request, tiny_model, tmp_path_factory):
-    if request.param == BATCHED_LLAMACPP:
-        server = start_server("llamacpp", tiny_model, tmp_path_factory.mktemp("engine"), parallel=4, n_ctx=4 * 2048)
+    if request.param == SERIAL_LLAMACPP:
+        server = start_server("llamacpp", tiny_model, tmp_path_factory.mktemp("engine"), parallel=1)
     elif request.param == LLAMA_SERVER:
         server = start_server("llama-server", tiny_model, tmp_path_factory.mktemp("engine"), quant="f32",
                               kv_cache_type="f32", parallel=4, n_ctx=4 * 2048)  # fmt: skip
