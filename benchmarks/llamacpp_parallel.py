@@ -134,5 +134,6 @@ def goals(tputs: dict[tuple[str, str], dict[int, float]], tpots: dict[tuple[str,
             tpot = f"; one-stream TPOT {tpots[kind, quant] / tpots[peer]:.2f}x"
         print(f"{kind} {quant} / llama-server, tok/s at each concurrency: {ratios}{tpot}")
 
+
 if __name__ == "__main__":
     main()
