@@ -79,21 +79,25 @@ def main() -> None:
     engines, quants, idles = args.engines.split(","), args.quants.split(","), args.idle_slots.split(",")
     if unknown := set(idles) - set(IDLE_FLAGS):
         ap.error(f"--idle-slots: {', '.join(sorted(unknown))} is not one of {', '.join(IDLE_FLAGS)}")
-    runs: dict[tuple[str, str], list] = {}
+    runs: dict[tuple[str, str, str], list] = {}  # (engine, GGUF, idle slots) -> each round's summary
     for rnd in range(1, args.rounds + 1):
         for quant in quants:
             for idle in idles:
                 for kind in engines:
-                    label = kind if idles == ["cache"] else f"{kind} {IDLE_FLAGS[idle]}"
-                    runs.setdefault((label, quant), []).append(bench(args, kind, quant, idle, rnd, extra))
+                    runs.setdefault((kind, quant, idle), []).append(bench(args, kind, quant, idle, rnd, extra))
+
+    def label(kind: str, idle: str) -> str:
+        return kind if idles == ["cache"] else f"{kind} {IDLE_FLAGS[idle]}"
+
     print(f"\n{args.model}, prompt {args.input_len} / output {args.output_len} tokens (fixed, greedy), "
           f"{args.num_requests} requests per point, --parallel {max(int(c) for c in args.concurrency.split(','))}, "
           f"median of {args.rounds} interleaved rounds (min-max); run folders in {args.out}\n")
     print("| engine | GGUF | concurrency | out tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
-    tputs: dict[tuple[str, str], dict[int, float]] = {}  # (engine, GGUF) -> concurrency -> median tok/s
-    tpots: dict[tuple[str, str], float] = {}  # one-stream TPOT p50
-    for (kind, quant), results in runs.items():
+    tputs: dict[tuple[str, str, str], dict[int, float]] = {}  # run key -> concurrency -> median tok/s
+    tpots: dict[tuple[str, str, str], float] = {}  # run key -> one-stream TPOT p50
+    for key, results in runs.items():
+        kind, quant = label(key[0], key[2]), key[1]
         failed = [r for r in results if isinstance(r, str)]
         ok = [r for r in results if not isinstance(r, str)]
         if not ok:
@@ -106,33 +110,33 @@ def main() -> None:
             def med(metric, q):
                 return statistics.median(p[metric][q] for p in pts)
 
-            tputs.setdefault((kind, quant), {})[point["concurrency"]] = statistics.median(tput)
+            tputs.setdefault(key, {})[point["concurrency"]] = statistics.median(tput)
             if point["concurrency"] == 1:
-                tpots[kind, quant] = med("tpot_ms", "p50")
+                tpots[key] = med("tpot_ms", "p50")
             print(f"| {kind} | {quant} | {point['concurrency']} | {statistics.median(tput):.1f} "
                   f"({min(tput):.0f}-{max(tput):.0f}) | {med('ttft_ms', 'p50'):.0f} | {med('ttft_ms', 'p99'):.0f} | "
                   f"{med('tpot_ms', 'p50'):.1f} | {med('tpot_ms', 'p99'):.1f} |")
         if failed:
             print(f"| {kind} | {quant} | {len(failed)} round(s) failed: {failed[0]} ||||||")
-    goals(tputs, tpots)
+    goals(tputs, tpots, label)
 
 
-def goals(tputs: dict[tuple[str, str], dict[int, float]], tpots: dict[tuple[str, str], float]) -> None:
+def goals(tputs: dict, tpots: dict, label) -> None:
     """The issue's goals from the medians: tok/s at 8 streams over one stream, and the engine's
     tok/s and one-stream TPOT over llama-server's with the same GGUF and idle-slot setting."""
     print()
-    for (kind, quant), by_c in tputs.items():
+    for (kind, quant, idle), by_c in tputs.items():
         if 1 in by_c and 8 in by_c:
-            print(f"{kind} {quant}: 8 streams / 1 stream = {by_c[8] / by_c[1]:.2f}x")
-    for (kind, quant), by_c in tputs.items():
-        peer = (kind.replace("llamacpp", "llama-server", 1), quant)
-        if not kind.startswith("llamacpp") or peer not in tputs:
+            print(f"{label(kind, idle)} {quant}: 8 streams / 1 stream = {by_c[8] / by_c[1]:.2f}x")
+    for (kind, quant, idle), by_c in tputs.items():
+        peer = ("llama-server", quant, idle)
+        if kind != "llamacpp" or peer not in tputs:
             continue
         ratios = ", ".join(f"{c}: {t / tputs[peer][c]:.2f}" for c, t in by_c.items() if c in tputs[peer])
         tpot = ""
-        if (kind, quant) in tpots and peer in tpots:
-            tpot = f"; one-stream TPOT {tpots[kind, quant] / tpots[peer]:.2f}x"
-        print(f"{kind} {quant} / llama-server, tok/s at each concurrency: {ratios}{tpot}")
+        if (kind, quant, idle) in tpots and peer in tpots:
+            tpot = f"; one-stream TPOT {tpots[kind, quant, idle] / tpots[peer]:.2f}x"
+        print(f"{label(kind, idle)} {quant} / llama-server, tok/s at each concurrency: {ratios}{tpot}")
 
 
 if __name__ == "__main__":

@@ -43,20 +43,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def speculation(args):
-    """--speculative & co. -> NgramSettings or DraftSettings (None: off), checked as the harness
-    checks them. A draft model that is an HF folder is converted like the target (--quant); a
-    .gguf is used as it is."""
+def speculation(cfg):
+    """--speculative & co. of a checked spec -> NgramSettings or DraftSettings (None: off). A
+    draft model that is an HF folder is converted like the target (--quant); a .gguf is used as
+    it is."""
     from backends.llamacpp.gguf import ensure_gguf
     from backends.llamacpp.speculative import DraftSettings, NgramSettings
-    from backends.llamacpp.spec import LlamaCppConfig, draft_model, parse_speculative
+    from backends.llamacpp.spec import draft_model, parse_speculative
 
-    cfg = spec_from_args(LlamaCppConfig, args)  # a value out of range: one line naming its flag
-    cfg.check()
     if parse_speculative(cfg.speculative)[0] == "none":
         return None
     if (draft := draft_model(cfg.speculative)) is not None:
-        quant = "native" if draft.endswith(".gguf") else args.quant
+        quant = "native" if draft.endswith(".gguf") else cfg.quant
         return DraftSettings(k=cfg.num_speculative_tokens, model=str(ensure_gguf(draft, quant)))
     lo, hi = cfg.ngram_range()
     return NgramSettings(k=cfg.num_speculative_tokens, ngram_min=lo, ngram_max=hi)
@@ -67,8 +65,9 @@ def load(args):
     from backends.llamacpp.gguf import ensure_gguf, gguf_info, log
     from backends.llamacpp.spec import LlamaCppConfig, kv_type_for
 
-    spec = speculation(args)
-    cfg = spec_from_args(LlamaCppConfig, args)
+    cfg = spec_from_args(LlamaCppConfig, args)  # a value out of range: one line naming its flag
+    cfg.check()  # as the harness checks it
+    spec = speculation(cfg)
     args.parallel, args.n_ctx = cfg.slots(), cfg.cells()  # the defaults resolved (4 slots, 4096 cells each)
     gguf = ensure_gguf(args.model, args.quant)
     meta = gguf_info(gguf)
